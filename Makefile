@@ -1,0 +1,30 @@
+# Two commands: `make run` starts the service on 127.0.0.1:16381, `make test` runs every check.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+FLASK := $(BIN)/flask --app flask_api
+
+.PHONY: run test lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: venv
+	$(FLASK) init-db
+	$(FLASK) has-users || $(FLASK) seed-demo
+	$(BIN)/gunicorn -c gunicorn.conf.py flask_api:application
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""Command line: `flask --app flask_api <command>`."""
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import func, select
+
+from security_api import accounts, audit
+from security_api.clock import utcnow
+from security_api.demo import seed_demo_organisation
+from security_api.enums import UserKind
+from security_api.errors import ApiError
+from security_api.models import User
+from security_api.schema import init_database
+
+
+def _services():
+    return current_app.extensions["security_api"]
+
+
+def _origin() -> audit.Origin:
+    return audit.Origin(ip="cli", request_id=None)
+
+
+def _fail(exc: ApiError) -> None:
+    detail = "; ".join(f"{e['field']}: {e['problem']}" for e in exc.errors or [])
+    raise click.ClickException(detail or exc.message)
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command():
+    """Create or upgrade the schema and the built-in rows (idempotent)."""
+    services = _services()
+    init_database(services.session_factory.kw["bind"], services.session_factory)
+    click.echo("Database is at the newest schema.")
+
+
+@click.command("create-role")
+@with_appcontext
+@click.argument("role")
+@click.option("--subrole", "subroles", multiple=True, required=True, help="Repeat for several.")
+@click.option("--description", default="")
+def create_role_command(role, subroles, description):
+    """Create a role with its subroles (or add subroles to it)."""
+    with _services().session_factory() as session:
+        try:
+            accounts.create_role(session, name=role, subroles=list(subroles),
+                                 description=description, actor="cli", origin=_origin(),
+                                 now=utcnow())
+        except ApiError as exc:
+            _fail(exc)
+        session.commit()
+    click.echo(f"Role {role} has subroles {', '.join(subroles)}.")
+
+
+@click.command("create-user")
+@with_appcontext
+@click.argument("username")
+@click.option("--role", required=True)
+@click.option("--subrole", required=True)
+@click.option("--email", default=None)
+@click.option("--service", is_flag=True, help="A service account (secret, no TOTP).")
+@click.option("--password-stdin", is_flag=True, help="Read the password or secret from stdin.")
+def create_user_command(username, role, subrole, email, service, password_stdin):
+    """Create a user; print the generated password or service secret once."""
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    services = _services()
+    with services.session_factory() as session:
+        try:
+            created = accounts.create_user(
+                session, username=username, role=role, subrole=subrole, email=email,
+                kind=UserKind.SERVICE if service else UserKind.PERSON, password=password,
+                bcrypt_rounds=services.settings.bcrypt_rounds, actor="cli", origin=_origin(),
+                now=utcnow())
+        except ApiError as exc:
+            _fail(exc)
+        session.commit()
+        user = created.user
+        click.echo(f"Created {user.kind} {user.username} ({user.role}/{user.subrole}), id {user.id}.")
+        if password is None:
+            label = "Service secret" if service else "Password"
+            click.echo(f"{label} (shown once): {created.secret}")
+
+
+@click.command("seed-demo")
+@with_appcontext
+def seed_demo_command():
+    """Create a demo organisation for local use (refused in production)."""
+    services = _services()
+    if services.settings.is_production:
+        raise click.ClickException("seed-demo is refused in production.")
+    with services.session_factory() as session:
+        if session.scalar(select(func.count()).select_from(User)):
+            raise click.ClickException("The database already has users; seed-demo only fills an empty one.")
+        lines = seed_demo_organisation(session, bcrypt_rounds=services.settings.bcrypt_rounds,
+                                       issuer=services.settings.totp_issuer, now=utcnow())
+    for line in lines:
+        click.echo(line)
+
+
+@click.command("has-users")
+@with_appcontext
+def has_users_command():
+    """Exit 0 when the database has users, 1 when it is empty (for scripts)."""
+    with _services().session_factory() as session:
+        count = session.scalar(select(func.count()).select_from(User))
+    sys.exit(0 if count else 1)
+
+
+audit_group = AppGroup("audit", help="Audit log tools.")
+
+
+@audit_group.command("verify")
+def audit_verify_command():
+    """Walk the hash chain; exit 1 at the first changed, removed or inserted event."""
+    with _services().session_factory() as session:
+        report = audit.verify_chain(session)
+    if report.ok:
+        click.echo(f"Audit chain intact: {report.events} events.")
+        return
+    click.echo(f"Audit chain broken at event {report.first_broken_seq}: {report.problem}.", err=True)
+    sys.exit(1)
+
+
+def init_app(app: Flask) -> None:
+    """Register every command on the app."""
+    for command in (init_db_command, create_role_command, create_user_command,
+                    seed_demo_command, has_users_command, audit_group):
+        app.cli.add_command(command)

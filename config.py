@@ -1,0 +1,172 @@
+"""Settings from the environment: the only place configuration is read."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+ENVIRONMENTS = ("development", "testing", "production")
+INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
+MIN_SECRET_BYTES = 32
+# Values people paste from examples; refused even when long enough.
+KNOWN_WEAK_SECRETS = {
+    "changeme", "secret", "jwt_secret", "your-secret-key", "please-change-me",
+}
+
+
+class ConfigError(RuntimeError):
+    """Raised when the service must not start with the given settings."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the service, with secure defaults."""
+
+    env: str = "development"
+    database_url: str = ""
+    redis_url: str | None = None
+    redis_prefix: str = "security-api:"
+    jwt_secret: str = field(default="", repr=False)
+    jwt_algorithm: str = "HS256"
+    jwt_private_key: str = field(default="", repr=False)
+    jwt_key_id: str = ""
+    jwt_issuer: str = "security-api"
+    jwt_audience: str = "security-api"
+    jwt_leeway_seconds: int = 10
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 28800
+    bcrypt_rounds: int = 12
+    lockout_threshold: int = 5
+    lockout_seconds: int = 900
+    auth_rate_limit: int = 30
+    auth_rate_window_seconds: int = 60
+    max_body_bytes: int = 64 * 1024
+    totp_issuer: str = "Security API"
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+    @property
+    def is_production(self) -> bool:
+        """Tell whether production rules apply."""
+        return self.env == "production"
+
+
+# Environment variable -> (field name, parser). Documented one by one in README.
+def _int(value: str) -> int:
+    return int(value.strip())
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in value.split(",") if o.strip())
+
+
+ENV_VARIABLES = {
+    "SECURITY_API_ENV": ("env", str),
+    "DATABASE_URL": ("database_url", str),
+    "REDIS_URL": ("redis_url", str),
+    "REDIS_PREFIX": ("redis_prefix", str),
+    "JWT_SECRET": ("jwt_secret", str),
+    "JWT_ALGORITHM": ("jwt_algorithm", str),
+    "JWT_PRIVATE_KEY": ("jwt_private_key", str),
+    "JWT_KEY_ID": ("jwt_key_id", str),
+    "JWT_ISSUER": ("jwt_issuer", str),
+    "JWT_AUDIENCE": ("jwt_audience", str),
+    "JWT_LEEWAY_SECONDS": ("jwt_leeway_seconds", _int),
+    "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", _int),
+    "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", _int),
+    "BCRYPT_ROUNDS": ("bcrypt_rounds", _int),
+    "LOCKOUT_THRESHOLD": ("lockout_threshold", _int),
+    "LOCKOUT_SECONDS": ("lockout_seconds", _int),
+    "AUTH_RATE_LIMIT": ("auth_rate_limit", _int),
+    "AUTH_RATE_WINDOW_SECONDS": ("auth_rate_window_seconds", _int),
+    "MAX_BODY_BYTES": ("max_body_bytes", _int),
+    "TOTP_ISSUER": ("totp_issuer", str),
+    "CORS_ORIGINS": ("cors_origins", _origins),
+    "LOG_LEVEL": ("log_level", str),
+}
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides) -> Settings:
+    """Build validated settings from the environment, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for variable, (name, parse) in ENV_VARIABLES.items():
+        raw = environ.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{variable} is not valid: {exc}") from None
+    known = {f.name for f in fields(Settings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"unknown settings: {sorted(unknown)}")
+    values.update(overrides)
+    settings = Settings(**values)
+    settings = _fill_defaults(settings)
+    validate(settings)
+    return settings
+
+
+def _fill_defaults(settings: Settings) -> Settings:
+    """Give development a working database and secret; production gets none."""
+    changes = {}
+    if not settings.database_url:
+        INSTANCE_DIR.mkdir(exist_ok=True)
+        changes["database_url"] = f"sqlite:///{INSTANCE_DIR / 'security_api.sqlite3'}"
+    if not settings.jwt_secret and settings.jwt_algorithm == "HS256":
+        if settings.env == "development":
+            changes["jwt_secret"] = _development_secret()
+        elif settings.env == "testing":
+            changes["jwt_secret"] = secrets.token_urlsafe(48)
+    return replace(settings, **changes) if changes else settings
+
+
+def _development_secret() -> str:
+    """Keep one random secret per checkout so every local worker signs alike."""
+    INSTANCE_DIR.mkdir(exist_ok=True)
+    path = INSTANCE_DIR / "jwt-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def validate(settings: Settings) -> None:
+    """Refuse settings that would make the service unsafe or broken."""
+    if settings.env not in ENVIRONMENTS:
+        raise ConfigError(f"SECURITY_API_ENV must be one of {ENVIRONMENTS}")
+    if settings.jwt_algorithm not in ("HS256", "EdDSA"):
+        raise ConfigError("JWT_ALGORITHM must be HS256 or EdDSA")
+    if settings.jwt_algorithm == "HS256":
+        _check_secret(settings.jwt_secret)
+    else:
+        if not settings.jwt_private_key or not settings.jwt_key_id:
+            raise ConfigError("EdDSA needs JWT_PRIVATE_KEY (PEM) and JWT_KEY_ID")
+    if not 0 <= settings.jwt_leeway_seconds <= 30:
+        raise ConfigError("JWT_LEEWAY_SECONDS must be between 0 and 30")
+    if not 4 <= settings.bcrypt_rounds <= 16:
+        raise ConfigError("BCRYPT_ROUNDS must be between 4 and 16")
+    if settings.is_production and settings.bcrypt_rounds < 12:
+        raise ConfigError("production needs BCRYPT_ROUNDS of at least 12")
+    for name in ("access_token_ttl_seconds", "refresh_token_ttl_seconds",
+                 "lockout_threshold", "lockout_seconds", "auth_rate_limit",
+                 "auth_rate_window_seconds", "max_body_bytes"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name.upper()} must be positive")
+    if settings.access_token_ttl_seconds > 3600:
+        raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
+
+
+def _check_secret(secret: str) -> None:
+    if not secret:
+        raise ConfigError("JWT_SECRET is required (at least 32 random bytes)")
+    raw = secret.encode("utf-8")
+    if len(raw) < MIN_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+    if secret.lower() in KNOWN_WEAK_SECRETS or len(set(raw)) < 8:
+        raise ConfigError("JWT_SECRET is too weak: use e.g. "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")

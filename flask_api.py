@@ -1,0 +1,154 @@
+"""The face of the service: application factory, `application`, service endpoints, error handlers."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, Response, g, render_template, request
+from flask_cors import CORS
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+import config
+import flask_api_functions as helpers
+from flask_api_functions import envelope, error_response
+from routes import auth, docs, schemas
+from routes.openapi import documented
+from security_api.errors import ApiError, ServiceUnavailable
+from security_api.services import build_services
+from security_api.stores import StoreUnavailable
+
+VERSION = "1.0.0"
+METHOD_NOT_ALLOWED_MESSAGE = "Method not allowed or missing params, check API doc to solve the problem."
+log = logging.getLogger("security_api")
+service_bp = Blueprint("service", __name__)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the WSGI application; `test_config` overrides settings from the environment."""
+    settings = config.load_settings(**(test_config or {}))
+    logging.basicConfig(level=settings.log_level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    app = Flask(__name__, static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
+                      TESTING=settings.env == "testing", DEBUG=False)
+    app.extensions["security_api"] = build_services(settings)
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
+             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+             expose_headers=["X-Request-ID", "Retry-After"])
+    _register_hooks(app)
+    _register_error_handlers(app)
+    app.register_blueprint(service_bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(docs.bp)
+    import cli
+    cli.init_app(app)
+    return app
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.before_request
+    def _preconditions():
+        helpers.assign_request_id()
+        view = app.view_functions.get(request.endpoint)
+        accepts = request.accept_mimetypes
+        html_ok = getattr(view, "serves_html", False) and accepts.accept_html
+        if request.headers.get("Accept") and not accepts.accept_json and not html_ok \
+                and not getattr(view, "serves_assets", False):
+            return envelope("This API answers in JSON; accept application/json.",
+                            status=406, error="not_acceptable")
+        helpers.refuse_credentials_in_query()
+        return None
+
+    app.after_request(helpers.apply_security_headers)
+    app.teardown_appcontext(helpers.close_db)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if isinstance(exc, MethodNotAllowed):
+            response = envelope(METHOD_NOT_ALLOWED_MESSAGE, status=405, error="method_not_allowed")
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods or []))
+            return response
+        codes = {400: "bad_request", 404: "not_found", 413: "payload_too_large",
+                 415: "unsupported_media_type", 431: "headers_too_large"}
+        messages = {404: "Not found; check the API documentation at /v1/docs.",
+                    413: "The body is too large."}
+        status = exc.code or 500
+        return envelope(messages.get(status, exc.name + "."), status=status,
+                        error=codes.get(status, "http_error"))
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
+    def _database_down(exc):
+        log.error("database error: %s", type(exc).__name__)
+        return error_response(ServiceUnavailable())
+
+    @app.errorhandler(Exception)
+    def _internal(exc):
+        log.exception("unhandled error (request %s)", g.get("request_id"))
+        return envelope("Internal error; quote the request id when reporting it.", status=500,
+                        error="internal_error", request_id=g.get("request_id"))
+
+
+def _index_payload() -> dict:
+    return {"name": "Security API", "version": VERSION,
+            "links": {"ping": "/v1/ping", "health": "/v1/health", "login": "/v1/login",
+                      "openapi": "/v1/openapi.json", "docs": "/v1/docs",
+                      "jwks": "/v1/.well-known/jwks.json"}}
+
+
+@service_bp.get("/")
+@service_bp.get("/v1")
+@documented(summary="Index: HTML for browsers, JSON otherwise", tag="service",
+            responses={200: schemas.Index})
+def index():
+    """Point people and tools to the documentation."""
+    accepts = request.accept_mimetypes
+    if accepts.accept_html and accepts["text/html"] > accepts["application/json"]:
+        html = render_template("index.html", **_index_payload())
+        return Response(html, mimetype="text/html")
+    return envelope("Security API. Documentation: /v1/docs", **_index_payload())
+
+
+index.serves_html = True
+
+
+@service_bp.get("/v1/ping")
+@documented(summary="Liveness", tag="service", responses={200: schemas.Message})
+def ping():
+    """Answer pong without touching any dependency."""
+    return envelope("pong")
+
+
+@service_bp.get("/v1/health")
+@documented(summary="Database (and Redis) status", tag="service",
+            responses={200: schemas.Health, 503: schemas.Health})
+def health():
+    """Check each dependency; 503 when one is down."""
+    services = helpers.services()
+    checks = {}
+    try:
+        with services.session_factory() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except (OperationalError, DBAPIError):
+        checks["database"] = "down"
+    if services.settings.redis_url:
+        try:
+            services.store.ping()
+            checks["redis"] = "ok"
+        except StoreUnavailable:
+            checks["redis"] = "down"
+    healthy = all(value == "ok" for value in checks.values())
+    return envelope("healthy" if healthy else "unhealthy", status=200 if healthy else 503,
+                    checks=checks)
+
+
+application = create_app()

@@ -1,0 +1,214 @@
+"""Request helpers of the HTTP layer: preconditions, credentials, envelope, headers, guards."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from functools import wraps
+
+from flask import Response, current_app, g, request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from security_api import sessions
+from security_api.audit import Origin
+from security_api.clock import utcnow
+from security_api.errors import ApiError, BadRequest, InvalidParams, Unauthenticated
+from security_api.services import Services
+from security_api.signin import BASIC_CHALLENGE
+
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+BEARER_CHALLENGE = 'Bearer realm="security-api"'
+JSON_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+SERVER_NAME = "security-api"
+# Query parameters that would put a credential into logs and browser history.
+CREDENTIAL_QUERY_PARAMS = {"access_token", "token", "jwt", "refresh_token", "password"}
+
+
+# ---- collaborators -------------------------------------------------------------------------
+def services() -> Services:
+    """Return the process-wide domain services."""
+    return current_app.extensions["security_api"]
+
+
+def db() -> Session:
+    """Return this request's database session, opened on first use."""
+    if "db" not in g:
+        g.db = services().session_factory()
+    return g.db
+
+
+def close_db(_exc=None) -> None:
+    """Roll back anything uncommitted and give the connection back."""
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def origin() -> Origin:
+    """Return where the current request comes from, for the audit log."""
+    return Origin(ip=request.remote_addr, request_id=g.get("request_id"))
+
+
+# ---- envelope ------------------------------------------------------------------------------
+def envelope(message: str | None = None, *, status: int = 200, headers: dict | None = None,
+             **payload) -> Response:
+    """Build the contract's JSON response: a `message` plus named payload fields."""
+    body = {"message": message, **payload}
+    response = current_app.response_class(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
+        mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def error_response(exc: ApiError) -> Response:
+    """Render a domain error in the envelope, with its status, code and headers."""
+    payload = {"error": exc.code}
+    if exc.errors:
+        payload["errors"] = exc.errors
+    if exc.status >= 500:
+        payload["request_id"] = g.get("request_id")
+    return envelope(exc.message, status=exc.status, headers=exc.headers, **payload)
+
+
+# ---- preconditions -------------------------------------------------------------------------
+def assign_request_id() -> None:
+    """Echo a sane client request id, or make one."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def refuse_credentials_in_query() -> None:
+    """Tokens and passwords never travel in a URL."""
+    if CREDENTIAL_QUERY_PARAMS & set(request.args.keys()):
+        raise BadRequest("Credentials are never accepted in the query string; "
+                         "use the Authorization header.", code="credentials_in_query")
+
+
+def read_json(schema: type[BaseModel]) -> BaseModel:
+    """Parse and validate the JSON body; an empty body counts as {}."""
+    raw = request.get_data(cache=True)
+    data: object = {}
+    if raw.strip():
+        if request.mimetype != "application/json":
+            raise _unsupported_media_type()
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):
+            raise BadRequest("Bodies must be UTF-8.", code="bad_encoding")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("The body is not valid UTF-8.", code="bad_encoding") from None
+        try:
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError:
+            raise BadRequest("The body is not valid JSON.", code="bad_json") from None
+    if not isinstance(data, dict):
+        raise InvalidParams.one("(body)", "must be a JSON object")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid_params(exc) from None
+
+
+class _UnsupportedMediaType(ApiError):
+    status, code, default_message = 415, "unsupported_media_type", \
+        "Send the body as application/json."
+
+
+def _unsupported_media_type() -> ApiError:
+    return _UnsupportedMediaType()
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _invalid_params(exc: ValidationError) -> InvalidParams:
+    errors, missing = [], False
+    for item in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"]) or "(body)"
+        problem = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        missing = missing or item["type"] == "missing"
+        errors.append({"field": field, "problem": problem})
+    return InvalidParams(code="missing_params" if missing else "invalid_params", errors=errors)
+
+
+# ---- credentials ---------------------------------------------------------------------------
+def basic_credentials() -> tuple[str, str]:
+    """Return (username, password) from a Basic header; the password may contain ':'."""
+    header = request.headers.get("Authorization")
+    scheme, _, value = (header or "").partition(" ")
+    if not header or scheme.lower() != "basic":
+        raise Unauthenticated("Basic authentication required.", code="missing_credentials",
+                              headers=BASIC_CHALLENGE)
+    value = value.strip()
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        decoded = None
+    if not value or decoded is None or ":" not in decoded:
+        raise BadRequest("Malformed Basic credentials: expected base64(username:password) in UTF-8.",
+                         code="malformed_credentials")
+    username, _, password = decoded.partition(":")
+    return username, password
+
+
+def bearer_token() -> str:
+    """Return the token of an `Authorization: Bearer` header."""
+    header = request.headers.get("Authorization")
+    scheme, _, value = (header or "").partition(" ")
+    if not header or scheme.lower() != "bearer":
+        raise Unauthenticated("A Bearer token is required.", code="missing_token",
+                              headers={"WWW-Authenticate": BEARER_CHALLENGE})
+    return value.strip()
+
+
+def require_token(view):
+    """Guard a view: only a valid, unrevoked access token of an active user gets through."""
+    @wraps(view)
+    def guarded(*args, **kwargs):
+        try:
+            g.principal = sessions.authenticate(db(), services(), token=bearer_token(),
+                                                now=utcnow())
+        except Unauthenticated as exc:
+            exc.headers.setdefault(
+                "WWW-Authenticate", f'{BEARER_CHALLENGE}, error="invalid_token"')
+            raise
+        return view(*args, **kwargs)
+
+    guarded.required_auth = "bearer"
+    return guarded
+
+
+def current_principal() -> sessions.Principal:
+    """Return the principal set by require_token."""
+    return g.principal
+
+
+# ---- response headers ----------------------------------------------------------------------
+def apply_security_headers(response: Response) -> Response:
+    """Add the contract's security headers and the request id to every response."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
+    response.headers["Content-Security-Policy"] = g.get("csp", JSON_CSP)
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    # gunicorn writes its own version-free Server header (see gunicorn.conf.py); others get ours.
+    if not request.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+        response.headers["Server"] = SERVER_NAME
+    return response

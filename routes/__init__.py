@@ -1,0 +1,1 @@
+"""HTTP layer: thin blueprints over the domain in security_api."""

@@ -1,0 +1,167 @@
+"""Sign-in endpoints: login, TOTP enrollment, refresh, logout, password, profile."""
+from __future__ import annotations
+
+import base64
+import io
+
+import qrcode
+import qrcode.image.pure
+from flask import Blueprint
+
+from flask_api_functions import (
+    basic_credentials,
+    current_principal,
+    db,
+    envelope,
+    origin,
+    read_json,
+    require_token,
+    services,
+)
+from security_api import accounts, sessions, signin
+from security_api.clock import isoformat, utcnow
+from security_api.models import User
+
+from . import schemas
+from .openapi import documented
+
+bp = Blueprint("auth", __name__, url_prefix="/v1")
+E = schemas.Error
+
+
+def user_json(user: User) -> dict:
+    """Render a user as the contract describes it."""
+    return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
+            "subrole": user.subrole, "kind": user.kind, "active": user.active,
+            "totp_enabled": user.totp_confirmed, "created_at": isoformat(user.created_at)}
+
+
+def _tokens(issued: sessions.IssuedTokens):
+    return envelope(None, token=issued.access_token, token_type="Bearer",  # noqa: S106
+                    expires_in=issued.expires_in, refresh_token=issued.refresh_token,
+                    refresh_expires_in=issued.refresh_expires_in)
+
+
+def _throttle(scope: str) -> None:
+    signin.throttle_address(services(), ip=origin().ip, scope=scope, now=utcnow())
+
+
+@bp.post("/login")
+@documented(summary="Sign in with Basic (username:password) and a TOTP or recovery code",
+            tag="auth", auth="basic", body=schemas.LoginBody,
+            responses={200: schemas.Tokens, 401: E, 403: E, 429: E},
+            description="Every failure (unknown user, wrong password, wrong or replayed code, "
+                        "inactive user, missing code) answers the same 401. 403 "
+                        "`totp_enrollment_required` when the password is right but 2FA is not "
+                        "enrolled. 429 `locked` after 5 failures in a row for 15 minutes; "
+                        "429 `throttled` per client address. Service accounts send no code.")
+def login():
+    """Exchange credentials for an access token and a refresh token."""
+    _throttle("auth")
+    username, password = basic_credentials()
+    body = read_json(schemas.LoginBody)
+    _user, issued = signin.sign_in(db(), services(), username=username, password=password,
+                                   totp_code=body.totp, recovery_code=body.recovery_code,
+                                   origin=origin(), now=utcnow())
+    return _tokens(issued)
+
+
+def _qr_data_uri(uri: str) -> str:
+    buffer = io.BytesIO()
+    qrcode.make(uri, image_factory=qrcode.image.pure.PyPNGImage, box_size=6).save(buffer)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@bp.post("/totp/enroll")
+@documented(summary="Start TOTP enrollment (Basic auth, password only)", tag="auth",
+            auth="basic", body=schemas.EmptyBody,
+            responses={200: schemas.Enrollment, 401: E, 409: E, 429: E},
+            description="Returns a new secret each call until confirmed; 409 once confirmed.")
+def totp_enroll():
+    """Give the caller a TOTP secret, its otpauth URI and a QR code."""
+    _throttle("auth")
+    username, password = basic_credentials()
+    read_json(schemas.EmptyBody)
+    now = utcnow()
+    user = signin.check_password(db(), services(), username=username, password=password,
+                                 purpose="totp_enroll", origin=origin(), now=now)
+    secret, uri = accounts.start_totp_enrollment(db(), user=user,
+                                                 issuer=services().settings.totp_issuer,
+                                                 origin=origin(), now=now)
+    return envelope("Scan the QR code, then confirm with POST /v1/totp/confirm.",
+                    secret=secret, otpauth_uri=uri, qr_png=_qr_data_uri(uri))
+
+
+@bp.post("/totp/confirm")
+@documented(summary="Confirm TOTP enrollment with a current code", tag="auth", auth="basic",
+            body=schemas.TotpConfirmBody,
+            responses={200: schemas.RecoveryCodes, 401: E, 409: E, 429: E},
+            description="Returns 10 single-use recovery codes, shown once.")
+def totp_confirm():
+    """Turn on 2FA and hand out the recovery codes."""
+    _throttle("auth")
+    username, password = basic_credentials()
+    body = read_json(schemas.TotpConfirmBody)
+    now = utcnow()
+    session = db()
+    user = signin.check_password(session, services(), username=username, password=password,
+                                 purpose="totp_confirm", origin=origin(), now=now)
+    accounts.ensure_enrollment_started(user)
+    signin.check_totp(session, services(), user=user, secret=user.totp_secret, code=body.totp,
+                      purpose="totp_confirm", origin=origin(), now=now)
+    codes = accounts.confirm_totp(session, user=user, origin=origin(), now=now)
+    return envelope("Two-factor authentication is on. Keep these recovery codes safe; "
+                    "each works once.", recovery_codes=codes)
+
+
+@bp.post("/token/refresh")
+@documented(summary="Rotate a refresh token into new tokens", tag="auth",
+            body=schemas.RefreshBody, responses={200: schemas.Tokens, 401: E, 429: E},
+            description="A refresh token works once. Presenting a used one revokes its whole "
+                        "family (401 `refresh_token_reused`), access tokens included.")
+def token_refresh():
+    """Trade a refresh token for a new pair."""
+    _throttle("auth")
+    body = read_json(schemas.RefreshBody)
+    issued = sessions.rotate(db(), services(), refresh_token=body.refresh_token,
+                             origin=origin(), now=utcnow())
+    return _tokens(issued)
+
+
+@bp.post("/logout")
+@documented(summary="Revoke this access token and its refresh family", tag="auth",
+            body=schemas.EmptyBody, responses={200: schemas.Message})
+@require_token
+def logout():
+    """End the caller's session."""
+    read_json(schemas.EmptyBody)
+    sessions.end_session(db(), services(), principal=current_principal(), origin=origin(),
+                         now=utcnow())
+    return envelope("Logged out.")
+
+
+@bp.post("/password")
+@documented(summary="Change the caller's password", tag="auth", body=schemas.PasswordBody,
+            responses={200: schemas.Message, 403: E, 429: E},
+            description="403 `wrong_password` when the current password is wrong (counts "
+                        "toward the lockout). Every token issued before is revoked.")
+@require_token
+def change_password():
+    """Replace the password and revoke every older token."""
+    _throttle("auth")
+    body = read_json(schemas.PasswordBody)
+    principal = current_principal()
+    signin.change_password(db(), services(), user=principal.user,
+                           current_password=body.current_password,
+                           new_password=body.new_password, origin=origin(), now=utcnow())
+    return envelope("Password changed. Every session was signed out; sign in again.")
+
+
+@bp.get("/profile")
+@documented(summary="The caller's token claims and user", tag="auth",
+            responses={200: schemas.Profile})
+@require_token
+def profile():
+    """Show who the token belongs to."""
+    principal = current_principal()
+    return envelope(None, jwt_data=principal.claims, user=user_json(principal.user))

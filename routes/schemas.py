@@ -1,0 +1,111 @@
+"""Request and response bodies: validation and the OpenAPI document come from these."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+
+class Body(BaseModel):
+    """A request body: unknown fields and wrong types are refused, never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+
+
+class LoginBody(Body):
+    totp: StrictStr | None = Field(
+        default=None, pattern=r"^[0-9]{6}$",
+        description="Current code of the authenticator app: 6 ASCII digits.")
+    recovery_code: StrictStr | None = Field(default=None, min_length=1, max_length=64,
+                                            description="One of the recovery codes, instead of totp.")
+
+
+class EmptyBody(Body):
+    """No fields: an empty body or {}."""
+
+
+class TotpConfirmBody(Body):
+    totp: StrictStr = Field(pattern=r"^[0-9]{6}$", description="Current code: 6 ASCII digits.")
+
+
+class RefreshBody(Body):
+    refresh_token: StrictStr = Field(min_length=1, max_length=128)
+
+
+class PasswordBody(Body):
+    current_password: StrictStr = Field(min_length=1, max_length=4096)
+    new_password: StrictStr = Field(min_length=1, max_length=4096,
+                                    description="12 to 1024 characters; common or guessable ones are refused.")
+
+
+# Responses: documented shapes, every one with the contract's `message`.
+class Message(BaseModel):
+    message: str | None
+
+
+class ErrorItem(BaseModel):
+    field: str
+    problem: str
+
+
+class Error(BaseModel):
+    message: str
+    error: str = Field(description="Stable snake_case code.")
+    errors: list[ErrorItem] | None = None
+    request_id: str | None = None
+
+
+class Tokens(BaseModel):
+    message: str | None
+    token: str = Field(description="Access token (JWT).")
+    token_type: str = Field(examples=["Bearer"])
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class Enrollment(BaseModel):
+    message: str | None
+    secret: str
+    otpauth_uri: str
+    qr_png: str = Field(description="data:image/png;base64,... of the otpauth URI.")
+
+
+class RecoveryCodes(BaseModel):
+    message: str | None
+    recovery_codes: list[str]
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    email: str | None
+    role: str
+    subrole: str
+    kind: str
+    active: bool
+    totp_enabled: bool
+    created_at: str
+
+
+class Profile(BaseModel):
+    message: str | None
+    jwt_data: dict
+    user: UserOut
+
+
+class Health(BaseModel):
+    message: str | None = Field(description="healthy or unhealthy")
+    checks: dict[str, str] = Field(description="Each dependency: ok or down.")
+
+
+class Jwks(BaseModel):
+    message: str | None
+    keys: list[dict]
+
+
+class Index(BaseModel):
+    message: str | None
+    name: str
+    version: str
+    links: dict[str, str]

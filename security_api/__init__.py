@@ -1,0 +1,1 @@
+"""Domain of the Security API: knows SQLAlchemy, never Flask."""

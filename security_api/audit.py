@@ -1,0 +1,101 @@
+"""Hash-chained audit events, written in the caller's transaction."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .models import AuditChainHead, AuditEvent, new_id
+
+GENESIS_HASH = "0" * 64
+HEAD_ID = 1
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an action came from: passed in by the HTTP layer or the CLI."""
+
+    ip: str | None = None
+    request_id: str | None = None
+
+
+def _canonical_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(event: AuditEvent) -> str:
+    """Return the hash of an event, chained to the hash before it."""
+    body = json.dumps({
+        "seq": event.seq, "id": event.id, "at": _canonical_time(event.at),
+        "actor": event.actor, "action": event.action, "target": event.target,
+        "ip": event.ip, "request_id": event.request_id, "details": event.details,
+    }, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{event.prev_hash}\n{body}".encode("ascii")).hexdigest()
+
+
+def ensure_chain_head(session: Session) -> None:
+    """Create the chain's head row if the database has none yet."""
+    if session.get(AuditChainHead, HEAD_ID) is None:
+        session.add(AuditChainHead(id=HEAD_ID, seq=0, last_hash=GENESIS_HASH))
+        session.flush()
+
+
+def record(session: Session, *, action: str, actor: str | None, target: str | None,
+           origin: Origin, now: datetime, details: dict | None = None) -> AuditEvent:
+    """Append an event to the chain inside the caller's transaction."""
+    # Taking the head row's write lock first serialises writers, so the chain never forks.
+    seq, prev_hash = session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+        .values(seq=AuditChainHead.seq + 1)
+        .returning(AuditChainHead.seq, AuditChainHead.last_hash)
+    ).one()
+    event = AuditEvent(
+        id=new_id(), seq=seq, at=now, actor=actor,
+        action=str(action), target=target, ip=origin.ip, request_id=origin.request_id,
+        details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+        prev_hash=prev_hash,
+    )
+    event.hash = event_hash(event)
+    session.add(event)
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+                    .values(last_hash=event.hash))
+    return event
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The result of walking the chain: where it first breaks, if anywhere."""
+
+    ok: bool
+    events: int
+    first_broken_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
+    """Walk every event in order and report the first one changed, removed or inserted."""
+    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
+    last_seen = 0
+    while True:
+        rows = session.execute(
+            select(AuditEvent).where(AuditEvent.seq > last_seen)
+            .order_by(AuditEvent.seq).limit(batch)).scalars().all()
+        if not rows:
+            break
+        for event in rows:
+            if event.seq != expected_seq:
+                return ChainReport(False, count, expected_seq, "missing event")
+            if event.prev_hash != expected_prev:
+                return ChainReport(False, count, event.seq, "link to previous event broken")
+            if event_hash(event) != event.hash:
+                return ChainReport(False, count, event.seq, "event content changed")
+            expected_prev, expected_seq, count = event.hash, event.seq + 1, count + 1
+            last_seen = event.seq
+    head = session.get(AuditChainHead, HEAD_ID)
+    if head is not None and (head.seq != count or head.last_hash != expected_prev):
+        return ChainReport(False, count, expected_seq, "events after the last one were removed")
+    return ChainReport(True, count)

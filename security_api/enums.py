@@ -1,0 +1,34 @@
+"""Named values instead of bare strings."""
+from enum import StrEnum
+
+
+class UserKind(StrEnum):
+    PERSON = "person"
+    SERVICE = "service"
+
+
+class AuditAction(StrEnum):
+    LOGIN_SUCCEEDED = "login.succeeded"
+    LOGIN_FAILED = "login.failed"
+    LOGIN_LOCKED = "login.locked"
+    RECOVERY_CODE_USED = "login.recovery_code_used"
+    TOTP_ENROLL_STARTED = "totp.enroll_started"
+    TOTP_ENROLLED = "totp.enrolled"
+    TOKEN_REFRESHED = "token.refreshed"
+    REFRESH_REUSE_DETECTED = "token.refresh_reuse_detected"
+    LOGOUT = "logout"
+    PASSWORD_CHANGED = "password.changed"
+    PASSWORD_CHANGE_FAILED = "password.change_failed"
+    USER_CREATED = "user.created"
+    ROLE_CREATED = "role.created"
+
+
+class FailureReason(StrEnum):
+    """Why a sign-in failed: recorded in the audit log, never told to the client."""
+
+    UNKNOWN_USER = "unknown_user"
+    BAD_PASSWORD = "bad_password"
+    INACTIVE = "inactive"
+    BAD_SECOND_FACTOR = "bad_second_factor"
+    MISSING_SECOND_FACTOR = "missing_second_factor"
+    TOTP_REPLAYED = "totp_replayed"

@@ -1,0 +1,46 @@
+"""Create or upgrade the schema with Alembic, then the rows every installation needs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from . import audit
+from .accounts import create_role
+from .clock import utcnow
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_ROLE, ADMIN_SUBROLE = "security", "admin"
+
+
+def alembic_config() -> Config:
+    """Return the Alembic configuration of this project."""
+    return Config(str(ROOT / "alembic.ini"))
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+    cfg = alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+def bootstrap(session: Session) -> None:
+    """Create the built-in rows: the audit chain head and the security/admin role."""
+    now = utcnow()
+    audit.ensure_chain_head(session)
+    create_role(session, name=ADMIN_ROLE, subroles=[ADMIN_SUBROLE],
+                description="The security team", actor="system", origin=audit.Origin(),
+                now=now)
+    session.commit()
+
+
+def init_database(engine: Engine, session_factory) -> None:
+    """Migrate, then bootstrap: what `flask init-db` does."""
+    migrate(engine)
+    with session_factory() as session:
+        bootstrap(session)

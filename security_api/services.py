@@ -1,0 +1,45 @@
+"""The long-lived collaborators of the domain, built once per process."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import sessionmaker
+
+from config import Settings
+
+from .db import make_engine, make_session_factory
+from .passwords import dummy_hash
+from .stores import StateStore, make_store
+from .tokens import SigningKeys, TokenAudience, eddsa_keys, hs256_keys
+
+
+@dataclass(frozen=True)
+class Services:
+    """Settings, database, shared state store and signing keys, passed to domain operations."""
+
+    settings: Settings
+    session_factory: sessionmaker
+    store: StateStore
+    keys: SigningKeys
+    audience: TokenAudience
+    dummy_password_hash: str
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire the collaborators described by the settings."""
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    if settings.jwt_algorithm == "EdDSA":
+        keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)
+    else:
+        keys = hs256_keys(settings.jwt_secret)
+    return Services(
+        settings=settings,
+        session_factory=session_factory,
+        store=make_store(session_factory=session_factory, redis_url=settings.redis_url,
+                         redis_prefix=settings.redis_prefix),
+        keys=keys,
+        audience=TokenAudience(settings.jwt_issuer, settings.jwt_audience,
+                               settings.access_token_ttl_seconds, settings.jwt_leeway_seconds),
+        dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
+    )

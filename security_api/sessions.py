@@ -1,0 +1,150 @@
+"""Sign-in sessions: refresh-token families with rotation, access tokens, revocation."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import audit
+from .clock import as_utc, epoch
+from .enums import AuditAction
+from .errors import Unauthenticated
+from .models import RefreshFamily, RefreshToken, User
+from .services import Services
+from .tokens import issue_access_token, verify_access_token
+
+MAX_REFRESH_TOKEN_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    """What a client receives after signing in or refreshing."""
+
+    access_token: str
+    claims: dict
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The user behind a verified access token."""
+
+    user: User
+    claims: dict
+
+
+def _digest(refresh_token: str) -> str:
+    return hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _issue(session: Session, services: Services, *, user: User, family_id: str,
+           now: datetime) -> IssuedTokens:
+    refresh_token = secrets.token_urlsafe(32)
+    ttl = services.settings.refresh_token_ttl_seconds
+    session.add(RefreshToken(family_id=family_id, token_hash=_digest(refresh_token),
+                             issued_at=now, expires_at=now + timedelta(seconds=ttl)))
+    access_token, claims = issue_access_token(keys=services.keys, audience=services.audience,
+                                              user=user, session_id=family_id, now=now)
+    return IssuedTokens(access_token, claims, refresh_token,
+                        claims["exp"] - epoch(now), ttl)
+
+
+def start_session(session: Session, services: Services, *, user: User,
+                  now: datetime) -> IssuedTokens:
+    """Open a refresh family for a fresh sign-in and issue its first tokens."""
+    family = RefreshFamily(user_id=user.id, created_at=now)
+    session.add(family)
+    session.flush()
+    return _issue(session, services, user=user, family_id=family.id, now=now)
+
+
+def revoke_family(session: Session, *, family_id: str, reason: str, now: datetime) -> bool:
+    """Revoke one sign-in session; True if it was still live."""
+    result = session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.id == family_id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason))
+    return result.rowcount == 1
+
+
+def invalidate_all_tokens(session: Session, *, user: User, reason: str, now: datetime) -> None:
+    """Kill every token the user holds: access tokens by time, refresh families by flag."""
+    # +1: a token issued earlier in this very second must die too (iat has whole seconds).
+    user.tokens_valid_after = epoch(now) + 1
+    user.updated_at = now
+    session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.user_id == user.id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason))
+
+
+def rotate(session: Session, services: Services, *, refresh_token: str,
+           origin: audit.Origin, now: datetime) -> IssuedTokens:
+    """Trade a refresh token for new tokens; a reused one revokes its whole family."""
+    invalid = Unauthenticated("Invalid refresh token.", code="invalid_refresh_token")
+    if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
+        raise invalid
+    row = session.execute(
+        select(RefreshToken, RefreshFamily, User)
+        .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
+        .join(User, User.id == RefreshFamily.user_id)
+        .where(RefreshToken.token_hash == _digest(refresh_token))).first()
+    if row is None:
+        raise invalid
+    token, family, user = row
+    if family.revoked_at is not None or not user.active:
+        raise invalid
+    if as_utc(token.expires_at) <= now:
+        raise Unauthenticated("Refresh token expired.", code="token_expired")
+    used = session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+        .values(used_at=now))
+    if used.rowcount != 1:
+        # Someone already used this token: one of the two holders is a thief.
+        session.rollback()
+        revoke_family(session, family_id=family.id, reason="refresh_reuse", now=now)
+        audit.record(session, action=AuditAction.REFRESH_REUSE_DETECTED, actor=user.username,
+                     target=user.id, origin=origin, now=now, details={"family": family.id})
+        session.commit()
+        raise Unauthenticated("Refresh token reuse detected; the session is revoked.",
+                              code="refresh_token_reused")
+    issued = _issue(session, services, user=user, family_id=family.id, now=now)
+    audit.record(session, action=AuditAction.TOKEN_REFRESHED, actor=user.username,
+                 target=user.id, origin=origin, now=now, details={"family": family.id})
+    session.commit()
+    return issued
+
+
+def authenticate(session: Session, services: Services, *, token: str, now: datetime) -> Principal:
+    """Return the principal of a valid, unrevoked access token of an active user."""
+    claims = verify_access_token(token, keys=services.keys, audience=services.audience)
+    if services.store.is_token_denied(claims["jti"], now=epoch(now)):
+        raise Unauthenticated("Token revoked.", code="token_revoked")
+    row = session.execute(
+        select(User, RefreshFamily.revoked_at)
+        .outerjoin(RefreshFamily, RefreshFamily.id == claims["sid"])
+        .where(User.id == claims["sub"])).first()
+    if row is None:
+        raise Unauthenticated("Invalid token.", code="invalid_token")
+    user, family_revoked_at = row
+    if not user.active or claims["iat"] < user.tokens_valid_after or family_revoked_at is not None:
+        raise Unauthenticated("Token revoked.", code="token_revoked")
+    return Principal(user, claims)
+
+
+def end_session(session: Session, services: Services, *, principal: Principal,
+                origin: audit.Origin, now: datetime) -> None:
+    """Log out: deny this access token and revoke its refresh family."""
+    claims = principal.claims
+    services.store.deny_token(claims["jti"], expires_at=int(claims["exp"]))
+    revoke_family(session, family_id=claims["sid"], reason="logout", now=now)
+    audit.record(session, action=AuditAction.LOGOUT, actor=principal.user.username,
+                 target=principal.user.id, origin=origin, now=now, details={"family": claims["sid"]})
+    session.commit()

@@ -1,0 +1,13 @@
+"""Shared sign-in state (throttling, lockout, token deny-list, TOTP replay) across workers."""
+from .base import LockState, StateStore, StoreUnavailable
+from .database import DatabaseStore
+from .redis import RedisStore
+
+__all__ = ["DatabaseStore", "LockState", "RedisStore", "StateStore", "StoreUnavailable", "make_store"]
+
+
+def make_store(*, session_factory, redis_url: str | None, redis_prefix: str) -> StateStore:
+    """Choose Redis when configured, else the database every instance already shares."""
+    if redis_url:
+        return RedisStore.from_url(redis_url, prefix=redis_prefix)
+    return DatabaseStore(session_factory)

@@ -1,0 +1,61 @@
+"""What every state store offers; callers never know which one they have."""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..errors import ServiceUnavailable
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The store cannot be reached: callers fail closed (503)."""
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Whether a key is locked out, and for how many more seconds."""
+
+    locked: bool
+    retry_after: int = 0
+
+
+def key_digest(value: str) -> str:
+    """Return a fixed-size key for attacker-chosen text (usernames, addresses)."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+class StateStore(ABC):
+    """Counters and markers that must hold across workers and instances."""
+
+    @abstractmethod
+    def hit(self, key: str, *, limit: int, window: int, now: int) -> int:
+        """Count one request in the current window; return seconds to wait if over limit, else 0."""
+
+    @abstractmethod
+    def lock_state(self, key: str, *, now: int) -> LockState:
+        """Tell whether the key is locked out."""
+
+    @abstractmethod
+    def record_failure(self, key: str, *, threshold: int, lock_seconds: int, now: int) -> bool:
+        """Count a failure in a row; lock the key at the threshold and return True when locking."""
+
+    @abstractmethod
+    def clear_failures(self, key: str) -> None:
+        """Forget failures and any lock after a success or an administrator's unlock."""
+
+    @abstractmethod
+    def deny_token(self, jti: str, *, expires_at: int) -> None:
+        """Refuse an access token from now until it would expire anyway."""
+
+    @abstractmethod
+    def is_token_denied(self, jti: str, *, now: int) -> bool:
+        """Tell whether an access token was revoked."""
+
+    @abstractmethod
+    def claim_totp_step(self, user_id: str, step: int) -> bool:
+        """Accept a TOTP step once: True only if it is later than every step accepted before."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""

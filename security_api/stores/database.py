@@ -1,0 +1,107 @@
+"""State store in the service's own database: no extra server needed."""
+from __future__ import annotations
+
+import secrets
+from contextlib import contextmanager
+
+from sqlalchemy import case, delete, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..models import LoginFailure, RateCounter, RevokedToken, TotpStep
+from .base import LockState, StateStore, StoreUnavailable, key_digest
+
+CLEANUP_ONE_IN = 200
+
+
+class DatabaseStore(StateStore):
+    """Each operation is its own short transaction, committed before the caller goes on."""
+
+    def __init__(self, session_factory):
+        self._sessions = session_factory
+
+    @contextmanager
+    def _transaction(self):
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable() from exc
+
+    def _upsert(self, session, model):
+        insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+        return insert(model)
+
+    def hit(self, key, *, limit, window, now):
+        window_start = now - now % window
+        row_key = f"{key_digest(key)}:{window_start}"
+        with self._transaction() as session:
+            stmt = self._upsert(session, RateCounter).values(
+                key=row_key, count=1, expires_at=window_start + window)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["key"], set_={"count": RateCounter.count + 1},
+            ).returning(RateCounter.count)
+            count = session.execute(stmt).scalar_one()
+            if secrets.randbelow(CLEANUP_ONE_IN) == 0:
+                session.execute(delete(RateCounter).where(RateCounter.expires_at < now))
+        if count > limit:
+            return window_start + window - now
+        return 0
+
+    def lock_state(self, key, *, now):
+        with self._transaction() as session:
+            locked_until = session.execute(
+                select(LoginFailure.locked_until).where(LoginFailure.key == key_digest(key))
+            ).scalar_one_or_none()
+        if locked_until and locked_until > now:
+            return LockState(True, locked_until - now)
+        return LockState(False)
+
+    def record_failure(self, key, *, threshold, lock_seconds, now):
+        digest = key_digest(key)
+        with self._transaction() as session:
+            stmt = self._upsert(session, LoginFailure).values(
+                key=digest, failures=1, last_failure_at=now, locked_until=0)
+            # Failures older than the lock period no longer count as "in a row".
+            stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={
+                "failures": case((LoginFailure.last_failure_at < now - lock_seconds, 1),
+                                 else_=LoginFailure.failures + 1),
+                "last_failure_at": now,
+            }).returning(LoginFailure.failures)
+            failures = session.execute(stmt).scalar_one()
+            if failures < threshold:
+                return False
+            session.execute(update(LoginFailure).where(LoginFailure.key == digest)
+                            .values(failures=0, locked_until=now + lock_seconds))
+            return True
+
+    def clear_failures(self, key):
+        with self._transaction() as session:
+            session.execute(delete(LoginFailure).where(LoginFailure.key == key_digest(key)))
+
+    def deny_token(self, jti, *, expires_at):
+        with self._transaction() as session:
+            stmt = self._upsert(session, RevokedToken).values(jti=jti, expires_at=expires_at)
+            session.execute(stmt.on_conflict_do_nothing(index_elements=["jti"]))
+            if secrets.randbelow(CLEANUP_ONE_IN) == 0:
+                session.execute(delete(RevokedToken).where(RevokedToken.expires_at < expires_at - 86400))
+
+    def is_token_denied(self, jti, *, now):
+        with self._transaction() as session:
+            found = session.execute(
+                select(RevokedToken.jti).where(RevokedToken.jti == jti)).first()
+        return found is not None
+
+    def claim_totp_step(self, user_id, step):
+        with self._transaction() as session:
+            stmt = self._upsert(session, TotpStep).values(user_id=user_id, step=step)
+            # Only a later step moves the mark: replays and older codes match no row.
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["user_id"], set_={"step": step},
+                where=TotpStep.step < step,
+            )
+            return session.execute(stmt).rowcount == 1
+
+    def ping(self):
+        with self._transaction() as session:
+            session.execute(text("SELECT 1"))

@@ -1,0 +1,123 @@
+"""Issue and verify access tokens (JWT) with a pinned algorithm; JWKS for EdDSA."""
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .clock import epoch
+from .errors import Unauthenticated
+
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti", "type"]
+MAX_TOKEN_LENGTH = 4096
+TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """The pinned algorithm with the keys to sign and verify."""
+
+    algorithm: str
+    signing_key: object
+    verification_key: object
+    kid: str | None = None
+    public_jwk: dict | None = None
+
+
+def hs256_keys(secret: str) -> SigningKeys:
+    """Keys for HMAC-SHA256 with a shared secret."""
+    raw = secret.encode("utf-8")
+    return SigningKeys("HS256", raw, raw)
+
+
+def eddsa_keys(private_pem: str, kid: str) -> SigningKeys:
+    """Keys for Ed25519 from a PEM private key; the public half goes to the JWKS."""
+    private_key = serialization.load_pem_private_key(private_pem.encode("ascii"), password=None)
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise ValueError("JWT_PRIVATE_KEY must be an Ed25519 private key")
+    public_key = private_key.public_key()
+    raw_public = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+        "x": base64.urlsafe_b64encode(raw_public).rstrip(b"=").decode("ascii"),
+    }
+    return SigningKeys("EdDSA", private_key, public_key, kid=kid, public_jwk=jwk)
+
+
+@dataclass(frozen=True)
+class TokenAudience:
+    """Who issues tokens and for whom, and how long they live."""
+
+    issuer: str
+    audience: str
+    ttl_seconds: int
+    leeway_seconds: int
+
+
+def issue_access_token(*, keys: SigningKeys, audience: TokenAudience, user, session_id: str,
+                       now: datetime) -> tuple[str, dict]:
+    """Sign an access token for a user; return it with its claims."""
+    # Never issue a token that is dead on arrival after a same-second password change.
+    issued_at = max(epoch(now), user.tokens_valid_after)
+    claims = {
+        "iss": audience.issuer,
+        "aud": audience.audience,
+        "sub": user.id,
+        "iat": issued_at,
+        "nbf": issued_at,
+        "exp": issued_at + audience.ttl_seconds,
+        "jti": uuid.uuid4().hex,
+        "type": TOKEN_TYPE,
+        "sid": session_id,
+        "user_id": user.id,
+        "user_name": user.username,
+        "user_roles": user.roles,
+        "role": user.role,
+        "subrole": user.subrole,
+    }
+    headers = {"kid": keys.kid} if keys.kid else None
+    token = jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm, headers=headers)
+    return token, claims
+
+
+def verify_access_token(token: str, *, keys: SigningKeys, audience: TokenAudience) -> dict:
+    """Return the claims of a valid access token; raise Unauthenticated otherwise."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthenticated("Invalid token.", code="invalid_token")
+    try:
+        header = jwt.get_unverified_header(token)
+        # The algorithm is pinned; a token naming another one is refused outright.
+        if header.get("alg") != keys.algorithm:
+            raise Unauthenticated("Invalid token.", code="invalid_token")
+        if keys.kid is not None and header.get("kid") != keys.kid:
+            raise Unauthenticated("Invalid token.", code="invalid_token")
+        claims = jwt.decode(
+            token, keys.verification_key, algorithms=[keys.algorithm],
+            audience=audience.audience, issuer=audience.issuer,
+            leeway=audience.leeway_seconds,
+            options={"require": REQUIRED_CLAIMS, "verify_signature": True, "verify_exp": True,
+                     "verify_nbf": True, "verify_iat": True, "verify_aud": True,
+                     "verify_iss": True, "strict_aud": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("Token expired.", code="token_expired") from None
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        raise Unauthenticated("Invalid token.", code="invalid_token") from None
+    if claims.get("type") != TOKEN_TYPE or not _is_text(claims.get("sub")) \
+            or not _is_text(claims.get("jti")) or not _is_text(claims.get("sid")):
+        raise Unauthenticated("Invalid token.", code="invalid_token")
+    return claims
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64
+
+
+def jwks(keys: SigningKeys) -> dict:
+    """Return the public keys as a JWK Set (empty for a shared HMAC secret)."""
+    return {"keys": [keys.public_jwk] if keys.public_jwk else []}
