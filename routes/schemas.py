@@ -34,8 +34,9 @@ class RefreshBody(Body):
 
 class PasswordBody(Body):
     current_password: StrictStr = Field(min_length=1, max_length=4096)
-    new_password: StrictStr = Field(min_length=1, max_length=4096,
-                                    description="12 to 1024 characters; common or guessable ones are refused.")
+    new_password: StrictStr = Field(
+        min_length=1, max_length=4096,
+        description="12 to 1024 characters; common or guessable ones are refused.")
 
 
 # Responses: documented shapes, every one with the contract's `message`.
