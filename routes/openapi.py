@@ -55,7 +55,8 @@ def _json_content(model, components) -> dict:
     return {"application/json": {"schema": _schema_ref(model, components)}}
 
 
-def _operation(view, doc: ApiDoc, components: dict, path_params: list[str]) -> dict:
+def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
+               operation_id: str) -> dict:
     auth = getattr(view, "required_auth", None) or doc.auth
     statuses = dict(doc.responses)
     for status in COMMON_ERRORS + (BODY_ERRORS if doc.body else ()):
@@ -72,7 +73,7 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str]) -> d
                                                 "description": "Seconds to wait."}}
         responses[str(status)] = entry
     operation = {"summary": doc.summary, "tags": [doc.tag], "responses": responses,
-                 "operationId": view.__name__}
+                 "operationId": operation_id}
     if doc.description:
         operation["description"] = doc.description
     operation["security"] = [{"basicAuth": []}] if auth == "basic" else \
@@ -99,8 +100,9 @@ def build_document(app: Flask, *, version: str) -> dict:
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation_id = re.sub(r"\W+", "_", f"{method} {path}").strip("_").lower()
             paths.setdefault(path, {})[method.lower()] = _operation(
-                view, doc, components, list(rule.arguments))
+                view, doc, components, list(rule.arguments), operation_id=operation_id)
     return {
         "openapi": "3.1.0",
         "info": {
