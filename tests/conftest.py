@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pyotp
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 os.environ.setdefault("SECURITY_API_ENV", "testing")
 
@@ -27,16 +27,28 @@ DEFAULT_PASSWORD = "violet-harbour-kettle-42"
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory) -> str:
-    """Migrate a fresh database once per run with the project's own Alembic migrations."""
-    url = TEST_DATABASE_URL or f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
+def database_url(tmp_path_factory):
+    """Migrate a fresh database once per run with the project's own Alembic migrations.
+
+    On PostgreSQL each run gets its own schema, so parallel runs never see each other's rows.
+    """
+    if TEST_DATABASE_URL:
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(TEST_DATABASE_URL)
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        url = make_url(TEST_DATABASE_URL).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
     engine = create_engine(url)
-    with engine.begin() as connection:
-        Base.metadata.drop_all(connection)
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     migrate(engine)
     engine.dispose()
-    return url
+    yield url
+    if TEST_DATABASE_URL:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def _empty_tables(app) -> None:

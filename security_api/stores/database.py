@@ -99,8 +99,9 @@ class DatabaseStore(StateStore):
             stmt = stmt.on_conflict_do_update(
                 index_elements=["user_id"], set_={"step": step},
                 where=TotpStep.step < step,
-            )
-            return session.execute(stmt).rowcount == 1
+            ).returning(TotpStep.step)
+            # RETURNING yields a row only when the insert or the guarded update happened.
+            return session.execute(stmt).first() is not None
 
     def ping(self):
         with self._transaction() as session:

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Run postman_collection.json with newman against the live service under gunicorn.
+#
+#   scripts/postman.sh [extra newman options, e.g. --reporters cli,junit]
+#
+# Uses DATABASE_URL and REDIS_URL from the environment when set (e.g. PostgreSQL + Redis in
+# CI), else a temporary SQLite file. Users get a random suffix, so a shared database with rows
+# from earlier runs (or from the test suite) never collides. The exit code is newman's.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV_BIN=${VENV_BIN:-.venv/bin}
+PYTHON="$VENV_BIN/python"
+FLASK=("$VENV_BIN/flask" --app flask_api)
+NEWMAN=node_modules/.bin/newman
+START_TIMEOUT_SECONDS=30
+
+for tool in "$PYTHON" "$VENV_BIN/flask" "$VENV_BIN/gunicorn"; do
+    [[ -x "$tool" ]] || { echo "postman.sh: $tool not found; run 'make venv' first" >&2; exit 2; }
+done
+if [[ ! -x "$NEWMAN" ]]; then
+    echo "postman.sh: installing newman (npm ci)"
+    npm ci --no-audit --no-fund
+fi
+
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/security-api-postman.XXXXXX")
+server_pid=""
+
+stop_server() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        # gunicorn stops its idle workers at once; give it a few seconds before insisting.
+        for _ in $(seq 1 50); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    server_pid=""
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT
+    stop_server
+    if [[ $status -ne 0 && -s "$workdir/gunicorn.log" ]]; then
+        echo "--- gunicorn log (last 60 lines) ---" >&2
+        tail -n 60 "$workdir/gunicorn.log" >&2
+    fi
+    rm -rf "$workdir"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+random() { "$PYTHON" -c "import secrets, sys; print(secrets.$1(int(sys.argv[1])))" "$2"; }
+
+# ---- configuration of the service under test ------------------------------------------------
+run_id=$(random token_hex 4)
+export SECURITY_API_ENV=testing
+# Every worker must sign with the same secret: never let testing mode make one per process.
+JWT_SECRET=$(random token_urlsafe 48)
+export JWT_SECRET
+export DATABASE_URL=${DATABASE_URL:-"sqlite:///$workdir/db.sqlite3"}
+if [[ -n "${REDIS_URL:-}" ]]; then
+    export REDIS_URL
+    # A namespace of its own: no counters shared with other runs or the test suite.
+    export REDIS_PREFIX="postman:$run_id:"
+    redis_configured=true
+else
+    unset REDIS_URL
+    redis_configured=false
+fi
+export BCRYPT_ROUNDS=4
+# The collection sends ~50 sign-in requests from one address within a minute.
+export AUTH_RATE_LIMIT=1000
+port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export GUNICORN_BIND="127.0.0.1:$port"
+export WEB_CONCURRENCY=2
+base_url="http://127.0.0.1:$port"
+
+echo "postman.sh: database ${DATABASE_URL%%:*}, redis $redis_configured, run $run_id, $base_url"
+
+# ---- database and users --------------------------------------------------------------------
+person_username="pm-person-$run_id"
+person_password="Tidal:$(random token_urlsafe 18)"      # a ':' in a password must work
+changer_username="pm-changer-$run_id"
+changer_password=$(random token_urlsafe 18)
+changer_new_password=$(random token_urlsafe 18)
+service_username="pm-service-$run_id"
+service_password=$(random token_urlsafe 32)
+
+"${FLASK[@]}" init-db
+"${FLASK[@]}" create-role developer --subrole backend
+"${FLASK[@]}" create-role tools --subrole ci
+printf '%s\n' "$person_password" | "${FLASK[@]}" create-user "$person_username" \
+    --role developer --subrole backend --email "$person_username@example.test" --password-stdin
+printf '%s\n' "$changer_password" | "${FLASK[@]}" create-user "$changer_username" \
+    --role developer --subrole backend --password-stdin
+printf '%s\n' "$service_password" | "${FLASK[@]}" create-user "$service_username" \
+    --role tools --subrole ci --service --password-stdin
+
+# ---- service ---------------------------------------------------------------------------------
+"$VENV_BIN/gunicorn" -c gunicorn.conf.py flask_api:application \
+    >"$workdir/gunicorn.log" 2>&1 &
+server_pid=$!
+
+"$PYTHON" - "$base_url/v1/ping" "$server_pid" "$START_TIMEOUT_SECONDS" <<'EOF'
+import os, sys, time, urllib.request
+url, pid, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("postman.sh: gunicorn exited before answering")
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.2)
+sys.exit(f"postman.sh: no answer from {url}")
+EOF
+
+# ---- collection ------------------------------------------------------------------------------
+started=$SECONDS
+set +e
+"$NEWMAN" run postman_collection.json \
+    --env-var "baseUrl=$base_url" \
+    --env-var "person_username=$person_username" \
+    --env-var "person_password=$person_password" \
+    --env-var "changer_username=$changer_username" \
+    --env-var "changer_password=$changer_password" \
+    --env-var "changer_new_password=$changer_new_password" \
+    --env-var "service_username=$service_username" \
+    --env-var "service_password=$service_password" \
+    --env-var "redis_configured=$redis_configured" \
+    --timeout-request 15000 \
+    --timeout 150000 \
+    "$@"
+newman_status=$?
+set -e
+echo "postman.sh: newman finished in $((SECONDS - started)) s with exit code $newman_status"
+exit "$newman_status"

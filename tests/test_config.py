@@ -1,0 +1,52 @@
+"""Settings: secure defaults, and production refuses to start unsafe."""
+import pytest
+
+from config import ConfigError, load_settings
+
+STRONG = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
+
+
+@pytest.mark.parametrize("environ,message", [
+    ({"SECURITY_API_ENV": "production"}, "JWT_SECRET is required"),
+    ({"SECURITY_API_ENV": "production", "JWT_SECRET": "short-secret"}, "at least 32 bytes"),
+    ({"SECURITY_API_ENV": "production", "JWT_SECRET": "a" * 40}, "too weak"),
+    ({"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG, "BCRYPT_ROUNDS": "4"},
+     "BCRYPT_ROUNDS"),
+    ({"SECURITY_API_ENV": "staging"}, "SECURITY_API_ENV"),
+    ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM"),
+    ({"JWT_ALGORITHM": "EdDSA"}, "JWT_PRIVATE_KEY"),
+    ({"JWT_LEEWAY_SECONDS": "60"}, "LEEWAY"),
+    ({"ACCESS_TOKEN_TTL_SECONDS": "86400"}, "short-lived"),
+    ({"LOCKOUT_THRESHOLD": "0"}, "LOCKOUT_THRESHOLD"),
+    ({"AUTH_RATE_LIMIT": "many"}, "AUTH_RATE_LIMIT"),
+])
+def test_unsafe_settings_are_refused(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"DATABASE_URL": "sqlite://", **environ})
+
+
+def test_production_starts_with_a_strong_secret():
+    settings = load_settings({"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG,
+                              "DATABASE_URL": "sqlite://"})
+    assert settings.is_production and settings.bcrypt_rounds == 12
+
+
+def test_production_app_refuses_to_start_without_secret(monkeypatch):
+    from flask_api import create_app
+
+    monkeypatch.setenv("SECURITY_API_ENV", "production")
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    with pytest.raises(ConfigError):
+        create_app()
+
+
+def test_secrets_stay_out_of_repr():
+    settings = load_settings({"DATABASE_URL": "sqlite://", "JWT_SECRET": STRONG})
+    assert STRONG not in repr(settings)
+
+
+def test_defaults_are_the_contract_ones():
+    settings = load_settings({"DATABASE_URL": "sqlite://", "JWT_SECRET": STRONG})
+    assert (settings.lockout_threshold, settings.lockout_seconds) == (5, 900)
+    assert settings.jwt_algorithm == "HS256" and settings.cors_origins == ()
+    assert settings.access_token_ttl_seconds <= 900
