@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 PROFILE_TARGET = 0.8
+BUSY_LOAD_AVERAGE = 0.5  # 1-minute load before we start anything: someone else uses the cores
 STARTUP_SECONDS = 90
 LOGIN_TIMEOUT_SECONDS = 30
 BCRYPT_SAMPLES = 5
@@ -69,6 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_average_note() -> str:
+    """Say how busy the machine already is: other processes on the cores skew every figure."""
+    if not hasattr(os, "getloadavg"):
+        return "machine load: unknown"
+    busy = os.getloadavg()[0]
+    note = f"machine load before the run: {busy:.2f} (1-minute average)"
+    if busy > BUSY_LOAD_AVERAGE:
+        note += " - WARNING: other processes compete for the cores; figures are noisy"
+    return note
+
+
 def choose_client(requested: str) -> str:
     """Return 'wrk' or 'python'; refuse a forced wrk that is not installed."""
     has_wrk = shutil.which("wrk") is not None
@@ -90,6 +102,8 @@ def service_environment(workdir: Path, *, bcrypt_rounds: int, workers: int, port
     env = dict(os.environ)
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    if env.get("REDIS_URL") and not env.get("REDIS_PREFIX"):
+        env["REDIS_PREFIX"] = f"bench:{secrets.token_hex(4)}:"  # keep clear of a live service
     env.update({
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SECURITY_API_ENV": "testing",
@@ -407,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
                              if client == "python" else f", {args.threads} threads")
         + f", {args.connections} connections, {args.duration} s per run, "
           f"{args.rounds} ping/profile pairs alternated, {args.warmup} s warm-up",
+        load_average_note(),
     ]
     for line in settings:
         print(line, flush=True)
