@@ -97,7 +97,8 @@ def seed_demo_command():
         if session.scalar(select(func.count()).select_from(User)):
             raise click.ClickException("The database already has users; seed-demo only fills an empty one.")
         lines = seed_demo_organisation(session, bcrypt_rounds=services.settings.bcrypt_rounds,
-                                       issuer=services.settings.totp_issuer, now=utcnow())
+                                       issuer=services.settings.totp_issuer,
+                                       secret_box=services.secret_box, now=utcnow())
     for line in lines:
         click.echo(line)
 

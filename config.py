@@ -33,6 +33,7 @@ class Settings:
     jwt_key_id: str = ""
     jwt_issuer: str = "security-api"
     jwt_audience: str = "security-api"
+    data_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     jwt_leeway_seconds: int = 10
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 28800
@@ -72,6 +73,7 @@ ENV_VARIABLES = {
     "JWT_KEY_ID": ("jwt_key_id", str),
     "JWT_ISSUER": ("jwt_issuer", str),
     "JWT_AUDIENCE": ("jwt_audience", str),
+    "DATA_ENCRYPTION_KEYS": ("data_encryption_keys", _origins),
     "JWT_LEEWAY_SECONDS": ("jwt_leeway_seconds", _int),
     "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", _int),
     "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", _int),
@@ -121,6 +123,11 @@ def _fill_defaults(settings: Settings) -> Settings:
             changes["jwt_secret"] = _development_secret()
         elif settings.env == "testing":
             changes["jwt_secret"] = secrets.token_urlsafe(48)
+    if not settings.data_encryption_keys and settings.env != "production":
+        from security_api.secretbox import derived_key
+        material = changes.get("jwt_secret") or settings.jwt_secret or settings.jwt_private_key
+        if material:
+            changes["data_encryption_keys"] = (derived_key(material),)
     return replace(settings, **changes) if changes else settings
 
 
@@ -146,6 +153,7 @@ def validate(settings: Settings) -> None:
     else:
         if not settings.jwt_private_key or not settings.jwt_key_id:
             raise ConfigError("EdDSA needs JWT_PRIVATE_KEY (PEM) and JWT_KEY_ID")
+    _check_encryption_keys(settings)
     if not 0 <= settings.jwt_leeway_seconds <= 30:
         raise ConfigError("JWT_LEEWAY_SECONDS must be between 0 and 30")
     if not 4 <= settings.bcrypt_rounds <= 16:
@@ -159,6 +167,18 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{name.upper()} must be positive")
     if settings.access_token_ttl_seconds > 3600:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
+
+
+def _check_encryption_keys(settings: Settings) -> None:
+    from security_api.secretbox import is_valid_key
+
+    if not settings.data_encryption_keys:
+        raise ConfigError("DATA_ENCRYPTION_KEYS is required: comma-separated Fernet keys, "
+                          "e.g. `python -c 'from cryptography.fernet import Fernet; "
+                          "print(Fernet.generate_key().decode())'`")
+    for key in settings.data_encryption_keys:
+        if not is_valid_key(key):
+            raise ConfigError("DATA_ENCRYPTION_KEYS holds a value that is not a Fernet key")
 
 
 def _check_secret(secret: str) -> None:

@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, Flask, Response, g, render_template, request
 from flask_cors import CORS
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import config
@@ -84,8 +84,9 @@ def _register_error_handlers(app: Flask) -> None:
         return envelope(messages.get(status, exc.name + "."), status=status,
                         error=codes.get(status, "http_error"))
 
+    # Only connection-level failures mean "the database is down"; a DataError is a bug (500).
     @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
+    @app.errorhandler(InterfaceError)
     def _database_down(exc):
         log.error("database error: %s", type(exc).__name__)
         return error_response(ServiceUnavailable())

@@ -184,8 +184,10 @@ def require_token(view):
     @wraps(view)
     def guarded(*args, **kwargs):
         try:
-            g.principal = sessions.authenticate(db(), services(), token=bearer_token(),
-                                                now=utcnow())
+            token = bearer_token()
+            with services().engine.connect() as connection:
+                g.principal = sessions.authenticate(connection, services(), token=token,
+                                                    now=utcnow())
         except Unauthenticated as exc:
             exc.headers.setdefault(
                 "WWW-Authenticate", f'{BEARER_CHALLENGE}, error="invalid_token"')
@@ -204,6 +206,10 @@ def current_principal() -> sessions.Principal:
 # ---- response headers ----------------------------------------------------------------------
 def apply_security_headers(response: Response) -> Response:
     """Add the contract's security headers and the request id to every response."""
+    if request.method == "OPTIONS" and not response.get_data():
+        # Flask's automatic OPTIONS answer is an empty text/html body: keep every body JSON.
+        response.set_data(b'{"message":null}')
+        response.mimetype = "application/json"
     for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
     response.headers["Content-Security-Policy"] = g.get("csp", JSON_CSP)

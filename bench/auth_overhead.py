@@ -160,8 +160,8 @@ def wait_until_up(base_url: str, server: subprocess.Popen, log_path: Path) -> No
         try:
             if call(base_url, "/v1/ping", timeout=2)[0] == 200:
                 return
-        except (OSError, http.client.HTTPException):
-            pass
+        except (OSError, http.client.HTTPException, ValueError):
+            pass  # not listening yet, or not answering JSON yet
         time.sleep(0.2)
     sys.exit(f"gunicorn did not answer /v1/ping within {STARTUP_SECONDS} s")
 

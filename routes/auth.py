@@ -29,7 +29,7 @@ bp = Blueprint("auth", __name__, url_prefix="/v1")
 E = schemas.Error
 
 
-def user_json(user: User) -> dict:
+def user_json(user: User | sessions.Account) -> dict:
     """Render a user as the contract describes it."""
     return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
             "subrole": user.subrole, "kind": user.kind, "active": user.active,
@@ -87,6 +87,7 @@ def totp_enroll():
                                  purpose="totp_enroll", origin=origin(), now=now)
     secret, uri = accounts.start_totp_enrollment(db(), user=user,
                                                  issuer=services().settings.totp_issuer,
+                                                 secret_box=services().secret_box,
                                                  origin=origin(), now=now)
     return envelope("Scan the QR code, then confirm with POST /v1/totp/confirm.",
                     secret=secret, otpauth_uri=uri, qr_png=_qr_data_uri(uri))
@@ -107,8 +108,8 @@ def totp_confirm():
     user = signin.check_password(session, services(), username=username, password=password,
                                  purpose="totp_confirm", origin=origin(), now=now)
     accounts.ensure_enrollment_started(user)
-    signin.check_totp(session, services(), user=user, secret=user.totp_secret, code=body.totp,
-                      purpose="totp_confirm", origin=origin(), now=now)
+    signin.check_totp(session, services(), user=user, code=body.totp, purpose="totp_confirm",
+                      origin=origin(), now=now)
     codes = accounts.confirm_totp(session, user=user, origin=origin(), now=now)
     return envelope("Two-factor authentication is on. Keep these recovery codes safe; "
                     "each works once.", recovery_codes=codes)
@@ -150,8 +151,9 @@ def change_password():
     """Replace the password and revoke every older token."""
     _throttle("auth")
     body = read_json(schemas.PasswordBody)
-    principal = current_principal()
-    signin.change_password(db(), services(), user=principal.user,
+    session = db()
+    user = session.get(User, current_principal().account.id)
+    signin.change_password(session, services(), user=user,
                            current_password=body.current_password,
                            new_password=body.new_password, origin=origin(), now=utcnow())
     return envelope("Password changed. Every session was signed out; sign in again.")
@@ -164,4 +166,4 @@ def change_password():
 def profile():
     """Show who the token belongs to."""
     principal = current_principal()
-    return envelope(None, jwt_data=principal.claims, user=user_json(principal.user))
+    return envelope(None, jwt_data=principal.claims, user=user_json(principal.account))

@@ -26,6 +26,7 @@ fi
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/security-api-postman.XXXXXX")
 server_pid=""
+newman_pid=""
 
 stop_server() {
     if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
@@ -44,7 +45,14 @@ stop_server() {
 cleanup() {
     local status=$?
     trap - EXIT
+    if [[ -n "$newman_pid" ]]; then
+        kill -TERM "$newman_pid" 2>/dev/null || true
+        wait "$newman_pid" 2>/dev/null || true
+    fi
     stop_server
+    if [[ -n "$pg_schema" ]]; then
+        pg_schema_url drop "$pg_admin_url" "$pg_schema" || true
+    fi
     if [[ $status -ne 0 && -s "$workdir/gunicorn.log" ]]; then
         echo "--- gunicorn log (last 60 lines) ---" >&2
         tail -n 60 "$workdir/gunicorn.log" >&2
@@ -56,6 +64,28 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+pg_schema=""
+pg_admin_url=""
+
+# pg_schema_url create|drop URL SCHEMA: make or drop a schema; `create` prints the URL using it.
+pg_schema_url() {
+    "$PYTHON" - "$@" <<'EOF'
+import sys
+from sqlalchemy import create_engine, make_url, text
+action, url, schema = sys.argv[1:]
+engine = create_engine(url)
+with engine.begin() as connection:
+    if action == "create":
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    else:
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+engine.dispose()
+if action == "create":
+    print(make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+          .render_as_string(hide_password=False))
+EOF
+}
+
 random() { "$PYTHON" -c "import secrets, sys; print(secrets.$1(int(sys.argv[1])))" "$2"; }
 
 # ---- configuration of the service under test ------------------------------------------------
@@ -64,7 +94,17 @@ export SECURITY_API_ENV=testing
 # Every worker must sign with the same secret: never let testing mode make one per process.
 JWT_SECRET=$(random token_urlsafe 48)
 export JWT_SECRET
+# Likewise one key for the secrets kept encrypted at rest (TOTP seeds): a Fernet key.
+DATA_ENCRYPTION_KEYS=$("$PYTHON" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
+export DATA_ENCRYPTION_KEYS
 export DATABASE_URL=${DATABASE_URL:-"sqlite:///$workdir/db.sqlite3"}
+if [[ "$DATABASE_URL" == postgresql* ]]; then
+    # A schema of its own, dropped at the end: no leftovers from other runs can interfere.
+    pg_schema="postman_$run_id"
+    pg_admin_url=$DATABASE_URL
+    DATABASE_URL=$(pg_schema_url create "$pg_admin_url" "$pg_schema")
+    export DATABASE_URL
+fi
 if [[ -n "${REDIS_URL:-}" ]]; then
     export REDIS_URL
     # A namespace of its own: no counters shared with other runs or the test suite.
@@ -128,7 +168,8 @@ EOF
 
 # ---- collection ------------------------------------------------------------------------------
 started=$SECONDS
-set +e
+# In the background and waited for, so an INT or TERM stops the run at once (bash runs traps
+# only between commands, and `wait` is interruptible).
 "$NEWMAN" run postman_collection.json \
     --env-var "baseUrl=$base_url" \
     --env-var "person_username=$person_username" \
@@ -141,8 +182,12 @@ set +e
     --env-var "redis_configured=$redis_configured" \
     --timeout-request 15000 \
     --timeout 150000 \
-    "$@"
+    "$@" &
+newman_pid=$!
+set +e
+wait "$newman_pid"
 newman_status=$?
 set -e
+newman_pid=""
 echo "postman.sh: newman finished in $((SECONDS - started)) s with exit code $newman_status"
 exit "$newman_status"

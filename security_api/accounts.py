@@ -16,6 +16,7 @@ from .enums import AuditAction, UserKind
 from .errors import Conflict, InvalidParams
 from .models import RecoveryCode, Role, Subrole, User
 from .passwords import generate_password, hash_password, policy_problems
+from .secretbox import SecretBox
 from .sessions import invalidate_all_tokens
 
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
@@ -98,7 +99,7 @@ def create_user(session: Session, *, username: str, role: str, subrole: str,
     return NewUser(user, secret)
 
 
-def start_totp_enrollment(session: Session, *, user: User, issuer: str,
+def start_totp_enrollment(session: Session, *, user: User, issuer: str, secret_box: SecretBox,
                           origin: audit.Origin, now: datetime) -> tuple[str, str]:
     """Give the user a new TOTP secret to scan; only while 2FA is not confirmed."""
     if user.kind == UserKind.SERVICE:
@@ -108,7 +109,7 @@ def start_totp_enrollment(session: Session, *, user: User, issuer: str,
         raise Conflict("Two-factor authentication is already confirmed.",
                        code="totp_already_enrolled")
     secret = totp.new_secret()
-    user.totp_secret = secret
+    user.totp_secret = secret_box.encrypt(secret)
     user.updated_at = now
     audit.record(session, action=AuditAction.TOTP_ENROLL_STARTED, actor=user.username,
                  target=user.id, origin=origin, now=now)

@@ -37,6 +37,15 @@ def event_hash(event: AuditEvent) -> str:
     return hashlib.sha256(f"{event.prev_hash}\n{body}".encode("ascii")).hexdigest()
 
 
+def _printable(value: str | None, limit: int) -> str | None:
+    """Escape control characters (NUL breaks PostgreSQL, newlines forge log lines) and cap length."""
+    if value is None:
+        return None
+    cleaned = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                      for ch in value)
+    return cleaned[:limit]
+
+
 def ensure_chain_head(session: Session) -> None:
     """Create the chain's head row if the database has none yet."""
     if session.get(AuditChainHead, HEAD_ID) is None:
@@ -54,8 +63,9 @@ def record(session: Session, *, action: str, actor: str | None, target: str | No
         .returning(AuditChainHead.seq, AuditChainHead.last_hash)
     ).one()
     event = AuditEvent(
-        id=new_id(), seq=seq, at=now, actor=actor,
-        action=str(action), target=target, ip=origin.ip, request_id=origin.request_id,
+        id=new_id(), seq=seq, at=now, actor=_printable(actor, 128),
+        action=str(action), target=_printable(target, 256), ip=_printable(origin.ip, 64),
+        request_id=_printable(origin.request_id, 128),
         details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
         prev_hash=prev_hash,
     )

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from . import audit, totp
 from .accounts import create_role, create_user
 from .enums import UserKind
+from .secretbox import SecretBox
 
 DEMO_ROLES = {
     "security": ["admin", "lead"],
@@ -25,7 +26,7 @@ DEMO_SERVICES = [("deploy-bot", "developer", "backend")]
 
 
 def seed_demo_organisation(session: Session, *, bcrypt_rounds: int, issuer: str,
-                           now: datetime) -> list[str]:
+                           secret_box: SecretBox, now: datetime) -> list[str]:
     """Create the demo rows and return lines telling how to sign in as each user."""
     origin = audit.Origin(ip="cli")
     for role, subroles in DEMO_ROLES.items():
@@ -38,7 +39,7 @@ def seed_demo_organisation(session: Session, *, bcrypt_rounds: int, issuer: str,
                               password=None, bcrypt_rounds=bcrypt_rounds, actor="seed-demo",
                               origin=origin, now=now)
         secret = totp.new_secret()
-        created.user.totp_secret = secret
+        created.user.totp_secret = secret_box.encrypt(secret)
         created.user.totp_confirmed = True
         uri = totp.provisioning_uri(secret, account=username, issuer=issuer)
         lines.append(f"  {username:<11} {role}/{subrole:<9} password {created.secret}  "

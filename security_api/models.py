@@ -55,7 +55,8 @@ class User(Base):
     kind: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     password_hash: Mapped[str] = mapped_column(String(100))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Encrypted with the service's data key (SecretBox), never stored in clear.
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
     totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
     # Epoch second before which every token of this user is dead.
     tokens_valid_after: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -11,8 +11,9 @@ from zxcvbn import zxcvbn
 
 MIN_LENGTH = 12
 MAX_LENGTH = 1024
-# zxcvbn is quadratic in length; what follows this many characters adds no weakness signal.
-STRENGTH_CHECK_CHARS = 100
+# zxcvbn refuses more than 72 characters (and is quadratic in length); the first 72 carry the
+# weakness signal, and longer passwords are hashed in full anyway.
+STRENGTH_CHECK_CHARS = 72
 MIN_STRENGTH_SCORE = 3
 
 

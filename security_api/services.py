@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from config import Settings
 
 from .db import make_engine, make_session_factory
 from .passwords import dummy_hash
+from .secretbox import SecretBox
 from .stores import StateStore, make_store
 from .tokens import SigningKeys, TokenAudience, eddsa_keys, hs256_keys
 
@@ -18,11 +20,13 @@ class Services:
     """Settings, database, shared state store and signing keys, passed to domain operations."""
 
     settings: Settings
+    engine: Engine
     session_factory: sessionmaker
     store: StateStore
     keys: SigningKeys
     audience: TokenAudience
     dummy_password_hash: str
+    secret_box: SecretBox
 
 
 def build_services(settings: Settings) -> Services:
@@ -35,6 +39,7 @@ def build_services(settings: Settings) -> Services:
         keys = hs256_keys(settings.jwt_secret)
     return Services(
         settings=settings,
+        engine=engine,
         session_factory=session_factory,
         store=make_store(session_factory=session_factory, redis_url=settings.redis_url,
                          redis_prefix=settings.redis_prefix),
@@ -42,4 +47,5 @@ def build_services(settings: Settings) -> Services:
         audience=TokenAudience(settings.jwt_issuer, settings.jwt_audience,
                                settings.access_token_ttl_seconds, settings.jwt_leeway_seconds),
         dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
+        secret_box=SecretBox(list(settings.data_encryption_keys)),
     )

@@ -6,14 +6,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import audit
 from .clock import as_utc, epoch
 from .enums import AuditAction
 from .errors import Unauthenticated
-from .models import RefreshFamily, RefreshToken, User
+from .models import RefreshFamily, RefreshToken, RevokedToken, User
 from .services import Services
 from .tokens import issue_access_token, verify_access_token
 
@@ -32,10 +33,30 @@ class IssuedTokens:
 
 
 @dataclass(frozen=True)
-class Principal:
-    """The user behind a verified access token."""
+class Account:
+    """What a request needs to know of the token's user, read in the token check's query."""
 
-    user: User
+    id: str
+    username: str
+    email: str | None
+    role: str
+    subrole: str
+    kind: str
+    active: bool
+    totp_confirmed: bool
+    created_at: datetime
+
+    @property
+    def roles(self) -> list[str]:
+        """Return the role and role/subrole pair, as put in tokens."""
+        return [self.role, f"{self.role}/{self.subrole}"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The account behind a verified access token, and the token's claims."""
+
+    account: Account
     claims: dict
 
 
@@ -122,21 +143,39 @@ def rotate(session: Session, services: Services, *, refresh_token: str,
     return issued
 
 
-def authenticate(session: Session, services: Services, *, token: str, now: datetime) -> Principal:
-    """Return the principal of a valid, unrevoked access token of an active user."""
+# Built once: who the token's user is, whether its session lives, whether its jti is denied.
+_PRINCIPAL_QUERY = (
+    select(User.id, User.username, User.email, User.role, User.subrole, User.kind, User.active,
+           User.totp_confirmed, User.created_at, User.tokens_valid_after,
+           RefreshFamily.id.label("family_id"), RefreshFamily.revoked_at.label("family_revoked_at"),
+           RevokedToken.jti.label("denied_jti"))
+    .select_from(User)
+    .outerjoin(RefreshFamily, (RefreshFamily.id == bindparam("sid"))
+               & (RefreshFamily.user_id == User.id))
+    .outerjoin(RevokedToken, RevokedToken.jti == bindparam("jti"))
+    .where(User.id == bindparam("sub"))
+)
+
+
+def authenticate(connection: Connection, services: Services, *, token: str,
+                 now: datetime) -> Principal:
+    """Return the principal of a valid, unrevoked access token of an active user (one query)."""
     claims = verify_access_token(token, keys=services.keys, audience=services.audience)
-    if services.store.is_token_denied(claims["jti"], now=epoch(now)):
-        raise Unauthenticated("Token revoked.", code="token_revoked")
-    row = session.execute(
-        select(User, RefreshFamily.revoked_at)
-        .outerjoin(RefreshFamily, RefreshFamily.id == claims["sid"])
-        .where(User.id == claims["sub"])).first()
-    if row is None:
+    row = connection.execute(_PRINCIPAL_QUERY, {"sub": claims["sub"], "sid": claims["sid"],
+                                                "jti": claims["jti"]}).first()
+    if row is None or row.family_id is None:
         raise Unauthenticated("Invalid token.", code="invalid_token")
-    user, family_revoked_at = row
-    if not user.active or claims["iat"] < user.tokens_valid_after or family_revoked_at is not None:
+    revoked = (row.denied_jti is not None or row.family_revoked_at is not None
+               or not row.active or claims["iat"] < row.tokens_valid_after)
+    # The database store's deny-list was read in the query above; Redis is asked separately.
+    if not revoked and not services.store.shares_database:
+        revoked = services.store.is_token_denied(claims["jti"], now=epoch(now))
+    if revoked:
         raise Unauthenticated("Token revoked.", code="token_revoked")
-    return Principal(user, claims)
+    account = Account(id=row.id, username=row.username, email=row.email, role=row.role,
+                      subrole=row.subrole, kind=row.kind, active=row.active,
+                      totp_confirmed=row.totp_confirmed, created_at=as_utc(row.created_at))
+    return Principal(account, claims)
 
 
 def end_session(session: Session, services: Services, *, principal: Principal,
@@ -145,6 +184,6 @@ def end_session(session: Session, services: Services, *, principal: Principal,
     claims = principal.claims
     services.store.deny_token(claims["jti"], expires_at=int(claims["exp"]))
     revoke_family(session, family_id=claims["sid"], reason="logout", now=now)
-    audit.record(session, action=AuditAction.LOGOUT, actor=principal.user.username,
-                 target=principal.user.id, origin=origin, now=now, details={"family": claims["sid"]})
+    audit.record(session, action=AuditAction.LOGOUT, actor=principal.account.username,
+                 target=principal.account.id, origin=origin, now=now, details={"family": claims["sid"]})
     session.commit()

@@ -1,6 +1,7 @@
 """Sign-in checks: address throttling, lockout, password, second factor. One answer for every failure."""
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -12,9 +13,11 @@ from .enums import AuditAction, FailureReason, UserKind
 from .errors import Forbidden, InvalidParams, Throttled, Unauthenticated
 from .models import User
 from .passwords import verify_password
+from .secretbox import SecretUnreadable
 from .services import Services
 from .sessions import IssuedTokens, start_session
 
+log = logging.getLogger(__name__)
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="security-api"'}
 MAX_ACTOR_LENGTH = 64
 
@@ -84,9 +87,21 @@ def check_password(session: Session, services: Services, *, username: str, passw
     return user
 
 
-def check_totp(session: Session, services: Services, *, user: User, secret: str | None,
-               code: str | None, purpose: str, origin: audit.Origin, now: datetime) -> None:
+def _totp_secret(services: Services, user: User) -> str | None:
+    if not user.totp_secret:
+        return None
+    try:
+        return services.secret_box.decrypt(user.totp_secret)
+    except SecretUnreadable:
+        # A rotated-away key or a tampered row: the user needs a TOTP reset, not a 500.
+        log.error("TOTP secret of user %s cannot be decrypted with the configured keys", user.id)
+        return None
+
+
+def check_totp(session: Session, services: Services, *, user: User, code: str | None,
+               purpose: str, origin: audit.Origin, now: datetime) -> None:
     """Accept a TOTP code once per user, within one step of drift; fail generically otherwise."""
+    secret = _totp_secret(services, user)
     step = totp.matching_step(secret, code, unix_time=now.timestamp()) if secret and code else None
     reason = None
     if step is None:
@@ -111,8 +126,8 @@ def sign_in(session: Session, services: Services, *, username: str, password: st
                             "POST /v1/totp/enroll, then /v1/totp/confirm.",
                             code="totp_enrollment_required")
         if totp_code is not None:
-            check_totp(session, services, user=user, secret=user.totp_secret, code=totp_code,
-                       purpose="login", origin=origin, now=now)
+            check_totp(session, services, user=user, code=totp_code, purpose="login",
+                       origin=origin, now=now)
         elif recovery_code is not None and consume_recovery_code(
                 session, user_id=user.id, code=recovery_code, now=now):
             used_recovery = True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .clock import epoch
 from .errors import Unauthenticated
 
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+JTI_PATTERN = re.compile(r"[0-9a-f]{32}")
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti", "type"]
 MAX_TOKEN_LENGTH = 4096
 TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
@@ -90,13 +93,8 @@ def verify_access_token(token: str, *, keys: SigningKeys, audience: TokenAudienc
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthenticated("Invalid token.", code="invalid_token")
     try:
-        header = jwt.get_unverified_header(token)
-        # The algorithm is pinned; a token naming another one is refused outright.
-        if header.get("alg") != keys.algorithm:
-            raise Unauthenticated("Invalid token.", code="invalid_token")
-        if keys.kid is not None and header.get("kid") != keys.kid:
-            raise Unauthenticated("Invalid token.", code="invalid_token")
-        claims = jwt.decode(
+        # The algorithm is pinned here, never taken from the token; one parse for header and claims.
+        decoded = jwt.decode_complete(
             token, keys.verification_key, algorithms=[keys.algorithm],
             audience=audience.audience, issuer=audience.issuer,
             leeway=audience.leeway_seconds,
@@ -108,14 +106,24 @@ def verify_access_token(token: str, *, keys: SigningKeys, audience: TokenAudienc
         raise Unauthenticated("Token expired.", code="token_expired") from None
     except (jwt.PyJWTError, ValueError, TypeError, KeyError):
         raise Unauthenticated("Invalid token.", code="invalid_token") from None
-    if claims.get("type") != TOKEN_TYPE or not _is_text(claims.get("sub")) \
-            or not _is_text(claims.get("jti")) or not _is_text(claims.get("sid")):
+    header, claims = decoded["header"], decoded["payload"]
+    if header.get("alg") != keys.algorithm or (keys.kid is not None and header.get("kid") != keys.kid):
+        raise Unauthenticated("Invalid token.", code="invalid_token")
+    if claims.get("type") != TOKEN_TYPE or not _matches(UUID_PATTERN, claims.get("sub")) \
+            or not _matches(JTI_PATTERN, claims.get("jti")) \
+            or not _matches(UUID_PATTERN, claims.get("sid")) \
+            or not all(_is_int(claims.get(name)) for name in ("iat", "nbf", "exp")):
         raise Unauthenticated("Invalid token.", code="invalid_token")
     return claims
 
 
-def _is_text(value) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 64
+def _matches(pattern: re.Pattern, value) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _is_int(value) -> bool:
+    # PyJWT accepts numeric text and booleans where a NumericDate belongs; we do not.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def jwks(keys: SigningKeys) -> dict:

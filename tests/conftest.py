@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pyotp
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, make_url, text
 
 os.environ.setdefault("SECURITY_API_ENV", "testing")
@@ -24,6 +25,8 @@ from security_api.schema import bootstrap, migrate  # noqa: E402
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
 DEFAULT_PASSWORD = "violet-harbour-kettle-42"
+# One data key for the whole run, so a gunicorn started by a test reads what fixtures wrote.
+TEST_DATA_KEY = Fernet.generate_key().decode("ascii")
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +72,7 @@ def make_app(database_url):
     def _make(**overrides):
         settings = {"database_url": database_url, "bcrypt_rounds": 4,
                     "redis_url": TEST_REDIS_URL, "redis_prefix": f"test:{uuid.uuid4().hex}:",
-                    "auth_rate_limit": 10_000}
+                    "auth_rate_limit": 10_000, "data_encryption_keys": (TEST_DATA_KEY,)}
         settings.update(overrides)
         app = create_app(settings)
         if not built and "database_url" not in overrides:
@@ -154,7 +157,8 @@ def make_user(app):
             secret = None
             if totp and kind == "person":
                 secret = pyotp.random_base32(32)
-                user.totp_secret, user.totp_confirmed = secret, True
+                user.totp_secret = services.secret_box.encrypt(secret)
+                user.totp_confirmed = True
             user.active = active
             session.commit()
             return TestUser(user.id, user.username, password, secret, kind)

@@ -86,6 +86,7 @@ def test_seed_demo_is_refused_in_production(make_app, database_url):
     app = make_app()
     prod = make_app(env="production", jwt_secret="k" * 20 + "abcdefghijklmnopqrstuvwxyz",
                     bcrypt_rounds=12, database_url=database_url)
+    assert prod.extensions["security_api"].settings.is_production
     assert app is not prod
     result = prod.test_cli_runner().invoke(args=["seed-demo"])
     assert result.exit_code != 0 and "production" in result.output

@@ -4,14 +4,15 @@ import pytest
 from config import ConfigError, load_settings
 
 STRONG = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
+DATA_KEY = "x7Jm3kQ9vR2tY5wZ8aB1cD4eF6gH0iJ2kL3mN5oP7qE="
 
 
 @pytest.mark.parametrize("environ,message", [
     ({"SECURITY_API_ENV": "production"}, "JWT_SECRET is required"),
     ({"SECURITY_API_ENV": "production", "JWT_SECRET": "short-secret"}, "at least 32 bytes"),
     ({"SECURITY_API_ENV": "production", "JWT_SECRET": "a" * 40}, "too weak"),
-    ({"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG, "BCRYPT_ROUNDS": "4"},
-     "BCRYPT_ROUNDS"),
+    ({"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG, "BCRYPT_ROUNDS": "4",
+      "DATA_ENCRYPTION_KEYS": DATA_KEY}, "BCRYPT_ROUNDS"),
     ({"SECURITY_API_ENV": "staging"}, "SECURITY_API_ENV"),
     ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM"),
     ({"JWT_ALGORITHM": "EdDSA"}, "JWT_PRIVATE_KEY"),
@@ -27,7 +28,7 @@ def test_unsafe_settings_are_refused(environ, message):
 
 def test_production_starts_with_a_strong_secret():
     settings = load_settings({"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG,
-                              "DATABASE_URL": "sqlite://"})
+                              "DATABASE_URL": "sqlite://", "DATA_ENCRYPTION_KEYS": DATA_KEY})
     assert settings.is_production and settings.bcrypt_rounds == 12
 
 
@@ -50,3 +51,11 @@ def test_defaults_are_the_contract_ones():
     assert (settings.lockout_threshold, settings.lockout_seconds) == (5, 900)
     assert settings.jwt_algorithm == "HS256" and settings.cors_origins == ()
     assert settings.access_token_ttl_seconds <= 900
+
+
+def test_production_needs_data_encryption_keys():
+    base = {"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG, "DATABASE_URL": "sqlite://"}
+    with pytest.raises(ConfigError, match="DATA_ENCRYPTION_KEYS is required"):
+        load_settings(base)
+    with pytest.raises(ConfigError, match="not a Fernet key"):
+        load_settings({**base, "DATA_ENCRYPTION_KEYS": "not-a-key"})

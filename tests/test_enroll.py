@@ -126,3 +126,34 @@ def test_enroll_refuses_unknown_fields(client, make_user):
     response = client.post("/v1/totp/enroll", headers=basic(user.username, user.password),
                            json={"secret": "AAAA"})
     assert response.status_code == 412
+
+
+def test_totp_secret_is_encrypted_at_rest(client, make_user, db_session):
+    from security_api.models import User
+
+    user = make_user(totp=False)
+    secret = _enroll(client, user).json["secret"]
+    stored = db_session.get(User, user.id).totp_secret
+    assert secret not in stored and len(stored) > 100
+
+
+def test_unreadable_totp_secret_fails_like_a_wrong_code(make_app, make_user):
+    from cryptography.fernet import Fernet
+
+    user = make_user()
+    other_key_app = make_app(data_encryption_keys=(Fernet.generate_key().decode(),))
+    response = other_key_app.test_client().post(
+        "/v1/login", headers=basic(user.username, user.password), json={"totp": user.next_code()})
+    assert response.status_code == 401
+
+
+def test_old_keys_still_decrypt_after_rotation(make_app, make_user):
+    from cryptography.fernet import Fernet
+
+    from tests.conftest import TEST_DATA_KEY
+
+    user = make_user()
+    rotated = make_app(data_encryption_keys=(Fernet.generate_key().decode(), TEST_DATA_KEY))
+    response = rotated.test_client().post(
+        "/v1/login", headers=basic(user.username, user.password), json={"totp": user.next_code()})
+    assert response.status_code == 200

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import TEST_DATA_KEY, TEST_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
@@ -32,6 +32,7 @@ def server(app, database_url, tmp_path):
     access_log = tmp_path / "access.log"
     env = {**os.environ, "SECURITY_API_ENV": "testing", "DATABASE_URL": database_url,
            "JWT_SECRET": "gunicorn-test-" + uuid.uuid4().hex + uuid.uuid4().hex,
+           "DATA_ENCRYPTION_KEYS": TEST_DATA_KEY,
            "BCRYPT_ROUNDS": "4", "AUTH_RATE_LIMIT": "100000", "WEB_CONCURRENCY": "2",
            "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_ACCESSLOG": str(access_log),
            "GUNICORN_CMD_ARGS": "--access-logformat='%({x-request-id}i)s %(p)s %(s)s'"}

@@ -273,3 +273,15 @@ def test_successful_and_failed_logins_are_audited(client, make_user, db_session)
     failed = next(e for e in events if e.action == "login.failed")
     assert '"reason":"bad_password"' in failed.details
     assert failed.ip == "127.0.0.1" and failed.request_id
+
+
+def test_control_characters_in_the_username_are_a_plain_401(client, db_session):
+    from sqlalchemy import select
+
+    from security_api.models import AuditEvent
+
+    response = client.post("/v1/login", headers=basic("al\x00ice\nforged", "some-password-1"),
+                           json={"totp": "123456"})
+    _assert_generic_failure(response)
+    actor = db_session.scalar(select(AuditEvent.actor).where(AuditEvent.action == "login.failed"))
+    assert actor == "al\\x00ice\\nforged"

@@ -209,3 +209,10 @@ def test_profile_shows_claims_and_user(client, make_user, login_as):
         "subrole": "backend", "kind": "person", "active": True, "totp_enabled": True,
         "created_at": response.json["user"]["created_at"]}
     assert response.json["user"]["created_at"].endswith("Z")
+
+
+def test_options_answers_json_with_allow(client):
+    response = client.options("/v1/login")
+    assert response.status_code == 200
+    assert response.json == {"message": None}
+    assert "POST" in response.headers["Allow"]

@@ -90,7 +90,7 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('password_hash', sa.String(length=100), nullable=False),
-    sa.Column('totp_secret', sa.String(length=64), nullable=True),
+    sa.Column('totp_secret', sa.String(length=255), nullable=True),
     sa.Column('totp_confirmed', sa.Boolean(), nullable=False),
     sa.Column('tokens_valid_after', sa.BigInteger(), nullable=False),
     sa.Column('created_at', security_api.db.UTCDateTime(), nullable=False),

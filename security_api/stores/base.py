@@ -28,6 +28,9 @@ def key_digest(value: str) -> str:
 class StateStore(ABC):
     """Counters and markers that must hold across workers and instances."""
 
+    # True when the deny-list lives in the service's database, so readers may join it.
+    shares_database = False
+
     @abstractmethod
     def hit(self, key: str, *, limit: int, window: int, now: int) -> int:
         """Count one request in the current window; return seconds to wait if over limit, else 0."""

@@ -17,6 +17,8 @@ CLEANUP_ONE_IN = 200
 class DatabaseStore(StateStore):
     """Each operation is its own short transaction, committed before the caller goes on."""
 
+    shares_database = True
+
     def __init__(self, session_factory):
         self._sessions = session_factory
 
