@@ -12,7 +12,7 @@ from .db import make_engine, make_session_factory
 from .passwords import dummy_hash
 from .secretbox import SecretBox
 from .stores import StateStore, make_store
-from .tokens import SigningKeys, TokenAudience, eddsa_keys, hs256_keys
+from .tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Services:
     store: StateStore
     keys: SigningKeys
     audience: TokenAudience
+    token_verifier: TokenVerifier
     dummy_password_hash: str
     secret_box: SecretBox
 
@@ -37,6 +38,8 @@ def build_services(settings: Settings) -> Services:
         keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)
     else:
         keys = hs256_keys(settings.jwt_secret)
+    audience = TokenAudience(settings.jwt_issuer, settings.jwt_audience,
+                             settings.access_token_ttl_seconds, settings.jwt_leeway_seconds)
     return Services(
         settings=settings,
         engine=engine,
@@ -44,8 +47,8 @@ def build_services(settings: Settings) -> Services:
         store=make_store(session_factory=session_factory, redis_url=settings.redis_url,
                          redis_prefix=settings.redis_prefix),
         keys=keys,
-        audience=TokenAudience(settings.jwt_issuer, settings.jwt_audience,
-                               settings.access_token_ttl_seconds, settings.jwt_leeway_seconds),
+        audience=audience,
+        token_verifier=TokenVerifier(keys, audience),
         dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
         secret_box=SecretBox(list(settings.data_encryption_keys)),
     )

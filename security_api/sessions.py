@@ -16,7 +16,7 @@ from .enums import AuditAction
 from .errors import Unauthenticated
 from .models import RefreshFamily, RefreshToken, RevokedToken, User
 from .services import Services
-from .tokens import issue_access_token, verify_access_token
+from .tokens import issue_access_token
 
 MAX_REFRESH_TOKEN_LENGTH = 128
 
@@ -160,7 +160,7 @@ _PRINCIPAL_QUERY = (
 def authenticate(connection: Connection, services: Services, *, token: str,
                  now: datetime) -> Principal:
     """Return the principal of a valid, unrevoked access token of an active user (one query)."""
-    claims = verify_access_token(token, keys=services.keys, audience=services.audience)
+    claims = services.token_verifier.verify(token, now=now.timestamp())
     row = connection.execute(_PRINCIPAL_QUERY, {"sub": claims["sub"], "sid": claims["sid"],
                                                 "jti": claims["jti"]}).first()
     if row is None or row.family_id is None:

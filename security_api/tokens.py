@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,3 +130,34 @@ def _is_int(value) -> bool:
 def jwks(keys: SigningKeys) -> dict:
     """Return the public keys as a JWK Set (empty for a shared HMAC secret)."""
     return {"keys": [keys.public_jwk] if keys.public_jwk else []}
+
+
+class TokenVerifier:
+    """Verify access tokens, remembering per process which exact token strings were verified.
+
+    A token string's signature and fixed claims never change, so a repeat only needs the
+    time-based checks again; this keeps the per-request cost of a bearer token low.
+    """
+
+    def __init__(self, keys: SigningKeys, audience: TokenAudience, *, cache_size: int = 4096):
+        self.keys = keys
+        self.audience = audience
+        self._cache_size = cache_size
+        self._verified: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, token: str, *, now: float) -> dict:
+        """Return the claims of a valid access token; raise Unauthenticated otherwise."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = verify_access_token(token, keys=self.keys, audience=self.audience)
+            with self._lock:
+                if len(self._verified) >= self._cache_size:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[token] = claims
+        leeway = self.audience.leeway_seconds
+        if now >= claims["exp"] + leeway:
+            raise Unauthenticated("Token expired.", code="token_expired")
+        if claims["nbf"] > now + leeway or claims["iat"] > now + leeway:
+            raise Unauthenticated("Invalid token.", code="invalid_token")
+        return dict(claims)

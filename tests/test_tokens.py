@@ -499,3 +499,27 @@ def test_hs256_token_of_another_app_is_refused_by_an_eddsa_app(app, eddsa_app, s
 def test_eddsa_token_is_refused_by_an_hs256_app(app, eddsa_signed_in):
     _user, token, _claims = eddsa_signed_in
     assert_refused(app, token)
+
+
+def test_verifier_rechecks_time_on_every_use_of_a_remembered_token(app, signed_in):
+    from security_api.errors import Unauthenticated
+
+    _user, token, claims = signed_in
+    verifier = app.extensions["security_api"].token_verifier
+    assert verifier.verify(token, now=claims["iat"])["jti"] == claims["jti"]
+    with pytest.raises(Unauthenticated) as expired:
+        verifier.verify(token, now=claims["exp"] + 31)
+    assert expired.value.code == "token_expired"
+    with pytest.raises(Unauthenticated):
+        verifier.verify(token, now=claims["nbf"] - 31)
+
+
+def test_verifier_never_remembers_a_failed_token(app, signed_in):
+    from security_api.errors import Unauthenticated
+
+    _user, token, claims = signed_in
+    verifier = app.extensions["security_api"].token_verifier
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(forged, now=claims["iat"])
