@@ -102,12 +102,7 @@ def create_user(session: Session, *, username: str, role: str, subrole: str,
 def start_totp_enrollment(session: Session, *, user: User, issuer: str, secret_box: SecretBox,
                           origin: audit.Origin, now: datetime) -> tuple[str, str]:
     """Give the user a new TOTP secret to scan; only while 2FA is not confirmed."""
-    if user.kind == UserKind.SERVICE:
-        raise Conflict("Service accounts sign in with their secret, without TOTP.",
-                       code="totp_not_applicable")
-    if user.totp_confirmed:
-        raise Conflict("Two-factor authentication is already confirmed.",
-                       code="totp_already_enrolled")
+    _refuse_unless_enrollable(user)
     secret = totp.new_secret()
     user.totp_secret = secret_box.encrypt(secret)
     user.updated_at = now
@@ -176,11 +171,15 @@ def set_password(session: Session, *, user: User, new_password: str, bcrypt_roun
 
 def ensure_enrollment_started(user: User) -> None:
     """Refuse a confirmation that has nothing to confirm."""
+    _refuse_unless_enrollable(user)
+    if not user.totp_secret:
+        raise Conflict("Start with POST /v1/totp/enroll.", code="totp_enrollment_not_started")
+
+
+def _refuse_unless_enrollable(user: User) -> None:
     if user.kind == UserKind.SERVICE:
         raise Conflict("Service accounts sign in with their secret, without TOTP.",
                        code="totp_not_applicable")
     if user.totp_confirmed:
         raise Conflict("Two-factor authentication is already confirmed.",
                        code="totp_already_enrolled")
-    if not user.totp_secret:
-        raise Conflict("Start with POST /v1/totp/enroll.", code="totp_enrollment_not_started")
