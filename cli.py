@@ -1,6 +1,7 @@
 """Command line: `flask --app flask_api <command>`."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -8,12 +9,13 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
-from security_api import accounts, audit
+from security_api import accounts, audit, catalog
 from security_api.clock import utcnow
 from security_api.demo import seed_demo_organisation
-from security_api.enums import UserKind
+from security_api.enums import PolicyMode, UserKind
 from security_api.errors import ApiError
 from security_api.models import User
+from security_api.reaper import reap_once
 from security_api.schema import init_database
 
 
@@ -86,6 +88,62 @@ def create_user_command(username, role, subrole, email, service, password_stdin)
             click.echo(f"{label} (shown once): {created.secret}")
 
 
+@click.command("create-permission")
+@with_appcontext
+@click.argument("key")
+@click.option("--name", required=True)
+@click.option("--description", default="")
+@click.option("--max-duration-minutes", type=int, required=True)
+@click.option("--requires-justification", is_flag=True)
+@click.option("--provisioner", default="none", show_default=True)
+@click.option("--config", "config_json", default="{}", help="Provisioner config as JSON.")
+def create_permission_command(key, name, description, max_duration_minutes,
+                              requires_justification, provisioner, config_json):
+    """Create a permission (until policy files arrive, the way to add one)."""
+    try:
+        config = json.loads(config_json)
+    except ValueError as exc:
+        raise click.ClickException(f"--config is not JSON: {exc}") from None
+    services = _services()
+    with services.session_factory() as session:
+        try:
+            catalog.ensure_permission(
+                session, key=key, name=name, description=description,
+                max_duration_minutes=max_duration_minutes,
+                requires_justification=requires_justification, provisioner=provisioner,
+                provisioner_config=config, settings=services.settings, actor="cli",
+                origin=_origin(), now=utcnow())
+        except ApiError as exc:
+            _fail(exc)
+        session.commit()
+    click.echo(f"Permission {key} exists.")
+
+
+@click.command("create-rule")
+@with_appcontext
+@click.argument("permission")
+@click.option("--role", required=True, help="A role or *.")
+@click.option("--subrole", required=True, help="A subrole of the role, or *.")
+@click.option("--mode", type=click.Choice([m.value for m in PolicyMode]), required=True)
+@click.option("--max-duration-minutes", type=int, default=None)
+@click.option("--approver", "approvers", multiple=True, help="role or role/subrole; repeat.")
+@click.option("--approvals-required", type=int, default=1, show_default=True)
+def create_rule_command(permission, role, subrole, mode, max_duration_minutes, approvers,
+                        approvals_required):
+    """Create a policy rule tying a role/subrole to a permission."""
+    with _services().session_factory() as session:
+        try:
+            rule = catalog.ensure_rule(
+                session, permission=permission, role=role, subrole=subrole,
+                mode=PolicyMode(mode), max_duration_minutes=max_duration_minutes,
+                approvers=list(approvers), approvals_required=approvals_required,
+                actor="cli", origin=_origin(), now=utcnow())
+        except ApiError as exc:
+            _fail(exc)
+        session.commit()
+        click.echo(f"Rule {rule.id}: {role}/{subrole} -> {permission} ({rule.mode}).")
+
+
 @click.command("seed-demo")
 @with_appcontext
 def seed_demo_command():
@@ -96,11 +154,17 @@ def seed_demo_command():
     with services.session_factory() as session:
         if session.scalar(select(func.count()).select_from(User)):
             raise click.ClickException("The database already has users; seed-demo only fills an empty one.")
-        lines = seed_demo_organisation(session, bcrypt_rounds=services.settings.bcrypt_rounds,
-                                       issuer=services.settings.totp_issuer,
-                                       secret_box=services.secret_box, now=utcnow())
+        lines = seed_demo_organisation(session, services=services, now=utcnow())
     for line in lines:
         click.echo(line)
+
+
+@click.command("reap")
+@with_appcontext
+def reap_command():
+    """Expire due grants once and run their provisioners' revoke (for cron)."""
+    count = reap_once(_services())
+    click.echo(f"Expired {count} grant(s).")
 
 
 @click.command("has-users")
@@ -130,5 +194,6 @@ def audit_verify_command():
 def init_app(app: Flask) -> None:
     """Register every command on the app."""
     for command in (init_db_command, create_role_command, create_user_command,
-                    seed_demo_command, has_users_command, audit_group):
+                    create_permission_command, create_rule_command, seed_demo_command,
+                    has_users_command, reap_command, audit_group):
         app.cli.add_command(command)

@@ -46,6 +46,20 @@ class Settings:
     totp_issuer: str = "Security API"
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # Access requests: provisioners, notifications, expiry.
+    provisioner_timeout_seconds: int = 5
+    webhook_signing_secret: str = field(default="", repr=False)
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    notify_webhook_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str = field(default="", repr=False)
+    smtp_from: str = "security-api@localhost"
+    smtp_starttls: bool = True
+    public_base_url: str = "http://127.0.0.1:16381"
+    reaper_interval_seconds: int = 60
 
     @property
     def is_production(self) -> bool:
@@ -56,6 +70,15 @@ class Settings:
 # Environment variable -> (field name, parser). Documented one by one in README.
 def _int(value: str) -> int:
     return int(value.strip())
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def _origins(value: str) -> tuple[str, ...]:
@@ -86,6 +109,19 @@ ENV_VARIABLES = {
     "TOTP_ISSUER": ("totp_issuer", str),
     "CORS_ORIGINS": ("cors_origins", _origins),
     "LOG_LEVEL": ("log_level", str),
+    "PROVISIONER_TIMEOUT_SECONDS": ("provisioner_timeout_seconds", _int),
+    "WEBHOOK_SIGNING_SECRET": ("webhook_signing_secret", str),
+    "AWS_REGION": ("aws_region", str),
+    "AWS_ENDPOINT_URL": ("aws_endpoint_url", str),
+    "NOTIFY_WEBHOOK_URL": ("notify_webhook_url", str),
+    "SMTP_HOST": ("smtp_host", str),
+    "SMTP_PORT": ("smtp_port", _int),
+    "SMTP_USERNAME": ("smtp_username", str),
+    "SMTP_PASSWORD": ("smtp_password", str),
+    "SMTP_FROM": ("smtp_from", str),
+    "SMTP_STARTTLS": ("smtp_starttls", _bool),
+    "PUBLIC_BASE_URL": ("public_base_url", str),
+    "REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _int),
 }
 
 
@@ -162,9 +198,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("production needs BCRYPT_ROUNDS of at least 12")
     for name in ("access_token_ttl_seconds", "refresh_token_ttl_seconds",
                  "lockout_threshold", "lockout_seconds", "auth_rate_limit",
-                 "auth_rate_window_seconds", "max_body_bytes"):
+                 "auth_rate_window_seconds", "max_body_bytes", "provisioner_timeout_seconds"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name.upper()} must be positive")
+    if settings.reaper_interval_seconds < 0:
+        raise ConfigError("REAPER_INTERVAL_SECONDS must be 0 (off) or positive")
+    if settings.webhook_signing_secret and len(settings.webhook_signing_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"WEBHOOK_SIGNING_SECRET must be at least {MIN_SECRET_BYTES} bytes")
     if settings.access_token_ttl_seconds > 3600:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
 

@@ -12,13 +12,18 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from security_api import sessions
+from security_api import grants, sessions
 from security_api.audit import Origin
 from security_api.clock import utcnow
-from security_api.errors import ApiError, BadRequest, InvalidParams, Unauthenticated
+from security_api.errors import ApiError, BadRequest, Forbidden, InvalidParams, Unauthenticated
+from security_api.grants import Subject
+from security_api.lifecycle import Actor
 from security_api.services import Services
 from security_api.signin import BASIC_CHALLENGE
 
+ADMIN_PERMISSION = "security-api.admin"
+AUDIT_PERMISSION = "security-api.audit"
+CHECK_PERMISSION = "security-api.check"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 BEARER_CHALLENGE = 'Bearer realm="security-api"'
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -201,6 +206,41 @@ def require_token(view):
 def current_principal() -> sessions.Principal:
     """Return the principal set by require_token."""
     return g.principal
+
+
+def current_subject() -> Subject:
+    """Return the token's user as the policy engine sees it."""
+    account = g.principal.account
+    return Subject(id=account.id, username=account.username, role=account.role,
+                   subrole=account.subrole, kind=account.kind)
+
+
+def holds(permission: str) -> bool:
+    """Tell whether the token's user holds a permission now (standing or active grant)."""
+    return grants.holding(db(), current_subject(), permission=permission, now=utcnow()).held
+
+
+def current_actor() -> Actor:
+    """Return the token's user with their administrator and auditor powers."""
+    if "actor" not in g:
+        g.actor = Actor(current_subject(), is_admin=holds(ADMIN_PERMISSION),
+                        is_auditor=holds(AUDIT_PERMISSION))
+    return g.actor
+
+
+def require_permission(permission: str):
+    """Guard a view: a valid token, and the permission held right now."""
+    def decorate(view):
+        @wraps(view)
+        def checked(*args, **kwargs):
+            if not holds(permission):
+                raise Forbidden(f"This needs the permission {permission}.")
+            return view(*args, **kwargs)
+
+        guarded = require_token(checked)
+        guarded.required_permission = permission
+        return guarded
+    return decorate
 
 
 # ---- response headers ----------------------------------------------------------------------

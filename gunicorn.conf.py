@@ -18,5 +18,17 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
+
+
+def post_worker_init(worker):
+    """Start this worker's background reaper (never on import, never in tests or the CLI)."""
+    from security_api.reaper import start_background_reaper
+
+    services = worker.wsgi.extensions["security_api"]
+    interval = services.settings.reaper_interval_seconds
+    if interval > 0:
+        start_background_reaper(services, interval_seconds=interval)
+
+
 # The Server header names the product, never a version (gunicorn's default is "gunicorn").
 gunicorn.http.wsgi.SERVER = "security-api"

@@ -110,3 +110,89 @@ class Index(BaseModel):
     name: str
     version: str
     links: dict[str, str]
+
+
+# ---- permissions and access requests -----------------------------------------------------------
+SLUG = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class RequestCreateBody(Body):
+    permission: StrictStr = Field(pattern=SLUG, description="Permission key, e.g. vpn.")
+    justification: StrictStr = Field(default="", max_length=2000)
+    duration_minutes: int | None = Field(default=None, ge=1, le=525600,
+                                         description="Defaults to the effective maximum.")
+    params: dict = Field(default_factory=dict, description="Checked by the permission's provisioner.")
+
+
+class DecisionBody(Body):
+    comment: StrictStr = Field(default="", max_length=2000)
+
+
+class ApprovalOut(BaseModel):
+    approver: str
+    decision: str
+    comment: str
+    at: str
+
+
+class RequestOut(BaseModel):
+    id: str
+    requester: str
+    permission: str
+    justification: str
+    params: dict
+    duration_minutes: int
+    status: str = Field(description="pending, active, denied, cancelled, failed, expired, revoked")
+    mode: str
+    approvals_required: int
+    created_at: str
+    decided_at: str | None
+    approvals: list[ApprovalOut]
+    expires_at: str | None
+    ended_at: str | None
+    provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
+
+
+class RequestEnvelope(BaseModel):
+    message: str | None
+    request: RequestOut
+
+
+class RequestList(BaseModel):
+    message: str | None
+    requests: list[RequestOut]
+    next_cursor: str | None
+
+
+class CatalogItem(BaseModel):
+    key: str
+    name: str
+    description: str
+    mode: str
+    max_duration_minutes: int
+    requires_justification: bool
+    approvals_required: int | None
+
+
+class Catalog(BaseModel):
+    message: str | None
+    permissions: list[CatalogItem]
+
+
+class HeldItem(BaseModel):
+    permission: str
+    name: str
+    source: str = Field(description="standing or grant")
+    expires_at: str | None
+    request_id: str | None
+
+
+class Held(BaseModel):
+    message: str | None
+    permissions: list[HeldItem]
+
+
+class CheckResult(BaseModel):
+    message: str | None
+    allowed: bool
+    expires_at: str | None

@@ -132,6 +132,8 @@ changer_password=$(random token_urlsafe 18)
 changer_new_password=$(random token_urlsafe 18)
 service_username="pm-service-$run_id"
 service_password=$(random token_urlsafe 32)
+approver_username="pm-approver-$run_id"
+approver_password=$(random token_urlsafe 18)
 
 "${FLASK[@]}" init-db
 "${FLASK[@]}" create-role developer --subrole backend
@@ -142,6 +144,17 @@ printf '%s\n' "$changer_password" | "${FLASK[@]}" create-user "$changer_username
     --role developer --subrole backend --password-stdin
 printf '%s\n' "$service_password" | "${FLASK[@]}" create-user "$service_username" \
     --role tools --subrole ci --service --password-stdin
+# Access requests: security/lead approves; the person requests; the service account checks.
+"${FLASK[@]}" create-role security --subrole lead
+printf '%s\n' "$approver_password" | "${FLASK[@]}" create-user "$approver_username" \
+    --role security --subrole lead --email "$approver_username@example.test" --password-stdin
+"${FLASK[@]}" create-permission vpn --name "VPN access" --max-duration-minutes 480
+"${FLASK[@]}" create-rule vpn --role '*' --subrole '*' --mode auto
+"${FLASK[@]}" create-permission prod-db-readonly --name "Production database (read-only)" \
+    --max-duration-minutes 120 --requires-justification
+"${FLASK[@]}" create-rule prod-db-readonly --role developer --subrole '*' --mode approval \
+    --approver security/lead
+"${FLASK[@]}" create-rule security-api.check --role tools --subrole ci --mode standing
 
 # ---- service ---------------------------------------------------------------------------------
 "$VENV_BIN/gunicorn" -c gunicorn.conf.py flask_api:application \
@@ -179,6 +192,8 @@ started=$SECONDS
     --env-var "changer_new_password=$changer_new_password" \
     --env-var "service_username=$service_username" \
     --env-var "service_password=$service_password" \
+    --env-var "approver_username=$approver_username" \
+    --env-var "approver_password=$approver_password" \
     --env-var "redis_configured=$redis_configured" \
     --timeout-request 15000 \
     --timeout 150000 \

@@ -7,6 +7,27 @@ class UserKind(StrEnum):
     SERVICE = "service"
 
 
+class PolicyMode(StrEnum):
+    STANDING = "standing"
+    AUTO = "auto"
+    APPROVAL = "approval"
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class Decision(StrEnum):
+    APPROVE = "approve"
+    DENY = "deny"
+
+
 class AuditAction(StrEnum):
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"
@@ -21,6 +42,19 @@ class AuditAction(StrEnum):
     PASSWORD_CHANGE_FAILED = "password.change_failed"
     USER_CREATED = "user.created"
     ROLE_CREATED = "role.created"
+    REQUEST_CREATED = "request.created"
+    REQUEST_APPROVED = "request.approved"
+    REQUEST_ACTIVATED = "request.activated"
+    REQUEST_DENIED = "request.denied"
+    REQUEST_CANCELLED = "request.cancelled"
+    REQUEST_FAILED = "request.failed"
+    REQUEST_RETRIED = "request.retried"
+    REQUEST_REVOKED = "request.revoked"
+    REQUEST_EXPIRED = "request.expired"
+    PROVISIONING_SUCCEEDED = "provisioning.succeeded"
+    PROVISIONING_FAILED = "provisioning.failed"
+    PERMISSION_CREATED = "permission.created"
+    POLICY_CREATED = "policy.created"
 
 
 class FailureReason(StrEnum):

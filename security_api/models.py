@@ -9,10 +9,12 @@ from sqlalchemy import (
     Boolean,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -167,3 +169,90 @@ class TotpStep(Base):
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger)
+
+
+class Permission(Base):
+    """Something an employee can hold, and the provisioner that makes it real."""
+
+    __tablename__ = "permissions"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    max_duration_minutes: Mapped[int] = mapped_column(Integer)
+    requires_justification: Mapped[bool] = mapped_column(Boolean, default=False)
+    provisioner: Mapped[str] = mapped_column(String(64), default="none")
+    provisioner_config: Mapped[str] = mapped_column(Text, default="{}")
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PolicyRule(Base):
+    """Ties a role and subrole (or *) to a permission with a mode."""
+
+    __tablename__ = "policy_rules"
+    __table_args__ = (UniqueConstraint("permission_key", "role", "subrole"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # The unique constraint's index (permission, role, subrole) makes every decision a look-up.
+    permission_key: Mapped[str] = mapped_column(ForeignKey("permissions.key"))
+    role: Mapped[str] = mapped_column(String(64))
+    subrole: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    max_duration_minutes: Mapped[int | None] = mapped_column(Integer)
+    approvers: Mapped[str] = mapped_column(Text, default="[]")
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AccessRequest(Base):
+    """One request for a permission, through its whole lifecycle."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        # At most one open (pending or active) request per person and permission, even racing.
+        Index("uq_access_requests_open", "requester_id", "permission_key", unique=True,
+              sqlite_where=text("status IN ('pending', 'active')"),
+              postgresql_where=text("status IN ('pending', 'active')")),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    requester_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    permission_key: Mapped[str] = mapped_column(ForeignKey("permissions.key"), index=True)
+    justification: Mapped[str] = mapped_column(String(2000), default="")
+    params: Mapped[str] = mapped_column(Text, default="{}")
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    # The rule's terms, frozen when the request was made: later policy edits do not move them.
+    mode: Mapped[str] = mapped_column(String(16))
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    requester_ip: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    provisioning: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class RequestApproverGroup(Base):
+    """Who may decide a request: a role, or a role/subrole (subrole '*' for the whole role)."""
+
+    __tablename__ = "request_approver_groups"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subrole: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Approval(Base):
+    """One approver's decision on one request (a person decides once)."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), index=True)
+    approver_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(String(2000), default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime())

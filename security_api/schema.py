@@ -10,10 +10,13 @@ from sqlalchemy.orm import Session
 
 from . import audit
 from .accounts import create_role
+from .catalog import ensure_builtin_permissions, ensure_rule
 from .clock import utcnow
+from .enums import PolicyMode
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_ROLE, ADMIN_SUBROLE = "security", "admin"
+ADMIN_STANDING = ("security-api.admin", "security-api.audit")
 
 
 def alembic_config() -> Config:
@@ -36,6 +39,10 @@ def bootstrap(session: Session) -> None:
     create_role(session, name=ADMIN_ROLE, subroles=[ADMIN_SUBROLE],
                 description="The security team", actor="system", origin=audit.Origin(),
                 now=now)
+    ensure_builtin_permissions(session, now=now)
+    for permission in ADMIN_STANDING:
+        ensure_rule(session, permission=permission, role=ADMIN_ROLE, subrole=ADMIN_SUBROLE,
+                    mode=PolicyMode.STANDING, actor="system", origin=audit.Origin(), now=now)
     session.commit()
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import sessionmaker
 from config import Settings
 
 from .db import make_engine, make_session_factory
+from .notify import Notifier
 from .passwords import dummy_hash
 from .secretbox import SecretBox
 from .stores import StateStore, make_store
@@ -28,6 +29,7 @@ class Services:
     token_verifier: TokenVerifier
     dummy_password_hash: str
     secret_box: SecretBox
+    notifier: Notifier
 
 
 def build_services(settings: Settings) -> Services:
@@ -51,4 +53,5 @@ def build_services(settings: Settings) -> Services:
         token_verifier=TokenVerifier(keys, audience),
         dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
         secret_box=SecretBox(list(settings.data_encryption_keys)),
+        notifier=Notifier(settings),
     )

@@ -1,0 +1,111 @@
+"""Permissions and policy rules: creating them with validation (CLI, seed, bootstrap)."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import audit
+from .enums import AuditAction, PolicyMode
+from .errors import InvalidParams
+from .models import Permission, PolicyRule, Role, Subrole
+from .policy import WILDCARD
+from .provisioners import get_provisioner
+
+# Also inserted by migration 0002; repeated here so init-db restores them if they go missing.
+BUILTIN_PERMISSIONS = {
+    "security-api.admin": ("Security API administration",
+                           "Use the /v1/admin endpoints: users, roles, permissions, policies."),
+    "security-api.audit": ("Security API audit", "Read the audit log and every access request."),
+    "security-api.check": ("Security API checks",
+                           "Ask GET /v1/check whether another user holds a permission (internal tools)."),
+}
+KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+MAX_MINUTES = 525600
+
+
+def ensure_permission(session: Session, *, key: str, name: str, description: str = "",
+                      max_duration_minutes: int, requires_justification: bool = False,
+                      provisioner: str = "none", provisioner_config: dict | None = None,
+                      settings, actor: str, origin: audit.Origin, now: datetime) -> Permission:
+    """Create a permission unless it exists; validate its provisioner config."""
+    if not KEY_PATTERN.fullmatch(key):
+        raise InvalidParams.one("key", "a lowercase slug of up to 64 characters")
+    if not 1 <= max_duration_minutes <= MAX_MINUTES:
+        raise InvalidParams.one("max_duration_minutes", f"from 1 to {MAX_MINUTES}")
+    config = get_provisioner(provisioner, settings).validate_config(provisioner_config or {})
+    existing = session.get(Permission, key)
+    if existing is not None:
+        return existing
+    permission = Permission(key=key, name=name, description=description,
+                            max_duration_minutes=max_duration_minutes,
+                            requires_justification=requires_justification,
+                            provisioner=provisioner, provisioner_config=json.dumps(config),
+                            builtin=False, created_at=now)
+    session.add(permission)
+    session.flush()
+    audit.record(session, action=AuditAction.PERMISSION_CREATED, actor=actor, target=key,
+                 origin=origin, now=now, details={"provisioner": provisioner})
+    return permission
+
+
+def ensure_builtin_permissions(session: Session, *, now: datetime) -> None:
+    """Create any missing built-in permission."""
+    for key, (name, description) in BUILTIN_PERMISSIONS.items():
+        if session.get(Permission, key) is None:
+            session.add(Permission(key=key, name=name, description=description,
+                                   max_duration_minutes=480, requires_justification=True,
+                                   provisioner="none", provisioner_config="{}", builtin=True,
+                                   created_at=now))
+    session.flush()
+
+
+def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, mode: PolicyMode,
+                max_duration_minutes: int | None = None, approvers: list[str] | None = None,
+                approvals_required: int = 1, actor: str, origin: audit.Origin,
+                now: datetime) -> PolicyRule:
+    """Create a policy rule unless one exists for this permission, role and subrole."""
+    _check_rule(session, permission=permission, role=role, subrole=subrole, mode=mode,
+                approvers=approvers or [], approvals_required=approvals_required)
+    existing = session.scalar(select(PolicyRule).where(
+        PolicyRule.permission_key == permission, PolicyRule.role == role,
+        PolicyRule.subrole == subrole))
+    if existing is not None:
+        return existing
+    rule = PolicyRule(permission_key=permission, role=role, subrole=subrole, mode=str(mode),
+                      max_duration_minutes=max_duration_minutes,
+                      approvers=json.dumps(approvers or []),
+                      approvals_required=approvals_required, created_at=now)
+    session.add(rule)
+    session.flush()
+    audit.record(session, action=AuditAction.POLICY_CREATED, actor=actor, target=rule.id,
+                 origin=origin, now=now,
+                 details={"permission": permission, "role": role, "subrole": subrole,
+                          "mode": str(mode)})
+    return rule
+
+
+def _check_rule(session: Session, *, permission: str, role: str, subrole: str, mode: PolicyMode,
+                approvers: list[str], approvals_required: int) -> None:
+    if session.get(Permission, permission) is None:
+        raise InvalidParams.one("permission", f"unknown permission {permission!r}")
+    if role == WILDCARD and subrole != WILDCARD:
+        raise InvalidParams.one("subrole", "must be * when role is *")
+    if role != WILDCARD and session.get(Role, role) is None:
+        raise InvalidParams.one("role", f"unknown role {role!r}")
+    if subrole != WILDCARD and session.get(Subrole, (role, subrole)) is None:
+        raise InvalidParams.one("subrole", f"unknown subrole {role}/{subrole}")
+    if mode == PolicyMode.APPROVAL:
+        if not approvers:
+            raise InvalidParams.one("approvers", "an approval rule needs approvers")
+        if not 1 <= approvals_required <= 10:
+            raise InvalidParams.one("approvals_required", "from 1 to 10")
+    for entry in approvers:
+        entry_role, _, entry_subrole = entry.partition("/")
+        known = session.get(Subrole, (entry_role, entry_subrole)) if entry_subrole \
+            else session.get(Role, entry_role)
+        if known is None:
+            raise InvalidParams.one("approvers", f"{entry!r} matches no role or subrole")

@@ -1,0 +1,125 @@
+"""What a user holds and may request: the policy engine fed from the database."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .enums import PolicyMode, RequestStatus, UserKind
+from .models import AccessRequest, Permission, PolicyRule
+from .policy import WILDCARD, Decision, Rule, decide
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who a decision is about: enough of a user for the policy engine."""
+
+    id: str
+    username: str
+    role: str
+    subrole: str
+    kind: str
+
+
+def as_rule(row: PolicyRule) -> Rule:
+    """Turn a stored rule into the engine's rule."""
+    return Rule(id=row.id, permission=row.permission_key, role=row.role, subrole=row.subrole,
+                mode=PolicyMode(row.mode), max_duration_minutes=row.max_duration_minutes,
+                approvers=tuple(json.loads(row.approvers or "[]")),
+                approvals_required=row.approvals_required)
+
+
+def candidate_rules(session: Session, subject: Subject, *,
+                    permission: str | None = None) -> list[Rule]:
+    """Load only the rules that can match this subject (an index look-up, never a scan)."""
+    stmt = select(PolicyRule).where(PolicyRule.role.in_([subject.role, WILDCARD]),
+                                    PolicyRule.subrole.in_([subject.subrole, WILDCARD]))
+    if permission is not None:
+        stmt = stmt.where(PolicyRule.permission_key == permission)
+    return [as_rule(row) for row in session.scalars(stmt)]
+
+
+def decision_for(session: Session, subject: Subject, permission: Permission) -> Decision:
+    """Decide what the subject may do with one permission."""
+    return decide(role=subject.role, subrole=subject.subrole, permission=permission.key,
+                  permission_max_minutes=permission.max_duration_minutes,
+                  candidates=candidate_rules(session, subject, permission=permission.key))
+
+
+def active_grant(session: Session, *, user_id: str, permission: str,
+                 now: datetime) -> AccessRequest | None:
+    """Return the user's grant of a permission that is active and not yet past its end."""
+    # Time decides, not the reaper: an expired grant is never honoured.
+    return session.scalar(select(AccessRequest).where(
+        AccessRequest.requester_id == user_id, AccessRequest.permission_key == permission,
+        AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at > now))
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Whether a permission is held now, how, and until when."""
+
+    held: bool
+    source: str | None = None
+    expires_at: datetime | None = None
+
+
+def holding(session: Session, subject: Subject, *, permission: str, now: datetime) -> Holding:
+    """Tell whether the subject holds a permission now: a standing rule or an active grant."""
+    row = session.get(Permission, permission)
+    if row is None:
+        return Holding(False)
+    if decision_for(session, subject, row).mode == PolicyMode.STANDING:
+        return Holding(True, "standing")
+    if subject.kind == UserKind.SERVICE:
+        return Holding(False)
+    grant = active_grant(session, user_id=subject.id, permission=permission, now=now)
+    if grant is None:
+        return Holding(False)
+    return Holding(True, "grant", grant.expires_at)
+
+
+def held_permissions(session: Session, subject: Subject, *, now: datetime) -> list[dict]:
+    """List what the subject holds now: standing permissions, then active grants."""
+    rules = candidate_rules(session, subject)
+    keys = sorted({rule.permission for rule in rules})
+    permissions = {p.key: p for p in session.scalars(select(Permission).where(Permission.key.in_(keys)))}
+    held = []
+    for key in keys:
+        decision = decide(role=subject.role, subrole=subject.subrole, permission=key,
+                          permission_max_minutes=permissions[key].max_duration_minutes,
+                          candidates=rules)
+        if decision.mode == PolicyMode.STANDING:
+            held.append({"permission": key, "name": permissions[key].name, "source": "standing",
+                         "expires_at": None, "request_id": None})
+    if subject.kind != UserKind.SERVICE:
+        grants = session.execute(
+            select(AccessRequest, Permission.name)
+            .join(Permission, Permission.key == AccessRequest.permission_key)
+            .where(AccessRequest.requester_id == subject.id,
+                   AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at > now)
+            .order_by(AccessRequest.expires_at))
+        for grant, name in grants:
+            held.append({"permission": grant.permission_key, "name": name, "source": "grant",
+                         "expires_at": grant.expires_at, "request_id": grant.id})
+    return held
+
+
+def requestable_catalog(session: Session, subject: Subject) -> list[tuple[Permission, Decision]]:
+    """List the permissions the subject may request, with the decision for each."""
+    if subject.kind == UserKind.SERVICE:
+        return []
+    rules = candidate_rules(session, subject)
+    keys = {rule.permission for rule in rules}
+    catalog = []
+    for permission in session.scalars(select(Permission).where(Permission.key.in_(keys))
+                                      .order_by(Permission.key)):
+        decision = decide(role=subject.role, subrole=subject.subrole, permission=permission.key,
+                          permission_max_minutes=permission.max_duration_minutes,
+                          candidates=rules)
+        if decision.requestable:
+            catalog.append((permission, decision))
+    return catalog

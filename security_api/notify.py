@@ -1,0 +1,233 @@
+"""Tell people about requests: a Slack-compatible webhook and email over SMTP.
+
+Callers send notifications after their commit, so nothing here ever raises: a failure is
+logged (error class only, never a credential) and the request goes on.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+import unicodedata
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from urllib.parse import quote
+
+import requests
+
+from config import Settings
+
+log = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "[Security API]"
+MAX_FIELD = 200
+MAX_JUSTIFICATION = 1000
+# Bidirectional overrides can make a subject read differently from what it says.
+BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+WHITESPACE_RUNS = re.compile(r"\s+")
+STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
+                "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
+
+
+class Notifier:
+    """Sends request notifications to the configured webhook and mail server."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def request_pending(self, request: dict, *, approver_emails: list[str]) -> None:
+        """Tell approvers a request waits for them; never raises."""
+        try:
+            self._deliver(request, recipients=approver_emails, subject=pending_subject(request),
+                          body=pending_body(request, link=self.link(request)),
+                          chat=pending_chat(request, link=self.link(request)))
+        except Exception as exc:  # noqa: BLE001 -- a notification must never break the caller
+            _warn("pending", request, exc)
+
+    def request_decided(self, request: dict, *, requester_email: str | None) -> None:
+        """Tell the requester (and the channel) how a request was decided; never raises."""
+        try:
+            self._deliver(request, recipients=[requester_email] if requester_email else [],
+                          subject=decided_subject(request),
+                          body=decided_body(request, link=self.link(request)),
+                          chat=decided_chat(request, link=self.link(request)))
+        except Exception as exc:  # noqa: BLE001 -- a notification must never break the caller
+            _warn("decided", request, exc)
+
+    def link(self, request: dict) -> str:
+        """Return the API address of the request."""
+        base = self.settings.public_base_url.rstrip("/")
+        return f"{base}/v1/requests/{quote(str(request.get('id', '')), safe='')}"
+
+    def _deliver(self, request: dict, *, recipients: list[str], subject: str, body: str,
+                 chat: str) -> None:
+        # Each channel fails on its own: a dead webhook must not stop the email.
+        if self.settings.notify_webhook_url:
+            try:
+                self._post_chat(chat)
+            except Exception as exc:  # noqa: BLE001
+                _warn("webhook", request, exc)
+        addresses = valid_recipients(recipients)
+        if self.settings.smtp_host and addresses:
+            try:
+                self._send_mail(addresses, subject=subject, body=body)
+            except Exception as exc:  # noqa: BLE001
+                _warn("email", request, exc)
+
+    def _post_chat(self, text: str) -> None:
+        with requests.post(self.settings.notify_webhook_url, json={"text": text},
+                           timeout=self.settings.provisioner_timeout_seconds,
+                           allow_redirects=False, stream=True) as response:
+            if not 200 <= response.status_code < 300:
+                log.warning("notification webhook answered HTTP %s", response.status_code)
+
+    def _send_mail(self, recipients: list[str], *, subject: str, body: str) -> None:
+        settings = self.settings
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port,
+                          timeout=settings.provisioner_timeout_seconds) as smtp:
+            if settings.smtp_starttls:
+                # smtplib's own default context checks no certificate: anyone on the path
+                # could read the password. The default context verifies chain and host name.
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.smtp_username:
+                smtp.login(settings.smtp_username, settings.smtp_password)
+            # One message per recipient: approvers do not learn each other's addresses,
+            # and one refused address does not stop the others.
+            for recipient in recipients:
+                message = build_message(sender=settings.smtp_from, recipient=recipient,
+                                        subject=subject, body=body)
+                try:
+                    smtp.send_message(message)
+                except smtplib.SMTPRecipientsRefused:
+                    log.warning("mail server refused a notification recipient")
+
+
+def build_message(*, sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
+    """Build one plain-text email; header values are already single-line."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(body)
+    return message
+
+
+def valid_recipients(addresses: list[str] | None) -> list[str]:
+    """Drop empty, duplicate and malformed addresses, keeping order."""
+    seen: dict[str, None] = {}
+    for address in addresses or []:
+        if not isinstance(address, str):
+            continue
+        address = address.strip()
+        # Control characters or spaces in an address could smuggle SMTP commands or headers.
+        if address.count("@") != 1 or any(ch.isspace() or ord(ch) < 32 for ch in address):
+            continue
+        seen.setdefault(address, None)
+    return list(seen)
+
+
+def clean(value, *, limit: int = MAX_FIELD) -> str:
+    """Make user text one line: control characters become spaces, runs collapse, length capped."""
+    text = "" if value is None else str(value)
+    text = "".join(" " if _is_control(ch) else ch for ch in text)
+    text = WHITESPACE_RUNS.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slack_escape(text: str) -> str:
+    """Escape the three characters Slack treats as markup (mentions, links)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def pending_subject(request: dict) -> str:
+    """Return e.g. '[Security API] alice requests vpn'."""
+    return f"{SUBJECT_PREFIX} {_requester(request)} requests {clean(request.get('permission'))}"
+
+
+def decided_subject(request: dict) -> str:
+    """Return e.g. '[Security API] alice's request for vpn: approved'."""
+    return (f"{SUBJECT_PREFIX} {_requester(request)}'s request for "
+            f"{clean(request.get('permission'))}: {_status_word(request)}")
+
+
+def pending_body(request: dict, *, link: str) -> str:
+    """Return the plain-text email for approvers."""
+    return "\n".join([
+        f"{_requester(request)} requests {clean(request.get('permission'))} "
+        f"for {clean(request.get('duration_minutes'))} minutes.",
+        "",
+        f"Justification: {_justification(request)}",
+        f"Status: {clean(request.get('status'))}",
+        "",
+        f"Review it: {link}",
+    ]) + "\n"
+
+
+def decided_body(request: dict, *, link: str) -> str:
+    """Return the plain-text email for the requester."""
+    lines = [f"Your request for {clean(request.get('permission'))} is {_status_word(request)}.", ""]
+    lines += [f"{name} decided: {word}" + (f" ({comment})" if comment else "")
+              for name, word, comment in _decisions(request)]
+    if request.get("expires_at"):
+        lines.append(f"Access ends at {clean(request['expires_at'])}.")
+    lines += [f"Justification: {_justification(request)}", "", f"Details: {link}"]
+    return "\n".join(lines) + "\n"
+
+
+def pending_chat(request: dict, *, link: str) -> str:
+    """Return the Slack text for a new pending request."""
+    return (f"*Access request pending*: {slack_escape(_requester(request))} requests "
+            f"`{slack_escape(clean(request.get('permission')))}` for "
+            f"{slack_escape(clean(request.get('duration_minutes')))} minutes\n"
+            f"Justification: {slack_escape(_justification(request))}\n"
+            f"<{link}|Review request>")
+
+
+def decided_chat(request: dict, *, link: str) -> str:
+    """Return the Slack text for a decided request."""
+    deciders = ", ".join(f"{name} ({word})" for name, word, _ in _decisions(request))
+    return (f"*Access request {slack_escape(_status_word(request))}*: "
+            f"{slack_escape(_requester(request))} for "
+            f"`{slack_escape(clean(request.get('permission')))}`"
+            + (f" by {slack_escape(deciders)}" if deciders else "")
+            + f"\nJustification: {slack_escape(_justification(request))}\n<{link}|View request>")
+
+
+def _requester(request: dict) -> str:
+    requester = request.get("requester")
+    if isinstance(requester, dict):
+        requester = requester.get("username")
+    return clean(requester) or "someone"
+
+
+def _justification(request: dict) -> str:
+    return clean(request.get("justification"), limit=MAX_JUSTIFICATION) or "(none)"
+
+
+def _status_word(request: dict) -> str:
+    status = clean(request.get("status"))
+    return STATUS_WORDS.get(status, status)
+
+
+def _decisions(request: dict) -> list[tuple[str, str, str]]:
+    """Return (approver, decision, comment) for each approval, all cleaned."""
+    approvals = request.get("approvals") or []
+    return [(clean(a.get("approver")) or "someone", clean(a.get("decision")),
+             clean(a.get("comment"), limit=MAX_JUSTIFICATION))
+            for a in approvals if isinstance(a, dict)]
+
+
+def _is_control(ch: str) -> bool:
+    # Cc: C0/C1 controls (CR, LF, NUL...); Zl/Zp: Unicode line and paragraph separators.
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS
+
+
+def _warn(channel: str, request: dict, exc: Exception) -> None:
+    # The class name only: messages of SMTP and HTTP errors can echo addresses or credentials.
+    request_id = request.get("id") if isinstance(request, dict) else None
+    log.warning("notification %s for request %s failed: %s", channel, clean(request_id) or "?",
+                type(exc).__name__)

@@ -1,0 +1,181 @@
+"""The `webhook` provisioner: POST a signed JSON event to a URL the admin configured.
+
+The receiver gets, as the exact body bytes,
+``{"event": "grant"|"revoke", "request_id", "requester", "requester_ip", "permission",
+"params", "expires_at", "sent_at"}`` and two headers:
+
+- ``X-Security-API-Signature: sha256=<hex HMAC-SHA256 of the body with WEBHOOK_SIGNING_SECRET>``
+- ``X-Security-API-Timestamp: <unix seconds>``, the same instant as ``sent_at``.
+
+A receiver must recompute the HMAC over the raw body (constant-time compare), and reject
+events whose timestamp is older than a few minutes. The timestamp header is not signed
+itself; ``sent_at`` inside the signed body is, so compare the two. Treat
+``(request_id, event)`` as the idempotency key: a replay within the window must do no harm.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from urllib.parse import urlsplit
+
+import requests
+
+from ..clock import epoch, isoformat, utcnow
+from ..errors import InvalidParams
+from .base import GrantContext, Provisioner, ProvisioningError
+
+SIGNATURE_HEADER = "X-Security-API-Signature"
+TIMESTAMP_HEADER = "X-Security-API-Timestamp"
+USER_AGENT = "security-api-webhook/1"
+MAX_URL_LENGTH = 2000
+MAX_HEADERS = 20
+MAX_PARAMS = 20
+MAX_PARAM_KEY = 64
+MAX_PARAM_STRING = 500
+# Larger integers lose precision in JavaScript receivers.
+MAX_PARAM_INT = 2**53 - 1
+PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# Headers the signature and the transport depend on: config may not replace them.
+RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", "connection",
+                    SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()}
+
+
+class WebhookProvisioner(Provisioner):
+    """Tells an outside service to grant or revoke, with an HMAC-signed event."""
+
+    name = "webhook"
+
+    def validate_config(self, config: dict) -> dict:
+        """Return {"url", "headers"}; 412 for a missing or non-HTTP URL or bad headers."""
+        if not isinstance(config, dict):
+            raise InvalidParams.one("config", "must be a JSON object")
+        unknown = set(config) - {"url", "headers"}
+        if unknown:
+            raise InvalidParams.one("config", f"unknown keys {sorted(unknown)}")
+        return {"url": _checked_url(config.get("url")),
+                "headers": _checked_headers(config.get("headers"))}
+
+    def validate_params(self, params: dict, *, config: dict) -> dict:
+        """Return a flat object of str, int and bool values for the receiver."""
+        if params is None:
+            return {}
+        if not isinstance(params, dict):
+            raise InvalidParams.one("params", "must be a JSON object")
+        if len(params) > MAX_PARAMS:
+            raise InvalidParams.one("params", f"at most {MAX_PARAMS} keys")
+        for key, value in params.items():
+            _check_param(key, value)
+        return dict(params)
+
+    def grant(self, ctx: GrantContext) -> dict:
+        """POST the grant event; the request is active only on a 2xx answer."""
+        return self._send("grant", ctx)
+
+    def revoke(self, ctx: GrantContext) -> dict:
+        """POST the revoke event; anything but a 2xx answer is a failure."""
+        return self._send("revoke", ctx)
+
+    def _send(self, event: str, ctx: GrantContext) -> dict:
+        secret = self.settings.webhook_signing_secret
+        if not secret:
+            # Unsigned events would let anyone who can reach the receiver forge grants.
+            raise ProvisioningError("WEBHOOK_SIGNING_SECRET is not set")
+        config = self._config_for(ctx)
+        now = utcnow()
+        body = event_body(event, ctx, sent_at=isoformat(now))
+        headers = {**config["headers"], "Content-Type": "application/json",
+                   "User-Agent": USER_AGENT, SIGNATURE_HEADER: sign(body, secret=secret),
+                   TIMESTAMP_HEADER: str(epoch(now))}
+        status = self._post(config["url"], body=body, headers=headers)
+        return {"provisioner": self.name, "status": status}
+
+    def _config_for(self, ctx: GrantContext) -> dict:
+        # The stored config was checked when saved; check again in case it was edited by hand.
+        try:
+            return self.validate_config(ctx.config)
+        except InvalidParams as exc:
+            raise ProvisioningError(f"webhook config is invalid: {exc.message}") from None
+
+    def _post(self, url: str, *, body: bytes, headers: dict) -> int:
+        timeout = self.settings.provisioner_timeout_seconds
+        # Messages name the error class only: the URL may carry a token in its path or query.
+        try:
+            # A redirect could carry the signed event somewhere the admin never configured.
+            # stream=True: the status is all we need; never buffer a huge answer.
+            with requests.post(url, data=body, headers=headers, timeout=timeout,
+                               allow_redirects=False, stream=True) as response:
+                status = response.status_code
+        except requests.Timeout:
+            raise ProvisioningError(f"webhook timed out after {timeout}s") from None
+        except requests.RequestException as exc:
+            raise ProvisioningError(f"webhook failed: {type(exc).__name__}") from None
+        if not 200 <= status < 300:
+            raise ProvisioningError(f"webhook answered HTTP {status}")
+        return status
+
+
+def event_body(event: str, ctx: GrantContext, *, sent_at: str) -> bytes:
+    """Serialise one event: compact, key-sorted UTF-8 JSON, the bytes that get signed."""
+    payload = {"event": event, "request_id": ctx.request_id, "requester": ctx.requester,
+               "requester_ip": ctx.requester_ip, "permission": ctx.permission,
+               "params": dict(ctx.params), "expires_at": isoformat(ctx.expires_at),
+               "sent_at": sent_at}
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def sign(body: bytes, *, secret: str) -> str:
+    """Return the signature header value for these exact body bytes."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _checked_url(url) -> str:
+    if not isinstance(url, str) or not url:
+        raise InvalidParams.one("config.url", "required")
+    if len(url) > MAX_URL_LENGTH or any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
+        raise InvalidParams.one("config.url", "not a valid URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParams.one("config.url", "must be an http or https URL with a host")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        raise InvalidParams.one("config.url", "has an invalid port") from None
+    return url
+
+
+def _checked_headers(headers) -> dict:
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+        raise InvalidParams.one("config.headers", f"must be an object of at most {MAX_HEADERS} "
+                                                  "string headers")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            raise InvalidParams.one("config.headers", f"invalid header name {name!r}")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidParams.one("config.headers", f"{name} is set by the service")
+        # CR or LF in a value would let the config inject extra headers.
+        if not isinstance(value, str) or any(ord(ch) < 32 and ch != "\t" for ch in value):
+            raise InvalidParams.one("config.headers", f"value of {name} must be a one-line string")
+    return dict(headers)
+
+
+def _check_param(key, value) -> None:
+    if not isinstance(key, str) or len(key) > MAX_PARAM_KEY or not PARAM_KEY.fullmatch(key):
+        raise InvalidParams.one("params", f"key {str(key)[:80]!r} must be a slug of at most "
+                                          f"{MAX_PARAM_KEY} characters")
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_PARAM_INT:
+            raise InvalidParams.one("params", f"{key}: integer out of range")
+        return
+    if isinstance(value, str):
+        if len(value) > MAX_PARAM_STRING:
+            raise InvalidParams.one("params", f"{key}: at most {MAX_PARAM_STRING} characters")
+        return
+    raise InvalidParams.one("params", f"{key}: values must be strings, integers or booleans")
