@@ -205,6 +205,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("REAPER_INTERVAL_SECONDS must be 0 (off) or positive")
     if settings.webhook_signing_secret and len(settings.webhook_signing_secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"WEBHOOK_SIGNING_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+    if settings.is_production and settings.smtp_username and not settings.smtp_starttls:
+        raise ConfigError("SMTP_USERNAME without SMTP_STARTTLS would send the password in clear")
     if settings.access_token_ttl_seconds > 3600:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
 

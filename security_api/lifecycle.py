@@ -84,7 +84,7 @@ def _context(session: Session, request: AccessRequest, permission: Permission) -
 
 def _provision(session: Session, services: Services, request: AccessRequest, *, action: str,
                origin: audit.Origin, now: datetime) -> bool:
-    """Run the provisioner's grant or revoke once; record and audit the outcome."""
+    """Run the provisioner's grant, revoke or cleanup once; record and audit the outcome."""
     permission = session.get(Permission, request.permission_key)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     ctx = _context(session, request, permission)
@@ -135,9 +135,13 @@ def _activate(session: Session, services: Services, request: AccessRequest, *,
                      target=request.id, origin=origin, now=now,
                      details={"expires_at": isoformat(expires_at)})
         return
-    # Never half-granted: a failed provisioning leaves the request failed, not active.
+    # Never half-granted: a failed provisioning leaves the request failed, not active, and
+    # the outside system is asked to undo whatever it may have done before failing (a
+    # webhook that timed out may still have granted).
     session.execute(update(AccessRequest).where(AccessRequest.id == request.id)
                     .values(status=RequestStatus.FAILED, expires_at=None))
+    session.refresh(request)
+    _provision(session, services, request, action="cleanup", origin=origin, now=now)
     audit.record(session, action=AuditAction.REQUEST_FAILED, actor="system", target=request.id,
                  origin=origin, now=now)
 
