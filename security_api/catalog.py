@@ -69,7 +69,8 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
                 now: datetime) -> PolicyRule:
     """Create a policy rule unless one exists for this permission, role and subrole."""
     _check_rule(session, permission=permission, role=role, subrole=subrole, mode=mode,
-                approvers=approvers or [], approvals_required=approvals_required)
+                approvers=approvers or [], approvals_required=approvals_required,
+                max_duration_minutes=max_duration_minutes)
     existing = session.scalar(select(PolicyRule).where(
         PolicyRule.permission_key == permission, PolicyRule.role == role,
         PolicyRule.subrole == subrole))
@@ -89,9 +90,12 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
 
 
 def _check_rule(session: Session, *, permission: str, role: str, subrole: str, mode: PolicyMode,
-                approvers: list[str], approvals_required: int) -> None:
+                approvers: list[str], approvals_required: int,
+                max_duration_minutes: int | None) -> None:
     if session.get(Permission, permission) is None:
         raise InvalidParams.one("permission", f"unknown permission {permission!r}")
+    if max_duration_minutes is not None and not 1 <= max_duration_minutes <= MAX_MINUTES:
+        raise InvalidParams.one("max_duration_minutes", f"from 1 to {MAX_MINUTES}")
     if role == WILDCARD and subrole != WILDCARD:
         raise InvalidParams.one("subrole", "must be * when role is *")
     if role != WILDCARD and session.get(Role, role) is None:

@@ -15,12 +15,21 @@ class PolicyMode(StrEnum):
 
 class RequestStatus(StrEnum):
     PENDING = "pending"
+    # Internal: approved, the provisioner's grant is running. Readers see "pending".
+    GRANTING = "granting"
     ACTIVE = "active"
     DENIED = "denied"
     CANCELLED = "cancelled"
     FAILED = "failed"
     EXPIRED = "expired"
     REVOKED = "revoked"
+
+
+class ProvisioningState(StrEnum):
+    """An outside call that is owed: running now, or failed and to be tried again."""
+
+    REVOKING = "revoking"
+    REVOKE_FAILED = "revoke_failed"
 
 
 class Decision(StrEnum):

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import audit
-from .clock import isoformat
-from .enums import AuditAction, Decision, PolicyMode, RequestStatus, UserKind
+from .enums import AuditAction, Decision, PolicyMode, ProvisioningState, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams, NotFound
 from .grants import Subject, decision_for
-from .models import AccessRequest, Approval, Permission, RequestApproverGroup, User
+from .models import AccessRequest, Approval, Permission, RequestApproverGroup
 from .policy import approver_matches
-from .provisioners import GrantContext, ProvisioningError, get_provisioner
+from .provisioners import get_provisioner
+from .provisioning import finish_grant, finish_revoke
 from .services import Services
 
 MAX_JUSTIFICATION = 2000
@@ -72,40 +72,7 @@ def _is_id(value: str) -> bool:
     return len(value) == 36 and all(ch in "0123456789abcdef-" for ch in value)
 
 
-# ---- provisioning ------------------------------------------------------------------------------
-def _context(session: Session, request: AccessRequest, permission: Permission) -> GrantContext:
-    requester = session.get(User, request.requester_id)
-    return GrantContext(request_id=request.id, requester=requester.username,
-                        requester_ip=request.requester_ip, permission=permission.key,
-                        params=json.loads(request.params or "{}"),
-                        config=json.loads(permission.provisioner_config or "{}"),
-                        expires_at=request.expires_at)
-
-
-def _provision(session: Session, services: Services, request: AccessRequest, *, action: str,
-               origin: audit.Origin, now: datetime) -> bool:
-    """Run the provisioner's grant, revoke or cleanup once; record and audit the outcome."""
-    permission = session.get(Permission, request.permission_key)
-    provisioner = get_provisioner(permission.provisioner, services.settings)
-    ctx = _context(session, request, permission)
-    try:
-        result = provisioner.grant(ctx) if action == "grant" else provisioner.revoke(ctx)
-        outcome = {"ok": True, "result": result, "error": None}
-    except ProvisioningError as exc:
-        outcome = {"ok": False, "result": None, "error": str(exc)[:500]}
-    outcome["at"] = isoformat(now)
-    record = json.loads(request.provisioning or "{}")
-    record[action] = outcome
-    session.execute(update(AccessRequest).where(AccessRequest.id == request.id)
-                    .values(provisioning=json.dumps(record, sort_keys=True)))
-    audit.record(session, action=AuditAction.PROVISIONING_SUCCEEDED if outcome["ok"]
-                 else AuditAction.PROVISIONING_FAILED, actor="system", target=request.id,
-                 origin=origin, now=now,
-                 details={"action": action, "provisioner": permission.provisioner,
-                          "error": outcome["error"]})
-    return outcome["ok"]
-
-
+# ---- claims ------------------------------------------------------------------------------------
 def _claim(session: Session, request_id: str, *, source: RequestStatus, target: RequestStatus,
            extra_where=(), **values) -> bool:
     """Move a request from one status to another only if it is still in the first: once."""
@@ -116,34 +83,32 @@ def _claim(session: Session, request_id: str, *, source: RequestStatus, target: 
     return result.rowcount == 1
 
 
-def _activate(session: Session, services: Services, request: AccessRequest, *,
-              source: RequestStatus, origin: audit.Origin, now: datetime) -> None:
-    """Claim the grant, run the provisioner's grant once, and land on active or failed."""
-    expires_at = now + timedelta(minutes=request.duration_minutes)
+def _start_grant(session: Session, request: AccessRequest, *, source: RequestStatus,
+                 now: datetime) -> None:
+    """Claim the grant (pending or failed -> granting); the provisioner runs after the commit."""
     try:
-        claimed = _claim(session, request.id, source=source, target=RequestStatus.ACTIVE,
-                         decided_at=now, expires_at=expires_at)
+        claimed = _claim(session, request.id, source=source, target=RequestStatus.GRANTING,
+                         decided_at=now, provisioning_started_at=now)
     except IntegrityError:
         # Another open request of the same person for the same permission got there first.
-        claimed = False
+        session.rollback()
+        raise Conflict("The requester has another open request for this permission.",
+                       code="already_requested") from None
     if not claimed:
         session.rollback()
         raise Conflict("The request was decided meanwhile.", code="request_not_pending")
-    session.refresh(request)
-    if _provision(session, services, request, action="grant", origin=origin, now=now):
-        audit.record(session, action=AuditAction.REQUEST_ACTIVATED, actor="system",
-                     target=request.id, origin=origin, now=now,
-                     details={"expires_at": isoformat(expires_at)})
-        return
-    # Never half-granted: a failed provisioning leaves the request failed, not active, and
-    # the outside system is asked to undo whatever it may have done before failing (a
-    # webhook that timed out may still have granted).
-    session.execute(update(AccessRequest).where(AccessRequest.id == request.id)
-                    .values(status=RequestStatus.FAILED, expires_at=None))
-    session.refresh(request)
-    _provision(session, services, request, action="cleanup", origin=origin, now=now)
-    audit.record(session, action=AuditAction.REQUEST_FAILED, actor="system", target=request.id,
-                 origin=origin, now=now)
+
+
+def _end_grant(session: Session, request_id: str, *, target: RequestStatus, now: datetime,
+               extra_where=()) -> bool:
+    """Claim the end of an active grant; its revoke is owed from this commit on."""
+    return _claim(session, request_id, source=RequestStatus.ACTIVE, target=target,
+                  extra_where=extra_where, ended_at=now,
+                  provisioning_state=ProvisioningState.REVOKING, provisioning_started_at=now)
+
+
+def _reloaded(session: Session, request_id: str) -> AccessRequest:
+    return session.get(AccessRequest, request_id, populate_existing=True)
 
 
 # ---- transitions -------------------------------------------------------------------------------
@@ -169,11 +134,14 @@ def create_request(session: Session, services: Services, *, actor: Actor, permis
                permission_key=permission.key)
     _refuse_open_request(session, subject.id, permission.key, now)
     rule = decision.rule
+    auto = rule.mode == PolicyMode.AUTO
     request = AccessRequest(
         requester_id=subject.id, permission_key=permission.key, justification=justification,
         params=json.dumps(clean_params, sort_keys=True), duration_minutes=duration,
-        status=RequestStatus.PENDING, mode=rule.mode, approvals_required=rule.approvals_required,
-        requester_ip=origin.ip, created_at=now, provisioning="{}")
+        status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
+        approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
+        decided_at=now if auto else None, provisioning_started_at=now if auto else None,
+        provisioning="{}")
     session.add(request)
     try:
         session.flush()
@@ -188,12 +156,10 @@ def create_request(session: Session, services: Services, *, actor: Actor, permis
                  target=request.id, origin=origin, now=now,
                  details={"permission": permission.key, "mode": rule.mode, "rule": rule.id,
                           "duration_minutes": duration})
-    if rule.mode == PolicyMode.AUTO:
-        session.flush()
-        _activate(session, services, request, source=RequestStatus.PENDING, origin=origin, now=now)
     session.commit()
-    session.refresh(request)
-    return request
+    if auto:
+        finish_grant(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)
 
 
 def _checked_duration(requested: int | None, limit: int) -> int:
@@ -216,11 +182,12 @@ def _refuse_open_request(session: Session, requester_id: str, permission: str,
                          now: datetime) -> None:
     status = session.scalar(select(AccessRequest.status).where(
         AccessRequest.requester_id == requester_id, AccessRequest.permission_key == permission,
-        AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.ACTIVE])))
+        AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.GRANTING,
+                                  RequestStatus.ACTIVE])))
     if status == RequestStatus.ACTIVE:
         raise Conflict("You already hold an active grant of this permission.",
                        code="already_active")
-    if status == RequestStatus.PENDING:
+    if status in (RequestStatus.PENDING, RequestStatus.GRANTING):
         raise Conflict("You already have a pending request for this permission.",
                        code="already_requested")
 
@@ -256,11 +223,13 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
                  target=request.id, origin=origin, now=now, details={"comment": comment or ""})
     approvals = session.scalar(select(func.count()).select_from(Approval).where(
         Approval.request_id == request.id, Approval.decision == Decision.APPROVE))
-    if approvals >= request.approvals_required:
-        _activate(session, services, request, source=RequestStatus.PENDING, origin=origin, now=now)
+    granting = approvals >= request.approvals_required
+    if granting:
+        _start_grant(session, request, source=RequestStatus.PENDING, now=now)
     session.commit()
-    session.refresh(request)
-    return request
+    if granting:
+        finish_grant(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)
 
 
 def deny(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
@@ -274,6 +243,12 @@ def deny(session: Session, services: Services, *, request_id: str, actor: Actor,
         raise Conflict("The request is not pending.", code="request_not_pending")
     session.add(Approval(request_id=request.id, approver_id=actor.subject.id,
                          decision=Decision.DENY, comment=comment or "", at=now))
+    try:
+        session.flush()
+    except IntegrityError:
+        # An approver who already approved cannot take it back by denying.
+        session.rollback()
+        raise Conflict("You have already decided this request.", code="already_decided") from None
     audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,
                  target=request.id, origin=origin, now=now, details={"comment": comment or ""})
     session.commit()
@@ -304,17 +279,15 @@ def revoke(session: Session, services: Services, *, request_id: str, actor: Acto
     request = visible_request(session, request_id, actor)
     if request.requester_id != actor.subject.id and not actor.is_admin:
         raise Forbidden("Only the requester or an administrator can revoke a grant.")
-    if not _claim(session, request.id, source=RequestStatus.ACTIVE, target=RequestStatus.REVOKED,
-                  extra_where=(AccessRequest.expires_at > now,), ended_at=now):
+    if not _end_grant(session, request.id, target=RequestStatus.REVOKED, now=now,
+                      extra_where=(AccessRequest.expires_at > now,)):
         session.rollback()
         raise Conflict("The grant is not active.", code="request_not_active")
-    session.refresh(request)
     audit.record(session, action=AuditAction.REQUEST_REVOKED, actor=actor.subject.username,
                  target=request.id, origin=origin, now=now)
-    _provision(session, services, request, action="revoke", origin=origin, now=now)
     session.commit()
-    session.refresh(request)
-    return request
+    finish_revoke(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)
 
 
 def retry(session: Session, services: Services, *, request_id: str, actor: Actor,
@@ -323,15 +296,15 @@ def retry(session: Session, services: Services, *, request_id: str, actor: Actor
     request = visible_request(session, request_id, actor)
     if not (actor.is_admin or is_eligible_approver(session, request, actor)):
         raise Forbidden("Only an approver or an administrator can retry a request.")
-    audit.record(session, action=AuditAction.REQUEST_RETRIED, actor=actor.subject.username,
-                 target=request.id, origin=origin, now=now)
     try:
-        _activate(session, services, request, source=RequestStatus.FAILED, origin=origin, now=now)
+        _start_grant(session, request, source=RequestStatus.FAILED, now=now)
     except Conflict:
         raise Conflict("Only a failed request can be retried.", code="request_not_failed") from None
+    audit.record(session, action=AuditAction.REQUEST_RETRIED, actor=actor.subject.username,
+                 target=request.id, origin=origin, now=now)
     session.commit()
-    session.refresh(request)
-    return request
+    finish_grant(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)
 
 
 def expire_due(session: Session, services: Services, *, now: datetime, origin: audit.Origin,
@@ -348,14 +321,12 @@ def expire_due(session: Session, services: Services, *, now: datetime, origin: a
     expired = 0
     for request_id in due:
         # The conditional update is the claim: a second reaper finds nothing left to do.
-        if not _claim(session, request_id, source=RequestStatus.ACTIVE,
-                      target=RequestStatus.EXPIRED, ended_at=now):
+        if not _end_grant(session, request_id, target=RequestStatus.EXPIRED, now=now):
             session.rollback()
             continue
-        request = session.get(AccessRequest, request_id, populate_existing=True)
         audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
                      target=request_id, origin=origin, now=now)
-        _provision(session, services, request, action="revoke", origin=origin, now=now)
         session.commit()
+        finish_revoke(session, services, request_id, origin=origin, now=now)
         expired += 1
     return expired

@@ -212,8 +212,8 @@ class AccessRequest(Base):
     __table_args__ = (
         # At most one open (pending or active) request per person and permission, even racing.
         Index("uq_access_requests_open", "requester_id", "permission_key", unique=True,
-              sqlite_where=text("status IN ('pending', 'active')"),
-              postgresql_where=text("status IN ('pending', 'active')")),
+              sqlite_where=text("status IN ('pending', 'granting', 'active')"),
+              postgresql_where=text("status IN ('pending', 'granting', 'active')")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -232,6 +232,9 @@ class AccessRequest(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     provisioning: Mapped[str] = mapped_column(Text, default="{}")
+    # An outside call still owed (see provisioning.py), and when it was last started.
+    provisioning_state: Mapped[str | None] = mapped_column(String(16), index=True)
+    provisioning_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RequestApproverGroup(Base):

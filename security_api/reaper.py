@@ -7,6 +7,7 @@ import threading
 from . import audit
 from .clock import utcnow
 from .lifecycle import expire_due
+from .provisioning import recover
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -16,13 +17,16 @@ BATCH = 100
 def reap_once(services: Services) -> int:
     """Expire every grant that is due now; return how many this call expired."""
     total = 0
+    origin = audit.Origin(ip="reaper")
     with services.session_factory() as session:
         while True:
-            expired = expire_due(session, services, now=utcnow(), limit=BATCH,
-                                 origin=audit.Origin(ip="reaper"))
+            expired = expire_due(session, services, now=utcnow(), limit=BATCH, origin=origin)
             total += expired
             if expired < BATCH:
-                return total
+                break
+        # Claims left by a crashed worker: abandoned grants fail, owed revokes run again.
+        recover(session, services, origin=origin, now=utcnow())
+    return total
 
 
 def start_background_reaper(services: Services, *, interval_seconds: int) -> threading.Event:

@@ -6,10 +6,11 @@ import binascii
 import json
 from datetime import datetime
 
-from sqlalchemy import and_, exists, or_, select, tuple_
+from sqlalchemy import and_, exists, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from .clock import as_utc, isoformat
+from .db import UTCDateTime
 from .enums import RequestStatus
 from .errors import Forbidden, InvalidParams
 from .lifecycle import Actor
@@ -23,6 +24,8 @@ def effective_status(request: AccessRequest, now: datetime) -> str:
     if request.status == RequestStatus.ACTIVE and request.expires_at is not None \
             and as_utc(request.expires_at) <= now:
         return RequestStatus.EXPIRED
+    if request.status == RequestStatus.GRANTING:
+        return RequestStatus.PENDING  # approved; the provisioner is still at work
     return request.status
 
 
@@ -73,12 +76,16 @@ def _status_filter(status: str, now: datetime):
         return or_(AccessRequest.status == status,
                    and_(AccessRequest.status == RequestStatus.ACTIVE,
                         AccessRequest.expires_at <= now))
+    if status == RequestStatus.PENDING:
+        return AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.GRANTING])
     return AccessRequest.status == status
 
 
 def _approvable(actor: Actor):
     subject = actor.subject
-    condition = AccessRequest.requester_id != subject.id
+    decided = exists().where(Approval.request_id == AccessRequest.id,
+                             Approval.approver_id == subject.id)
+    condition = and_(AccessRequest.requester_id != subject.id, ~decided)
     if actor.is_admin:
         return and_(condition, AccessRequest.status == RequestStatus.PENDING)
     group = exists().where(RequestApproverGroup.request_id == AccessRequest.id,
@@ -107,8 +114,9 @@ def list_requests(session: Session, *, actor: Actor, scope: str, status: str | N
         stmt = stmt.where(AccessRequest.permission_key == permission)
     if cursor:
         created_at, request_id = _decode_cursor(cursor)
+        # Bound with the column's type: stored naive UTC, whatever the session's time zone.
         stmt = stmt.where(tuple_(AccessRequest.created_at, AccessRequest.id)
-                          < tuple_(created_at, request_id))
+                          < tuple_(literal(created_at, UTCDateTime()), request_id))
     rows = list(session.scalars(stmt.order_by(AccessRequest.created_at.desc(),
                                               AccessRequest.id.desc()).limit(limit + 1)))
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None

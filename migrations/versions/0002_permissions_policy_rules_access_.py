@@ -60,6 +60,8 @@ def upgrade() -> None:
     sa.Column('expires_at', security_api.db.UTCDateTime(), nullable=True),
     sa.Column('ended_at', security_api.db.UTCDateTime(), nullable=True),
     sa.Column('provisioning', sa.Text(), nullable=False),
+    sa.Column('provisioning_state', sa.String(length=16), nullable=True),
+    sa.Column('provisioning_started_at', security_api.db.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['permission_key'], ['permissions.key'], ),
     sa.ForeignKeyConstraint(['requester_id'], ['users.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -68,9 +70,10 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_access_requests_created_at'), ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_access_requests_expires_at'), ['expires_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_access_requests_permission_key'), ['permission_key'], unique=False)
+        batch_op.create_index(batch_op.f('ix_access_requests_provisioning_state'), ['provisioning_state'], unique=False)
         batch_op.create_index(batch_op.f('ix_access_requests_requester_id'), ['requester_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_access_requests_status'), ['status'], unique=False)
-        batch_op.create_index('uq_access_requests_open', ['requester_id', 'permission_key'], unique=True, sqlite_where=sa.text("status IN ('pending', 'active')"), postgresql_where=sa.text("status IN ('pending', 'active')"))
+        batch_op.create_index('uq_access_requests_open', ['requester_id', 'permission_key'], unique=True, sqlite_where=sa.text("status IN ('pending', 'granting', 'active')"), postgresql_where=sa.text("status IN ('pending', 'granting', 'active')"))
 
     op.create_table('approvals',
     sa.Column('id', sa.String(length=36), nullable=False),
@@ -126,9 +129,10 @@ def downgrade() -> None:
 
     op.drop_table('approvals')
     with op.batch_alter_table('access_requests', schema=None) as batch_op:
-        batch_op.drop_index('uq_access_requests_open', sqlite_where=sa.text("status IN ('pending', 'active')"), postgresql_where=sa.text("status IN ('pending', 'active')"))
+        batch_op.drop_index('uq_access_requests_open', sqlite_where=sa.text("status IN ('pending', 'granting', 'active')"), postgresql_where=sa.text("status IN ('pending', 'granting', 'active')"))
         batch_op.drop_index(batch_op.f('ix_access_requests_status'))
         batch_op.drop_index(batch_op.f('ix_access_requests_requester_id'))
+        batch_op.drop_index(batch_op.f('ix_access_requests_provisioning_state'))
         batch_op.drop_index(batch_op.f('ix_access_requests_permission_key'))
         batch_op.drop_index(batch_op.f('ix_access_requests_expires_at'))
         batch_op.drop_index(batch_op.f('ix_access_requests_created_at'))
