@@ -206,19 +206,25 @@ def _lock_pending(session: Session, request_id: str) -> None:
         raise Conflict("The request is not pending.", code="request_not_pending")
 
 
+def _record_decision(session: Session, request: AccessRequest, actor: Actor, decision: Decision,
+                     comment: str, now: datetime) -> None:
+    session.add(Approval(request_id=request.id, approver_id=actor.subject.id,
+                         decision=decision, comment=comment or "", at=now))
+    try:
+        session.flush()
+    except IntegrityError:
+        # One decision per approver: no second approval, no taking an approval back by denying.
+        session.rollback()
+        raise Conflict("You have already decided this request.", code="already_decided") from None
+
+
 def approve(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
             origin: audit.Origin, now: datetime) -> AccessRequest:
     """Record an approval; the last one needed grants and provisions, once."""
     request = visible_request(session, request_id, actor)
     _require_decider(session, request, actor)
     _lock_pending(session, request.id)
-    session.add(Approval(request_id=request.id, approver_id=actor.subject.id,
-                         decision=Decision.APPROVE, comment=comment or "", at=now))
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict("You have already decided this request.", code="already_decided") from None
+    _record_decision(session, request, actor, Decision.APPROVE, comment, now)
     audit.record(session, action=AuditAction.REQUEST_APPROVED, actor=actor.subject.username,
                  target=request.id, origin=origin, now=now, details={"comment": comment or ""})
     approvals = session.scalar(select(func.count()).select_from(Approval).where(
@@ -241,14 +247,7 @@ def deny(session: Session, services: Services, *, request_id: str, actor: Actor,
                   decided_at=now):
         session.rollback()
         raise Conflict("The request is not pending.", code="request_not_pending")
-    session.add(Approval(request_id=request.id, approver_id=actor.subject.id,
-                         decision=Decision.DENY, comment=comment or "", at=now))
-    try:
-        session.flush()
-    except IntegrityError:
-        # An approver who already approved cannot take it back by denying.
-        session.rollback()
-        raise Conflict("You have already decided this request.", code="already_decided") from None
+    _record_decision(session, request, actor, Decision.DENY, comment, now)
     audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,
                  target=request.id, origin=origin, now=now, details={"comment": comment or ""})
     session.commit()

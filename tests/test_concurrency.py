@@ -7,12 +7,10 @@ updates and the partial unique index are what keep each transition to one.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import func, select
@@ -24,6 +22,7 @@ from security_api.enums import PolicyMode
 from security_api.grants import Subject
 from security_api.models import AccessRequest, Approval, AuditEvent
 from tests.conftest import bearer
+from tests.receivers import serving
 
 THREADS = 20
 SIGNING_SECRET = "x" * 40
@@ -34,58 +33,10 @@ def app(make_app):
     return make_app(webhook_signing_secret=SIGNING_SECRET)
 
 
-# ---- a provisioner receiver that counts --------------------------------------------------------
-class Receiver(ThreadingHTTPServer):
-    """Counts the webhook provisioner's events: (event, request_id) pairs, in arrival order."""
-
-    daemon_threads = False  # server_close() joins every handler thread
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.events: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-        self.status = 200
-        self.delay = 0.0                   # seconds to sit on each event before answering
-        self.arrived = threading.Event()   # set when an event comes in
-        self.release = threading.Event()   # answers at once when set
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-    def count(self, event: str, request_id: str | None = None) -> int:
-        with self.lock:
-            return sum(1 for name, rid in self.events
-                       if name == event and (request_id is None or rid == request_id))
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 -- the name http.server dispatches to
-        payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        with self.server.lock:
-            self.server.events.append((payload["event"], payload["request_id"]))
-        self.server.arrived.set()
-        if self.server.delay:
-            self.server.release.wait(self.server.delay)
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format, *args):  # noqa: A002
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving() as server:
+        yield server
 
 
 # ---- helpers -----------------------------------------------------------------------------------

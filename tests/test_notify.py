@@ -1,14 +1,11 @@
 """Notifications against a real local SMTP server and a real local HTTP receiver."""
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl
-import threading
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -16,6 +13,7 @@ from aiosmtpd.smtp import AuthResult
 
 from config import load_settings
 from security_api.notify import Notifier, clean, slack_escape
+from tests.receivers import serving
 
 JWT_SECRET = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
 SMTP_PASSWORD = "smtp-password-Vq3Lm8Xr"
@@ -77,44 +75,10 @@ def inbox():
     controller.stop()
 
 
-# ---- a local HTTP receiver ----------------------------------------------------------------------
-class Receiver(ThreadingHTTPServer):
-    """Records every POST and answers `status`."""
-
-    daemon_threads = False  # server_close() then joins every handler: nothing outlives a test
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.received: list[dict] = []
-        self.status = 200
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/services/T000/B000/xyz"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 -- the name http.server dispatches to
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.received.append({"headers": dict(self.headers), "json": json.loads(body)})
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format, *args):  # noqa: A002
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving("/services/T000/B000/xyz") as server:
+        yield server
 
 
 @pytest.fixture

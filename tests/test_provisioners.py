@@ -5,11 +5,9 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
@@ -19,6 +17,7 @@ from security_api.errors import InvalidParams
 from security_api.provisioners import GrantContext, ProvisioningError, get_provisioner, names
 from security_api.provisioners.aws_security_group import AwsSecurityGroupProvisioner
 from security_api.provisioners.webhook import WebhookProvisioner
+from tests.receivers import serving
 
 JWT_SECRET = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
 SIGNING_SECRET = "webhook-signing-Qm7Xr2Lp9Vt4Nc8Kd3Hs6Bw1"
@@ -46,56 +45,10 @@ def context(**overrides) -> GrantContext:
     return GrantContext(**values)
 
 
-# ---- a local HTTP receiver ----------------------------------------------------------------------
-class Receiver(ThreadingHTTPServer):
-    """Records every POST; answers with `status`, after `delay` seconds, maybe a Location."""
-
-    daemon_threads = False  # server_close() then joins every handler: nothing outlives a test
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.received: list[dict] = []
-        self.status = 200
-        self.delay = 0.0
-        self.location: str | None = None
-        self.release = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-    def handle_error(self, request, client_address):
-        pass  # A client that timed out closes its socket; the late answer's error is expected.
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 -- the name http.server dispatches to
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        server = self.server
-        server.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
-        if server.delay:
-            server.release.wait(server.delay)
-        self.send_response(server.status)
-        if server.location:
-            self.send_header("Location", server.location)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format, *args):  # noqa: A002
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving() as server:
+        yield server
 
 
 def webhook(**settings) -> WebhookProvisioner:
