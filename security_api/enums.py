@@ -63,7 +63,19 @@ class AuditAction(StrEnum):
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
     PERMISSION_CREATED = "permission.created"
+    PERMISSION_UPDATED = "permission.updated"
+    PERMISSION_DELETED = "permission.deleted"
     POLICY_CREATED = "policy.created"
+    POLICY_UPDATED = "policy.updated"
+    POLICY_DELETED = "policy.deleted"
+    POLICY_FILE_APPLIED = "policy.file_applied"
+    ROLE_UPDATED = "role.updated"
+    ROLE_DELETED = "role.deleted"
+    SUBROLE_DELETED = "subrole.deleted"
+    USER_UPDATED = "user.updated"
+    USER_TOTP_RESET = "user.totp_reset"
+    USER_PASSWORD_RESET = "user.password_reset"
+    USER_UNLOCKED = "user.unlocked"
 
 
 class FailureReason(StrEnum):
