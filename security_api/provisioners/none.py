@@ -9,6 +9,13 @@ class NoneProvisioner(Provisioner):
 
     name = "none"
 
+    def validate_config(self, config: dict) -> dict:
+        """The `none` provisioner takes no config: anything given is a mistake."""
+        if config:
+            from ..errors import InvalidParams
+            raise InvalidParams.one("config", "the none provisioner takes no config")
+        return {}
+
     def grant(self, ctx: GrantContext) -> dict:
         """Nothing to do outside."""
         return {"provisioner": self.name}

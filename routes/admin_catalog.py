@@ -1,0 +1,412 @@
+"""Administration of roles, permissions and policy rules (holders of security-api.admin)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from flask import Blueprint, request
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+
+from flask_api_functions import (
+    ADMIN_PERMISSION,
+    current_principal,
+    db,
+    envelope,
+    origin,
+    read_json,
+    require_permission,
+    services,
+)
+from security_api import admin_catalog as ops
+from security_api.catalog import MAX_MINUTES
+from security_api.clock import utcnow
+from security_api.enums import PolicyMode
+from security_api.errors import InvalidParams
+
+from . import schemas
+from .openapi import documented
+from .schemas import SLUG, Body
+
+bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
+E = schemas.Error
+NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ROLE_OR_WILDCARD = r"^(\*|[a-z0-9][a-z0-9_-]{0,63})$"
+Mode = Literal["standing", "auto", "approval"]
+
+
+# ---- bodies ------------------------------------------------------------------------------------
+class RoleCreateBody(Body):
+    name: StrictStr = Field(pattern=NAME, description="Lowercase slug, e.g. developer.")
+    description: StrictStr = Field(default="", max_length=500)
+    subroles: list[StrictStr] = Field(min_length=1, max_length=100,
+                                      description="At least one subrole, e.g. [\"backend\"].")
+
+
+class RoleUpdateBody(Body):
+    description: StrictStr = Field(max_length=500)
+
+
+class SubroleCreateBody(Body):
+    name: StrictStr = Field(pattern=NAME)
+    description: StrictStr = Field(default="", max_length=500)
+
+
+class PermissionCreateBody(Body):
+    key: StrictStr = Field(pattern=SLUG, description="Slug, e.g. prod-db-readonly.")
+    name: StrictStr = Field(min_length=1, max_length=200)
+    description: StrictStr = Field(default="", max_length=2000)
+    max_duration_minutes: StrictInt = Field(ge=1, le=MAX_MINUTES)
+    requires_justification: StrictBool = False
+    provisioner: StrictStr = Field(default="none", max_length=64)
+    provisioner_config: dict = Field(default_factory=dict,
+                                     description="Checked by the provisioner.")
+
+
+class PermissionUpdateBody(Body):
+    name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    description: StrictStr | None = Field(default=None, max_length=2000)
+    max_duration_minutes: StrictInt | None = Field(default=None, ge=1, le=MAX_MINUTES)
+    requires_justification: StrictBool | None = None
+    provisioner: StrictStr | None = Field(default=None, max_length=64)
+    provisioner_config: dict | None = Field(
+        default=None, description="Replaces the config; a new provisioner starts from {}.")
+
+
+class PolicyCreateBody(Body):
+    permission: StrictStr = Field(pattern=SLUG)
+    role: StrictStr = Field(pattern=ROLE_OR_WILDCARD, description="A role, or * for everyone.")
+    subrole: StrictStr = Field(default="*", pattern=ROLE_OR_WILDCARD,
+                               description="A subrole of the role, or * for all of them.")
+    mode: Mode
+    max_duration_minutes: StrictInt | None = Field(default=None, ge=1, le=MAX_MINUTES)
+    approvers: list[StrictStr] = Field(default_factory=list, max_length=50,
+                                       description="`role` or `role/subrole` entries.")
+    approvals_required: StrictInt = Field(default=1, ge=1, le=10)
+
+
+class PolicyUpdateBody(Body):
+    mode: Mode | None = None
+    max_duration_minutes: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_MINUTES, description="null: the permission's maximum.")
+    approvers: list[StrictStr] | None = Field(default=None, max_length=50)
+    approvals_required: StrictInt | None = Field(default=None, ge=1, le=10)
+
+
+# ---- responses ---------------------------------------------------------------------------------
+class SubroleOut(BaseModel):
+    name: str
+    description: str
+    created_at: str
+
+
+class RoleOut(BaseModel):
+    name: str
+    description: str
+    created_at: str
+    subroles: list[SubroleOut]
+
+
+class RoleEnvelope(BaseModel):
+    message: str | None
+    role: RoleOut
+
+
+class RoleList(BaseModel):
+    message: str | None
+    roles: list[RoleOut]
+
+
+class PermissionOut(BaseModel):
+    key: str
+    name: str
+    description: str
+    max_duration_minutes: int
+    requires_justification: bool
+    provisioner: str
+    provisioner_config: dict
+    builtin: bool
+    created_at: str
+
+
+class PermissionEnvelope(BaseModel):
+    message: str | None
+    permission: PermissionOut
+
+
+class PermissionList(BaseModel):
+    message: str | None
+    permissions: list[PermissionOut]
+
+
+class PolicyOut(BaseModel):
+    id: str
+    permission: str
+    role: str
+    subrole: str
+    mode: str
+    max_duration_minutes: int | None
+    approvers: list[str]
+    approvals_required: int
+    created_at: str | None = None
+
+
+class PolicyEnvelope(BaseModel):
+    message: str | None
+    policy: PolicyOut
+
+
+class PolicyList(BaseModel):
+    message: str | None
+    policies: list[PolicyOut]
+
+
+class ConsideredRule(PolicyOut):
+    specificity: int | None = Field(description="2 role/subrole, 1 role/*, 0 */*.")
+    matched: bool = Field(description="True for the rule that decides.")
+
+
+class Explanation(BaseModel):
+    message: str | None
+    user: str
+    role: str
+    subrole: str
+    user_active: bool
+    permission: str
+    decision: str | None = Field(description="standing, auto, approval, or null: not requestable.")
+    max_duration_minutes: int | None
+    rule: PolicyOut | None
+    considered: list[ConsideredRule]
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _who() -> dict:
+    return {"actor": current_principal().account.username, "origin": origin(), "now": utcnow()}
+
+
+def _changes(body: BaseModel) -> dict:
+    # Only the fields the client sent: an absent field is left alone, null means null.
+    return {name: getattr(body, name) for name in body.model_fields_set}
+
+
+def _role(role, status=200, message=None):
+    return envelope(message, status=status, role=ops.render_role(db(), role))
+
+
+def _permission(permission, status=200, message=None):
+    return envelope(message, status=status, permission=ops.render_permission(permission))
+
+
+def _policy(rule, status=200, message=None):
+    return envelope(message, status=status, policy=ops.render_rule(rule))
+
+
+# ---- roles -------------------------------------------------------------------------------------
+@bp.get("/roles")
+@documented(summary="List roles with their subroles", tag="admin",
+            responses={200: RoleList, 403: E})
+@require_permission(ADMIN_PERMISSION)
+def roles_list():
+    """List every role."""
+    return envelope(None, roles=ops.list_roles(db()))
+
+
+@bp.post("/roles")
+@documented(summary="Create a role with its subroles", tag="admin", body=RoleCreateBody,
+            responses={201: RoleEnvelope, 403: E, 409: E})
+@require_permission(ADMIN_PERMISSION)
+def role_create():
+    """Create a role."""
+    body = read_json(RoleCreateBody)
+    role = ops.create_new_role(db(), name=body.name, subroles=body.subroles,
+                               description=body.description, **_who())
+    return _role(role, status=201, message="Role created.")
+
+
+@bp.get("/roles/<name>")
+@documented(summary="One role with its subroles", tag="admin",
+            responses={200: RoleEnvelope, 403: E, 404: E})
+@require_permission(ADMIN_PERMISSION)
+def role_detail(name: str):
+    """Show one role."""
+    return _role(ops.get_role(db(), name=name))
+
+
+@bp.patch("/roles/<name>")
+@documented(summary="Change a role's description", tag="admin", body=RoleUpdateBody,
+            responses={200: RoleEnvelope, 403: E, 404: E})
+@require_permission(ADMIN_PERMISSION)
+def role_update(name: str):
+    """Update a role."""
+    body = read_json(RoleUpdateBody)
+    role = ops.update_role(db(), name=name, description=body.description, **_who())
+    return _role(role, message="Role updated.")
+
+
+@bp.delete("/roles/<name>")
+@documented(summary="Delete a role and its subroles", tag="admin",
+            responses={200: schemas.Message, 403: E, 404: E, 409: E},
+            description="409 while any user (active or not) has it, or any policy rule names "
+                        "it as its role or among its approvers.")
+@require_permission(ADMIN_PERMISSION)
+def role_delete(name: str):
+    """Delete a role that nothing refers to."""
+    ops.delete_role(db(), name=name, **_who())
+    return envelope("Role deleted.")
+
+
+@bp.post("/roles/<name>/subroles")
+@documented(summary="Add a subrole to a role", tag="admin", body=SubroleCreateBody,
+            responses={201: RoleEnvelope, 403: E, 404: E, 409: E})
+@require_permission(ADMIN_PERMISSION)
+def subrole_create(name: str):
+    """Add a subrole."""
+    body = read_json(SubroleCreateBody)
+    role = ops.add_subrole(db(), role=name, name=body.name, description=body.description,
+                           **_who())
+    return _role(role, status=201, message="Subrole added.")
+
+
+@bp.delete("/roles/<name>/subroles/<subrole>")
+@documented(summary="Delete a subrole", tag="admin",
+            responses={200: RoleEnvelope, 403: E, 404: E, 409: E},
+            description="409 while any user has it or any policy rule names it.")
+@require_permission(ADMIN_PERMISSION)
+def subrole_delete(name: str, subrole: str):
+    """Delete a subrole that nothing refers to."""
+    ops.delete_subrole(db(), role=name, name=subrole, **_who())
+    return _role(ops.get_role(db(), name=name), message="Subrole deleted.")
+
+
+# ---- permissions -------------------------------------------------------------------------------
+@bp.get("/permissions")
+@documented(summary="List every permission", tag="admin", responses={200: PermissionList, 403: E})
+@require_permission(ADMIN_PERMISSION)
+def permissions_list():
+    """List every permission with its provisioner."""
+    return envelope(None, permissions=[ops.render_permission(p) for p in ops.list_permissions(db())])
+
+
+@bp.post("/permissions")
+@documented(summary="Create a permission", tag="admin", body=PermissionCreateBody,
+            responses={201: PermissionEnvelope, 403: E, 409: E},
+            description="412 when the provisioner refuses its config.")
+@require_permission(ADMIN_PERMISSION)
+def permission_create():
+    """Create a permission."""
+    body = read_json(PermissionCreateBody)
+    permission = ops.create_permission(
+        db(), key=body.key, name=body.name, description=body.description,
+        max_duration_minutes=body.max_duration_minutes,
+        requires_justification=body.requires_justification, provisioner=body.provisioner,
+        provisioner_config=body.provisioner_config, settings=services().settings, **_who())
+    return _permission(permission, status=201, message="Permission created.")
+
+
+@bp.get("/permissions/<key>")
+@documented(summary="One permission", tag="admin",
+            responses={200: PermissionEnvelope, 403: E, 404: E})
+@require_permission(ADMIN_PERMISSION)
+def permission_detail(key: str):
+    """Show one permission."""
+    return _permission(ops.get_permission(db(), key=key))
+
+
+@bp.patch("/permissions/<key>")
+@documented(summary="Change a permission", tag="admin", body=PermissionUpdateBody,
+            responses={200: PermissionEnvelope, 403: E, 404: E},
+            description="Requests already made keep their terms.")
+@require_permission(ADMIN_PERMISSION)
+def permission_update(key: str):
+    """Update the fields sent."""
+    changes = _changes(read_json(PermissionUpdateBody))
+    permission = ops.update_permission(db(), key=key, changes=changes,
+                                       settings=services().settings, **_who())
+    return _permission(permission, message="Permission updated.")
+
+
+@bp.delete("/permissions/<key>")
+@documented(summary="Delete a permission", tag="admin",
+            responses={200: schemas.Message, 403: E, 404: E, 409: E},
+            description="409 for built-in permissions, while policy rules grant it, while "
+                        "requests for it are pending, active or failed, and while past "
+                        "requests refer to it (they stay for the record).")
+@require_permission(ADMIN_PERMISSION)
+def permission_delete(key: str):
+    """Delete a permission nothing refers to."""
+    ops.delete_permission(db(), key=key, **_who())
+    return envelope("Permission deleted.")
+
+
+# ---- policy rules ------------------------------------------------------------------------------
+@bp.get("/policies")
+@documented(summary="List policy rules", tag="admin", responses={200: PolicyList, 403: E},
+            query={"permission": "only rules of this permission key",
+                   "role": "only rules of this role (or *)"})
+@require_permission(ADMIN_PERMISSION)
+def policies_list():
+    """List policy rules, optionally filtered."""
+    rules = ops.list_rules(db(), permission=request.args.get("permission") or None,
+                           role=request.args.get("role") or None)
+    return envelope(None, policies=[ops.render_rule(rule) for rule in rules])
+
+
+@bp.post("/policies")
+@documented(summary="Create a policy rule", tag="admin", body=PolicyCreateBody,
+            responses={201: PolicyEnvelope, 403: E, 409: E},
+            description="409 when a rule for the same permission, role and subrole exists.")
+@require_permission(ADMIN_PERMISSION)
+def policy_create():
+    """Create a policy rule."""
+    body = read_json(PolicyCreateBody)
+    rule = ops.create_rule(
+        db(), permission=body.permission, role=body.role, subrole=body.subrole,
+        mode=PolicyMode(body.mode), max_duration_minutes=body.max_duration_minutes,
+        approvers=body.approvers, approvals_required=body.approvals_required, **_who())
+    return _policy(rule, status=201, message="Policy rule created.")
+
+
+@bp.get("/policies/explain")
+@documented(summary="Explain the decision for a user and a permission", tag="admin",
+            responses={200: Explanation, 403: E, 404: E, 412: E},
+            query={"user": "username", "permission": "permission key"},
+            description="The decision, the most specific rule behind it, and every rule "
+                        "considered with its specificity.")
+@require_permission(ADMIN_PERMISSION)
+def policy_explain():
+    """Explain a decision."""
+    username, key = request.args.get("user"), request.args.get("permission")
+    missing = [name for name, value in (("user", username), ("permission", key)) if not value]
+    if missing:
+        raise InvalidParams(code="missing_params",
+                            errors=[{"field": name, "problem": "is required"} for name in missing])
+    return envelope(None, **ops.explain(db(), username=username, permission=key))
+
+
+@bp.get("/policies/<rule_id>")
+@documented(summary="One policy rule", tag="admin",
+            responses={200: PolicyEnvelope, 403: E, 404: E})
+@require_permission(ADMIN_PERMISSION)
+def policy_detail(rule_id: str):
+    """Show one policy rule."""
+    return _policy(ops.get_rule(db(), rule_id=rule_id))
+
+
+@bp.patch("/policies/<rule_id>")
+@documented(summary="Change a policy rule's terms", tag="admin", body=PolicyUpdateBody,
+            responses={200: PolicyEnvelope, 403: E, 404: E},
+            description="Requests already made keep their frozen terms.")
+@require_permission(ADMIN_PERMISSION)
+def policy_update(rule_id: str):
+    """Update the terms sent."""
+    changes = _changes(read_json(PolicyUpdateBody))
+    rule = ops.update_rule(db(), rule_id=rule_id, changes=changes, **_who())
+    return _policy(rule, message="Policy rule updated.")
+
+
+@bp.delete("/policies/<rule_id>")
+@documented(summary="Delete a policy rule", tag="admin",
+            responses={200: schemas.Message, 403: E, 404: E})
+@require_permission(ADMIN_PERMISSION)
+def policy_delete(rule_id: str):
+    """Delete a policy rule."""
+    ops.delete_rule(db(), rule_id=rule_id, **_who())
+    return envelope("Policy rule deleted.")

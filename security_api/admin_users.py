@@ -1,0 +1,194 @@
+"""User administration: list, create, update, reset second factor or password, unlock."""
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import accounts, audit
+from .accounts import EMAIL_PATTERN, NewUser
+from .enums import AuditAction, UserKind
+from .errors import Conflict, InvalidParams, NotFound
+from .models import RecoveryCode, Role, Subrole, User
+from .passwords import generate_password, hash_password
+from .services import Services
+from .sessions import invalidate_all_tokens
+from .signin import _lock_key
+
+
+class _Keep:
+    """Marks a field the caller did not name: left as it is (None can be a value)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
+@dataclass(frozen=True)
+class UserFilters:
+    """What a user list may be narrowed to; None means any."""
+
+    role: str | None = None
+    subrole: str | None = None
+    kind: UserKind | None = None
+    active: bool | None = None
+    q: str | None = None
+
+
+def get_user(session: Session, *, user_id: str, for_update: bool = False) -> User:
+    """Return the user with this id; NotFound for an unknown or malformed id."""
+    try:
+        canonical = str(uuid.UUID(user_id))
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound("No such user.") from None
+    # Only the canonical form was ever issued; anything else is simply not a user id.
+    if canonical != user_id:
+        raise NotFound("No such user.")
+    stmt = select(User).where(User.id == canonical)
+    if for_update:
+        stmt = stmt.with_for_update()
+    user = session.scalar(stmt)
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
+def _encode_cursor(username: str) -> str:
+    return base64.urlsafe_b64encode(username.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise InvalidParams.one("cursor", "is not a cursor this API returned") from None
+
+
+def list_users(session: Session, *, filters: UserFilters, limit: int,
+               cursor: str | None) -> tuple[list[User], str | None]:
+    """Return one page of users ordered by username, and the cursor of the next page."""
+    stmt = select(User)
+    if filters.role is not None:
+        stmt = stmt.where(User.role == filters.role)
+    if filters.subrole is not None:
+        stmt = stmt.where(User.subrole == filters.subrole)
+    if filters.kind is not None:
+        stmt = stmt.where(User.kind == str(filters.kind))
+    if filters.active is not None:
+        stmt = stmt.where(User.active.is_(filters.active))
+    if filters.q:
+        stmt = stmt.where(User.username.startswith(filters.q.strip().lower(), autoescape=True))
+    if cursor:
+        stmt = stmt.where(User.username > _decode_cursor(cursor))
+    rows = list(session.scalars(stmt.order_by(User.username).limit(limit + 1)))
+    next_cursor = _encode_cursor(rows[limit - 1].username) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def create_user(session: Session, services: Services, *, username: str, role: str, subrole: str,
+                email: str | None, kind: UserKind, actor: str, origin: audit.Origin,
+                now: datetime) -> NewUser:
+    """Create a person or service account with a generated secret, shown once."""
+    if session.get(Role, role) is None:
+        raise InvalidParams.one("role", f"{role} does not exist")
+    # Never an admin-chosen password: only the account holder should ever know it.
+    created = accounts.create_user(
+        session, username=username, role=role, subrole=subrole, email=email, kind=kind,
+        password=None, bcrypt_rounds=services.settings.bcrypt_rounds, actor=actor,
+        origin=origin, now=now)
+    session.commit()
+    return created
+
+
+def _check_role(session: Session, role: str, subrole: str) -> None:
+    if session.get(Role, role) is None:
+        raise InvalidParams.one("role", f"{role} does not exist")
+    if session.get(Subrole, (role, subrole)) is None:
+        raise InvalidParams.one("subrole", f"{role}/{subrole} does not exist")
+
+
+def update_user(session: Session, *, user_id: str, actor: str, origin: audit.Origin,
+                now: datetime, role: str | _Keep = KEEP, subrole: str | _Keep = KEEP,
+                email: str | None | _Keep = KEEP, active: bool | _Keep = KEEP) -> User:
+    """Change role, subrole, email or active; a new role or a deactivation kills every token."""
+    user = get_user(session, user_id=user_id, for_update=True)
+    wanted = {"role": role, "subrole": subrole, "email": email, "active": active}
+    changes = {field: {"from": getattr(user, field), "to": value}
+               for field, value in wanted.items()
+               if value is not KEEP and value != getattr(user, field)}
+    if "email" in changes and email is not None and not EMAIL_PATTERN.fullmatch(email):
+        raise InvalidParams.one("email", "is not an email address")
+    if "role" in changes or "subrole" in changes:
+        _check_role(session, changes.get("role", {}).get("to", user.role),
+                    changes.get("subrole", {}).get("to", user.subrole))
+    demoting = bool(changes.keys() & {"role", "subrole"}) \
+        or changes.get("active", {}).get("to") is False
+    # An admin who demotes or deactivates themselves may leave nobody able to undo it.
+    if demoting and user.username == actor:
+        raise Conflict("You cannot change your own role or deactivate yourself; "
+                       "ask another administrator.", code="self_change_refused")
+    if not changes:
+        return user
+    for field, change in changes.items():
+        setattr(user, field, change["to"])
+    user.updated_at = now
+    if demoting:
+        reason = "deactivated" if user.active is False else "role_changed"
+        invalidate_all_tokens(session, user=user, reason=reason, now=now)
+    audit.record(session, action=AuditAction.USER_UPDATED, actor=actor, target=user.id,
+                 origin=origin, now=now, details={"username": user.username, "changes": changes})
+    session.commit()
+    return user
+
+
+def reset_totp(session: Session, *, user_id: str, actor: str, origin: audit.Origin,
+               now: datetime) -> User:
+    """Forget the user's second factor and recovery codes; they enroll again at next sign-in."""
+    user = get_user(session, user_id=user_id, for_update=True)
+    if user.kind == UserKind.SERVICE:
+        raise Conflict("Service accounts sign in with their secret, without TOTP.",
+                       code="totp_not_applicable")
+    user.totp_secret = None
+    user.totp_confirmed = False
+    session.execute(update(RecoveryCode)
+                    .where(RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None))
+                    .values(used_at=now))
+    invalidate_all_tokens(session, user=user, reason="totp_reset", now=now)
+    audit.record(session, action=AuditAction.USER_TOTP_RESET, actor=actor, target=user.id,
+                 origin=origin, now=now, details={"username": user.username})
+    session.commit()
+    return user
+
+
+def reset_password(session: Session, services: Services, *, user_id: str, actor: str,
+                   origin: audit.Origin, now: datetime) -> NewUser:
+    """Give the user a new generated password or service secret, shown once; kill every token."""
+    user = get_user(session, user_id=user_id, for_update=True)
+    secret = generate_password()
+    user.password_hash = hash_password(secret, rounds=services.settings.bcrypt_rounds)
+    user.password_changed_at = now
+    invalidate_all_tokens(session, user=user, reason="password_reset", now=now)
+    audit.record(session, action=AuditAction.USER_PASSWORD_RESET, actor=actor, target=user.id,
+                 origin=origin, now=now, details={"username": user.username, "kind": user.kind})
+    session.commit()
+    return NewUser(user, secret)
+
+
+def unlock(session: Session, services: Services, *, user_id: str, actor: str,
+           origin: audit.Origin, now: datetime) -> User:
+    """Lift the sign-in lockout of the user's username."""
+    user = get_user(session, user_id=user_id)
+    audit.record(session, action=AuditAction.USER_UNLOCKED, actor=actor, target=user.id,
+                 origin=origin, now=now, details={"username": user.username})
+    # Audit first and commit: an unlock must never happen unrecorded, and the database store
+    # must not wait on the audit chain lock this request would otherwise still hold.
+    session.commit()
+    services.store.clear_failures(_lock_key(user.username))
+    return user
