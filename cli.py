@@ -9,6 +9,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
+import cli_policy
 from security_api import accounts, audit, catalog
 from security_api.clock import utcnow
 from security_api.demo import seed_demo_organisation
@@ -154,7 +155,10 @@ def seed_demo_command():
     with services.session_factory() as session:
         if session.scalar(select(func.count()).select_from(User)):
             raise click.ClickException("The database already has users; seed-demo only fills an empty one.")
-        lines = seed_demo_organisation(session, services=services, now=utcnow())
+        try:
+            lines = seed_demo_organisation(session, services=services, now=utcnow())
+        except ApiError as exc:
+            _fail(exc)
     for line in lines:
         click.echo(line)
 
@@ -193,6 +197,7 @@ def audit_verify_command():
 
 def init_app(app: Flask) -> None:
     """Register every command on the app."""
+    cli_policy.init_app(app)
     for command in (init_db_command, create_role_command, create_user_command,
                     create_permission_command, create_rule_command, seed_demo_command,
                     has_users_command, reap_command, audit_group):

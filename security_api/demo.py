@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from . import audit, totp
-from .accounts import create_role, create_user
-from .catalog import ensure_permission, ensure_rule
-from .enums import PolicyMode, UserKind
+from . import audit, policyfile, totp
+from .accounts import create_user
+from .enums import UserKind
 from .services import Services
 
-DEMO_ROLES = {
-    "security": ["admin", "lead"],
-    "developer": ["backend", "frontend"],
-    "finance": ["analyst"],
-    "tools": ["ci"],
-}
 DEMO_PEOPLE = [
     ("admin", "security", "admin"),
     ("lead", "security", "lead"),
@@ -25,45 +19,17 @@ DEMO_PEOPLE = [
     ("carol", "finance", "analyst"),
 ]
 DEMO_SERVICES = [("deploy-bot", "tools", "ci")]
-DEMO_PERMISSIONS = [
-    {"key": "vpn", "name": "VPN access", "max_duration_minutes": 720,
-     "description": "Connect to the corporate VPN."},
-    {"key": "prod-db-readonly", "name": "Production database, read-only",
-     "max_duration_minutes": 240, "requires_justification": True,
-     "description": "Read-only credentials for the production database."},
-    {"key": "aws-sg-ssh", "name": "SSH through the bastion security group",
-     "max_duration_minutes": 120, "provisioner": "aws_security_group",
-     "provisioner_config": {"group_id": "sg-0123456789abcdef0", "ports": [22]},
-     "description": "Allow your address (or a cidr param) into the bastion's security group."},
-]
-DEMO_RULES = [
-    {"permission": "vpn", "role": "*", "subrole": "*", "mode": PolicyMode.AUTO},
-    {"permission": "prod-db-readonly", "role": "developer", "subrole": "*",
-     "mode": PolicyMode.APPROVAL, "approvers": ["security/lead"]},
-    {"permission": "prod-db-readonly", "role": "finance", "subrole": "analyst",
-     "mode": PolicyMode.APPROVAL, "approvers": ["security/lead", "security/admin"],
-     "approvals_required": 2, "max_duration_minutes": 60},
-    {"permission": "aws-sg-ssh", "role": "developer", "subrole": "backend",
-     "mode": PolicyMode.AUTO},
-    {"permission": "security-api.audit", "role": "security", "subrole": "lead",
-     "mode": PolicyMode.STANDING},
-    {"permission": "security-api.check", "role": "tools", "subrole": "ci",
-     "mode": PolicyMode.STANDING},
-]
+# Roles, permissions and rules live in the policy file; people are created here.
+DEMO_POLICY_FILE = Path(__file__).resolve().parent.parent / "policies" / "demo.yaml"
 
 
 def seed_demo_organisation(session: Session, *, services: Services, now: datetime) -> list[str]:
     """Create the demo rows and return lines telling how to sign in as each user."""
     origin = audit.Origin(ip="cli")
     settings = services.settings
-    for role, subroles in DEMO_ROLES.items():
-        create_role(session, name=role, subroles=subroles, actor="seed-demo", origin=origin,
-                    now=now)
-    for permission in DEMO_PERMISSIONS:
-        ensure_permission(session, **permission, settings=settings, actor="seed-demo",
-                          origin=origin, now=now)
-    for rule in DEMO_RULES:
-        ensure_rule(session, **rule, actor="seed-demo", origin=origin, now=now)
+    desired = policyfile.parse(DEMO_POLICY_FILE.read_text(encoding="utf-8"), settings=settings)
+    policyfile.apply(session, policyfile.plan(session, desired), actor="seed-demo", origin=origin,
+                     now=now, source="policies/demo.yaml", commit=False)
     lines = ["Demo organisation created. Credentials are shown once:"]
     for username, role, subrole in DEMO_PEOPLE:
         created = create_user(session, username=username, role=role, subrole=subrole,
