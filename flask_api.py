@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 import config
 import flask_api_functions as helpers
 from flask_api_functions import envelope, error_response
-from routes import access, admin_catalog, admin_users, auth, docs, schemas
+from routes import access, admin_catalog, admin_users, audit, auth, docs, schemas
 from routes.openapi import documented
 from security_api.errors import ApiError, ServiceUnavailable
 from security_api.services import build_services
@@ -44,6 +44,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(access.bp)
     app.register_blueprint(admin_users.bp)
     app.register_blueprint(admin_catalog.bp)
+    app.register_blueprint(audit.bp)
     app.register_blueprint(docs.bp)
     import cli
     cli.init_app(app)

@@ -134,6 +134,8 @@ service_username="pm-service-$run_id"
 service_password=$(random token_urlsafe 32)
 approver_username="pm-approver-$run_id"
 approver_password=$(random token_urlsafe 18)
+admin_username="pm-admin-$run_id"
+admin_password=$(random token_urlsafe 18)
 
 "${FLASK[@]}" init-db
 "${FLASK[@]}" create-role developer --subrole backend
@@ -148,6 +150,9 @@ printf '%s\n' "$service_password" | "${FLASK[@]}" create-user "$service_username
 "${FLASK[@]}" create-role security --subrole lead
 printf '%s\n' "$approver_password" | "${FLASK[@]}" create-user "$approver_username" \
     --role security --subrole lead --email "$approver_username@example.test" --password-stdin
+# Administration: security/admin (made by init-db) holds security-api.admin and .audit standing.
+printf '%s\n' "$admin_password" | "${FLASK[@]}" create-user "$admin_username" \
+    --role security --subrole admin --email "$admin_username@example.test" --password-stdin
 "${FLASK[@]}" create-permission vpn --name "VPN access" --max-duration-minutes 480
 "${FLASK[@]}" create-rule vpn --role '*' --subrole '*' --mode auto
 "${FLASK[@]}" create-permission prod-db-readonly --name "Production database (read-only)" \
@@ -194,6 +199,9 @@ started=$SECONDS
     --env-var "service_password=$service_password" \
     --env-var "approver_username=$approver_username" \
     --env-var "approver_password=$approver_password" \
+    --env-var "admin_username=$admin_username" \
+    --env-var "admin_password=$admin_password" \
+    --env-var "run_id=$run_id" \
     --env-var "redis_configured=$redis_configured" \
     --timeout-request 15000 \
     --timeout 150000 \

@@ -90,6 +90,8 @@ def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
     """Walk every event in order and report the first one changed, removed or inserted."""
     expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
     last_seen = 0
+    head = session.get(AuditChainHead, HEAD_ID)
+    head_seq = head.seq if head is not None else None
     while True:
         rows = session.execute(
             select(AuditEvent).where(AuditEvent.seq > last_seen)
@@ -97,6 +99,9 @@ def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
         if not rows:
             break
         for event in rows:
+            if head_seq is not None and event.seq > head_seq:
+                # The head is written with every real event: a row past it was slipped in.
+                return ChainReport(False, count, event.seq, "event inserted after the last one")
             if event.seq != expected_seq:
                 return ChainReport(False, count, expected_seq, "missing event")
             if event.prev_hash != expected_prev:
@@ -105,7 +110,6 @@ def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
                 return ChainReport(False, count, event.seq, "event content changed")
             expected_prev, expected_seq, count = event.hash, event.seq + 1, count + 1
             last_seen = event.seq
-    head = session.get(AuditChainHead, HEAD_ID)
     if head is not None and (head.seq != count or head.last_hash != expected_prev):
         return ChainReport(False, count, expected_seq, "events after the last one were removed")
     return ChainReport(True, count)
