@@ -18,6 +18,7 @@ from security_api.errors import ApiError
 from security_api.models import User
 from security_api.reaper import reap_once
 from security_api.schema import init_database
+from security_api.startup import RequiredTaskFailed, run_startup_tasks
 
 
 def _services():
@@ -171,6 +172,20 @@ def reap_command():
     click.echo(f"Expired {count} grant(s).")
 
 
+@click.command("run-startup-tasks")
+@with_appcontext
+def run_startup_tasks_command():
+    """Run the STARTUP_TASKS once (for runners without gunicorn's master hook)."""
+    try:
+        results = run_startup_tasks(_services())
+    except RequiredTaskFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    for result in results:
+        click.echo(f"{result.name}: {'ok' if result.ok else 'failed: ' + str(result.error)}")
+    if not results:
+        click.echo("No start-up tasks configured (STARTUP_TASKS is empty).")
+
+
 @click.command("has-users")
 @with_appcontext
 def has_users_command():
@@ -200,5 +215,5 @@ def init_app(app: Flask) -> None:
     cli_policy.init_app(app)
     for command in (init_db_command, create_role_command, create_user_command,
                     create_permission_command, create_rule_command, seed_demo_command,
-                    has_users_command, reap_command, audit_group):
+                    has_users_command, reap_command, run_startup_tasks_command, audit_group):
         app.cli.add_command(command)

@@ -60,6 +60,14 @@ class Settings:
     smtp_starttls: bool = True
     public_base_url: str = "http://127.0.0.1:16381"
     reaper_interval_seconds: int = 60
+    # Deployment: proxies in front of the service, and tasks run once per instance at start.
+    trusted_proxy_count: int = 0
+    startup_tasks: tuple[str, ...] = ()
+    instance_address: str = "imds:local-ipv4"
+    instance_metadata_url: str = "http://169.254.169.254"
+    startup_security_group_id: str = ""
+    startup_security_group_ports: str = ""
+    startup_notify_emails: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -122,7 +130,15 @@ ENV_VARIABLES = {
     "SMTP_STARTTLS": ("smtp_starttls", _bool),
     "PUBLIC_BASE_URL": ("public_base_url", str),
     "REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _int),
+    "TRUSTED_PROXY_COUNT": ("trusted_proxy_count", _int),
+    "STARTUP_TASKS": ("startup_tasks", _origins),
+    "INSTANCE_ADDRESS": ("instance_address", str),
+    "INSTANCE_METADATA_URL": ("instance_metadata_url", str),
+    "STARTUP_SECURITY_GROUP_ID": ("startup_security_group_id", str),
+    "STARTUP_SECURITY_GROUP_PORTS": ("startup_security_group_ports", str),
+    "STARTUP_NOTIFY_EMAILS": ("startup_notify_emails", _origins),
 }
+MAX_TRUSTED_PROXIES = 5
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides) -> Settings:
@@ -209,6 +225,19 @@ def validate(settings: Settings) -> None:
         raise ConfigError("SMTP_USERNAME without SMTP_STARTTLS would send the password in clear")
     if settings.access_token_ttl_seconds > 3600:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
+    _check_deployment(settings)
+
+
+def _check_deployment(settings: Settings) -> None:
+    # Trusting more proxies than stand in front would let a client choose its own address.
+    if not 0 <= settings.trusted_proxy_count <= MAX_TRUSTED_PROXIES:
+        raise ConfigError(f"TRUSTED_PROXY_COUNT must be between 0 and {MAX_TRUSTED_PROXIES} "
+                          "(the number of proxies in front of the service; 0 = none)")
+    from security_api.startup import check_startup_settings
+    try:
+        check_startup_settings(settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_encryption_keys(settings: Settings) -> None:

@@ -8,6 +8,7 @@ from flask_cors import CORS
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 import flask_api_functions as helpers
@@ -37,6 +38,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
              allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
              expose_headers=["X-Request-ID", "Retry-After"])
+    _trust_proxies(app, settings.trusted_proxy_count)
     _register_hooks(app)
     _register_error_handlers(app)
     app.register_blueprint(service_bp)
@@ -49,6 +51,19 @@ def create_app(test_config: dict | None = None) -> Flask:
     import cli
     cli.init_app(app)
     return app
+
+
+def _trust_proxies(app: Flask, count: int) -> None:
+    """Take the client address from X-Forwarded-For, set by exactly `count` trusted proxies.
+
+    Each proxy appends the address it received the request from, so the entry `count` places
+    from the right is the client as the outermost proxy saw it; anything further left is what
+    the client itself sent and is ignored. With 0, X-Forwarded-* is never read. Only the
+    address is taken: links use PUBLIC_BASE_URL, never the forwarded host or scheme.
+    """
+    if count > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=0, x_host=0, x_port=0,
+                                x_prefix=0)
 
 
 def _register_hooks(app: Flask) -> None:

@@ -16,7 +16,6 @@ limit_request_field_size = 8190
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
 
@@ -32,3 +31,35 @@ def post_worker_init(worker):
 
 # The Server header names the product, never a version (gunicorn's default is "gunicorn").
 gunicorn.http.wsgi.SERVER = "security-api"
+
+
+# ---- deployment: trusted proxies and start-up tasks ----------------------------------------
+# gunicorn takes X-Forwarded-Proto (the scheme) only from these peers. The app reads
+# X-Forwarded-For only when TRUSTED_PROXY_COUNT > 0 (flask_api._trust_proxies); with 0 no
+# forwarded header is trusted anywhere, so gunicorn trusts no peer either.
+_TRUSTS_PROXIES = os.environ.get("TRUSTED_PROXY_COUNT", "0").strip() not in ("", "0")
+forwarded_allow_ips = (os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+                       if _TRUSTS_PROXIES else "")
+
+
+def when_ready(server):
+    """Run STARTUP_TASKS once per instance: in the master, after binding, before any worker.
+
+    A failing required task raises RuntimeError, which gunicorn reports ("Error: ...") before
+    exiting with status 1: no worker is ever started.
+    """
+    from config import load_settings
+    from security_api.services import build_services
+    from security_api.startup import run_startup_tasks
+
+    settings = load_settings()
+    if not settings.startup_tasks:
+        return
+    services = build_services(settings)
+    try:
+        for result in run_startup_tasks(services):
+            server.log.info("start-up task %s: %s", result.name,
+                            "ok" if result.ok else f"failed ({result.error})")
+    finally:
+        # Workers are forked from this process: they must not inherit its database connections.
+        services.engine.dispose()

@@ -76,6 +76,8 @@ class AuditAction(StrEnum):
     USER_TOTP_RESET = "user.totp_reset"
     USER_PASSWORD_RESET = "user.password_reset"
     USER_UNLOCKED = "user.unlocked"
+    STARTUP_TASK_SUCCEEDED = "startup.task_succeeded"
+    STARTUP_TASK_FAILED = "startup.task_failed"
 
 
 class FailureReason(StrEnum):

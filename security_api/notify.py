@@ -30,6 +30,10 @@ STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, b
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
 
 
+class NotificationError(Exception):
+    """An operational notice reached no one; the message names no URL or credential."""
+
+
 class Notifier:
     """Sends request notifications to the configured webhook and mail server."""
 
@@ -55,6 +59,37 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001 -- a notification must never break the caller
             _warn("decided", request, exc)
 
+    def service_notice(self, *, subject: str, text: str, recipients: list[str]) -> dict:
+        """Send an operational notice (e.g. "service started"); raise when a channel fails.
+
+        Unlike request notifications, the caller wants to know: a start-up task audits it.
+        """
+        sent, errors = {}, []
+        if self.settings.notify_webhook_url:
+            try:
+                status = self._post_chat(slack_escape(clean(text)))
+            except requests.RequestException as exc:
+                errors.append(f"webhook failed: {type(exc).__name__}")
+            else:
+                if 200 <= status < 300:
+                    sent["webhook"] = status
+                else:
+                    errors.append(f"webhook answered HTTP {status}")
+        addresses = valid_recipients(recipients)
+        if self.settings.smtp_host and addresses:
+            try:
+                self._send_mail(addresses, subject=f"{SUBJECT_PREFIX} {clean(subject)}",
+                                body=clean(text, limit=MAX_JUSTIFICATION) + "\n")
+            except (OSError, smtplib.SMTPException) as exc:
+                errors.append(f"email failed: {type(exc).__name__}")
+            else:
+                sent["email"] = len(addresses)
+        if errors:
+            raise NotificationError("; ".join(errors))
+        if not sent:
+            raise NotificationError("no notification channel is configured")
+        return sent
+
     def link(self, request: dict) -> str:
         """Return the API address of the request."""
         base = self.settings.public_base_url.rstrip("/")
@@ -75,12 +110,13 @@ class Notifier:
             except Exception as exc:  # noqa: BLE001
                 _warn("email", request, exc)
 
-    def _post_chat(self, text: str) -> None:
+    def _post_chat(self, text: str) -> int:
         with requests.post(self.settings.notify_webhook_url, json={"text": text},
                            timeout=self.settings.provisioner_timeout_seconds,
                            allow_redirects=False, stream=True) as response:
             if not 200 <= response.status_code < 300:
                 log.warning("notification webhook answered HTTP %s", response.status_code)
+            return response.status_code
 
     def _send_mail(self, recipients: list[str], *, subject: str, body: str) -> None:
         settings = self.settings

@@ -22,6 +22,9 @@ from security_api.enums import UserKind  # noqa: E402
 from security_api.models import Subrole, User  # noqa: E402
 from security_api.schema import bootstrap, migrate  # noqa: E402
 
+# Fixtures of real servers (moto's EC2) shared by several test modules.
+pytest_plugins = ["tests.servers"]
+
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
 DEFAULT_PASSWORD = "violet-harbour-kettle-42"

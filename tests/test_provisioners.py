@@ -9,7 +9,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import boto3
 import pytest
 
 from config import load_settings
@@ -18,6 +17,7 @@ from security_api.provisioners import GrantContext, ProvisioningError, get_provi
 from security_api.provisioners.aws_security_group import AwsSecurityGroupProvisioner
 from security_api.provisioners.webhook import WebhookProvisioner
 from tests.receivers import serving
+from tests.servers import ingress
 
 JWT_SECRET = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
 SIGNING_SECRET = "webhook-signing-Qm7Xr2Lp9Vt4Nc8Kd3Hs6Bw1"
@@ -223,43 +223,6 @@ def test_webhook_params_refused(params):
 
 
 # ---- aws_security_group against moto's EC2 server -----------------------------------------------
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(monkeypatch, tmp_path):
-    """Fake credentials through the standard chain; no profile or metadata service is read."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def ec2(moto_endpoint, aws_env):
-    return boto3.session.Session().client("ec2", region_name="eu-west-1", endpoint_url=moto_endpoint)
-
-
-@pytest.fixture
-def group_id(ec2):
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    return ec2.create_security_group(GroupName=f"test-{uuid.uuid4().hex[:8]}",
-                                     Description="test", VpcId=vpc)["GroupId"]
-
-
 @pytest.fixture
 def aws(moto_endpoint, aws_env):
     return AwsSecurityGroupProvisioner(make_settings(aws_endpoint_url=moto_endpoint,
@@ -269,20 +232,6 @@ def aws(moto_endpoint, aws_env):
 def sg_context(group_id: str, **overrides) -> GrantContext:
     config = {"group_id": group_id, "ports": [22, {"from": 5432, "to": 5433}]}
     return context(config=overrides.pop("config", config), **overrides)
-
-
-def ingress(ec2, group_id: str) -> set[tuple]:
-    """Return the group's rules as (protocol, from, to, cidr, description)."""
-    [group] = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
-    rules = set()
-    for rule in group["IpPermissions"]:
-        for entry in rule.get("IpRanges", []):
-            rules.add((rule["IpProtocol"], rule["FromPort"], rule["ToPort"], entry["CidrIp"],
-                       entry.get("Description")))
-        for entry in rule.get("Ipv6Ranges", []):
-            rules.add((rule["IpProtocol"], rule["FromPort"], rule["ToPort"], entry["CidrIpv6"],
-                       entry.get("Description")))
-    return rules
 
 
 def test_grant_opens_the_ports_to_the_cidr(aws, ec2, group_id):
