@@ -5,6 +5,7 @@ import json
 import subprocess
 import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -246,13 +247,18 @@ def test_gunicorn_runs_the_tasks_once_not_per_worker(app, database_url, receiver
                      NOTIFY_WEBHOOK_URL=receiver.url, GUNICORN_ACCESSLOG=str(access_log),
                      GUNICORN_CMD_ARGS="--access-logformat='%(p)s'")
     with running_gunicorn(env, port) as base:
-        # Both workers are up and serving before the count is taken.
-        for _ in range(80):
-            urllib.request.urlopen(base + "/v1/ping", timeout=10).close()
-            if len(set(access_log.read_text().split())) >= 2:
-                break
-        else:
-            pytest.fail("only one gunicorn worker ever answered")
+        # Both workers are up and serving before the count is taken: concurrent requests
+        # keep one worker busy, so the other answers too.
+        def health(_):
+            urllib.request.urlopen(base + "/v1/health", timeout=10).close()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in range(30):
+                list(pool.map(health, range(16)))
+                if len(set(access_log.read_text().split())) >= 2:
+                    break
+            else:
+                pytest.fail("only one gunicorn worker ever answered")
     assert len(receiver.received) == 1
     assert [(a, t) for a, t, _ in _events(app)] == [("startup.task_succeeded", "notify_started")]
 
