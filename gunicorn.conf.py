@@ -50,7 +50,7 @@ def when_ready(server):
     """
     from config import load_settings
     from security_api.services import build_services
-    from security_api.startup import run_startup_tasks
+    from security_api.startup import release, run_startup_tasks
 
     settings = load_settings()
     if not settings.startup_tasks:
@@ -61,5 +61,5 @@ def when_ready(server):
             server.log.info("start-up task %s: %s", result.name,
                             "ok" if result.ok else f"failed ({result.error})")
     finally:
-        # Workers are forked from this process: they must not inherit its database connections.
-        services.engine.dispose()
+        # Workers are forked from this process: they must not inherit its connections.
+        release(services)

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -122,6 +123,15 @@ def run_startup_tasks(services: Services, *,
             reason = result.error if not result.ok else "its result could not be audited"
             raise RequiredTaskFailed(f"required start-up task {spec.name} failed: {reason}")
     return results
+
+
+def release(services: Services) -> None:
+    """Close the connections the tasks opened, before this process forks (gunicorn's master):
+    workers must never share a database or AWS connection with their parent."""
+    services.engine.dispose()
+    aws = sys.modules.get("security_api.provisioners.aws_security_group")
+    if aws is not None:
+        aws.close_clients()
 
 
 def _run_one(services: Services, spec: TaskSpec, task: Task) -> TaskResult:

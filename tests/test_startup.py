@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from config import ConfigError
 from security_api.models import AuditEvent
-from security_api.startup import RequiredTaskFailed, Task, run_startup_tasks
+from security_api.provisioners import aws_security_group
+from security_api.startup import RequiredTaskFailed, Task, release, run_startup_tasks
 from tests.receivers import serving
 from tests.servers import GUNICORN, ROOT, free_port, ingress, running_gunicorn, server_env
 
@@ -169,6 +170,10 @@ def test_allow_instance_address_opens_the_group(make_app, moto_endpoint, ec2, gr
     [again] = run_startup_tasks(_services(app))
     assert again.ok and len(again.detail["already_open"]) == 2
     assert len(ingress(ec2, group_id)) == 2
+    # Before gunicorn forks its workers, the AWS client the task used is closed and forgotten.
+    assert aws_security_group._clients
+    release(_services(app))
+    assert not aws_security_group._clients
 
 
 class _Metadata(ThreadingHTTPServer):

@@ -132,6 +132,16 @@ def ec2_client(*, region: str, endpoint_url: str | None, timeout: int):
         return _clients[key]
 
 
+def close_clients() -> None:
+    """Close and forget every shared client: a process about to fork must not hand its open
+    connections to its children (gunicorn's master after the start-up tasks)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
+
+
 def _new_client(*, region: str, endpoint_url: str | None, timeout: int):
     session = boto3.session.Session()
     try:
