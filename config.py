@@ -167,7 +167,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
 def _fill_defaults(settings: Settings) -> Settings:
     """Give development a working database and secret; production gets none."""
     changes = {}
-    if not settings.database_url:
+    if not settings.database_url and not settings.is_production:
         INSTANCE_DIR.mkdir(exist_ok=True)
         changes["database_url"] = f"sqlite:///{INSTANCE_DIR / 'security_api.sqlite3'}"
     if not settings.jwt_secret and settings.jwt_algorithm == "HS256":
@@ -198,6 +198,9 @@ def validate(settings: Settings) -> None:
     """Refuse settings that would make the service unsafe or broken."""
     if settings.env not in ENVIRONMENTS:
         raise ConfigError(f"SECURITY_API_ENV must be one of {ENVIRONMENTS}")
+    if not settings.database_url:
+        # A silent per-instance SQLite file would split state across instances.
+        raise ConfigError("DATABASE_URL is required in production (PostgreSQL)")
     if settings.jwt_algorithm not in ("HS256", "EdDSA"):
         raise ConfigError("JWT_ALGORITHM must be HS256 or EdDSA")
     if settings.jwt_algorithm == "HS256":

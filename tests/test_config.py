@@ -53,6 +53,12 @@ def test_defaults_are_the_contract_ones():
     assert settings.access_token_ttl_seconds <= 900
 
 
+def test_production_needs_an_explicit_database_url():
+    with pytest.raises(ConfigError, match="DATABASE_URL is required in production"):
+        load_settings({"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG,
+                       "DATA_ENCRYPTION_KEYS": DATA_KEY})
+
+
 def test_production_needs_data_encryption_keys():
     base = {"SECURITY_API_ENV": "production", "JWT_SECRET": STRONG, "DATABASE_URL": "sqlite://"}
     with pytest.raises(ConfigError, match="DATA_ENCRYPTION_KEYS is required"):
