@@ -1,10 +1,6 @@
 """Shared state holds across gunicorn workers: lockout, TOTP replay, token deny-list."""
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,49 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_DATA_KEY, TEST_REDIS_URL
-
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.gunicorn_server import gunicorn_server
 
 
 @pytest.fixture
 def server(app, database_url, tmp_path):
     """Serve the test database with gunicorn and 2 workers; log which worker answered what."""
-    port = _free_port()
-    access_log = tmp_path / "access.log"
-    env = {**os.environ, "SECURITY_API_ENV": "testing", "DATABASE_URL": database_url,
-           "JWT_SECRET": "gunicorn-test-" + uuid.uuid4().hex + uuid.uuid4().hex,
-           "DATA_ENCRYPTION_KEYS": TEST_DATA_KEY,
-           "BCRYPT_ROUNDS": "4", "AUTH_RATE_LIMIT": "100000", "WEB_CONCURRENCY": "2",
-           "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_ACCESSLOG": str(access_log),
-           "GUNICORN_CMD_ARGS": "--access-logformat='%({x-request-id}i)s %(p)s %(s)s'"}
-    if TEST_REDIS_URL:
-        env.update(REDIS_URL=TEST_REDIS_URL, REDIS_PREFIX=f"test:{uuid.uuid4().hex}:")
-    process = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(base + "/v1/ping", timeout=1).close()  # noqa: S310
-            break
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("gunicorn did not start: " + process.stderr.read().decode()[-2000:])
-            time.sleep(0.2)
-    yield base, access_log
-    process.terminate()
-    process.wait(timeout=20)
-    process.stderr.close()
+    with gunicorn_server(database_url, tmp_path) as (base, access_log, _error_log):
+        yield base, access_log
 
 
 def _call(base, method, path, *, headers=None, body=None):
