@@ -260,6 +260,9 @@ def test_metrics_negotiate_their_formats(make_app):
     assert openmetrics.status_code == 200
     assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
     assert client.get("/metrics").status_code == 200
+    plain = client.get("/metrics", headers={"Accept": "text/plain"})  # no */*: no JSON either
+    assert plain.status_code == 200 and plain.headers["Content-Type"].startswith("text/plain")
+    assert client.get("/v1/ping", headers={"Accept": "text/plain"}).status_code == 406
     refused = client.get("/metrics", headers={"Accept": "application/json"})
     assert refused.status_code == 406 and refused.json["error"] == "not_acceptable"
 
