@@ -46,6 +46,10 @@ class Settings:
     totp_issuer: str = "Security API"
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # Observability: "json" or "text" logs ("" = text in development, json elsewhere); /metrics.
+    log_format: str = ""
+    metrics_enabled: bool = False
+    metrics_token: str = field(default="", repr=False)
     # Access requests: provisioners, notifications, expiry.
     provisioner_timeout_seconds: int = 5
     webhook_signing_secret: str = field(default="", repr=False)
@@ -117,6 +121,9 @@ ENV_VARIABLES = {
     "TOTP_ISSUER": ("totp_issuer", str),
     "CORS_ORIGINS": ("cors_origins", _origins),
     "LOG_LEVEL": ("log_level", str),
+    "LOG_FORMAT": ("log_format", str),
+    "METRICS_ENABLED": ("metrics_enabled", _bool),
+    "METRICS_TOKEN": ("metrics_token", str),
     "PROVISIONER_TIMEOUT_SECONDS": ("provisioner_timeout_seconds", _int),
     "WEBHOOK_SIGNING_SECRET": ("webhook_signing_secret", str),
     "AWS_REGION": ("aws_region", str),
@@ -167,6 +174,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
 def _fill_defaults(settings: Settings) -> Settings:
     """Give development a working database and secret; production gets none."""
     changes = {}
+    if not settings.log_format:
+        changes["log_format"] = "text" if settings.env == "development" else "json"
     if not settings.database_url and not settings.is_production:
         INSTANCE_DIR.mkdir(exist_ok=True)
         changes["database_url"] = f"sqlite:///{INSTANCE_DIR / 'security_api.sqlite3'}"
@@ -226,6 +235,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"WEBHOOK_SIGNING_SECRET must be at least {MIN_SECRET_BYTES} bytes")
     if settings.is_production and settings.smtp_username and not settings.smtp_starttls:
         raise ConfigError("SMTP_USERNAME without SMTP_STARTTLS would send the password in clear")
+    _check_observability(settings)
     if settings.access_token_ttl_seconds > 3600:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
     _check_deployment(settings)
@@ -241,6 +251,17 @@ def _check_deployment(settings: Settings) -> None:
         check_startup_settings(settings)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_observability(settings: Settings) -> None:
+    if settings.log_format not in ("json", "text"):
+        raise ConfigError("LOG_FORMAT must be json or text")
+    if settings.metrics_token and len(settings.metrics_token.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"METRICS_TOKEN must be at least {MIN_SECRET_BYTES} bytes")
+    if settings.is_production and settings.metrics_enabled and not settings.metrics_token:
+        # Metrics reveal traffic and sign-in failure rates: never to anyone who asks.
+        raise ConfigError("METRICS_ENABLED in production needs METRICS_TOKEN (a bearer token "
+                          "for the scraper, at least 32 bytes)")
 
 
 def _check_encryption_keys(settings: Settings) -> None:

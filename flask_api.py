@@ -12,8 +12,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 import flask_api_functions as helpers
+import observability
+import structured_logging
 from flask_api_functions import envelope, error_response
-from routes import access, admin_catalog, admin_users, audit, auth, docs, schemas
+from routes import access, admin_catalog, admin_users, audit, auth, docs, metrics, schemas
 from routes.openapi import documented
 from security_api.errors import ApiError, ServiceUnavailable
 from security_api.services import build_services
@@ -28,7 +30,7 @@ service_bp = Blueprint("service", __name__)
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the WSGI application; `test_config` overrides settings from the environment."""
     settings = config.load_settings(**(test_config or {}))
-    logging.basicConfig(level=settings.log_level)
+    structured_logging.configure_logging(log_format=settings.log_format, level=settings.log_level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = Flask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
@@ -38,6 +40,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
              allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
              expose_headers=["X-Request-ID", "Retry-After"])
+    observability.init_app(app)  # first: times the other hooks and sees the final response
     _trust_proxies(app, settings.trusted_proxy_count)
     _register_hooks(app)
     _register_error_handlers(app)
@@ -48,6 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(admin_catalog.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(metrics.bp)
     import cli
     cli.init_app(app)
     return app
@@ -73,8 +77,11 @@ def _register_hooks(app: Flask) -> None:
         view = app.view_functions.get(request.endpoint)
         accepts = request.accept_mimetypes
         html_ok = getattr(view, "serves_html", False) and accepts.accept_html
+        # A Prometheus scraper asks for text/plain (or OpenMetrics) first.
+        text_ok = getattr(view, "serves_text", False) and (
+            accepts["text/plain"] or accepts["application/openmetrics-text"])
         if request.headers.get("Accept") and not accepts.accept_json and not html_ok \
-                and not getattr(view, "serves_assets", False):
+                and not text_ok and not getattr(view, "serves_assets", False):
             return envelope("This API answers in JSON; accept application/json.",
                             status=406, error="not_acceptable")
         helpers.refuse_credentials_in_query()

@@ -13,7 +13,8 @@ keepalive = 5
 # Requests are small JSON; big headers are an attack, not a client.
 limit_request_line = 4094
 limit_request_field_size = 8190
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# Off by default: the application writes one structured access record per request itself.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
@@ -63,3 +64,43 @@ def when_ready(server):
     finally:
         # Workers are forked from this process: they must not inherit its connections.
         release(services)
+
+
+# ---- observability: JSON error log, Prometheus multiprocess mode ----------------------------
+# gunicorn's own error log in the application's LOG_FORMAT.
+logger_class = "structured_logging.GunicornLogger"
+if os.environ.get("METRICS_ENABLED", "").strip().lower() in ("1", "true", "yes", "on"):
+    # Every worker writes its metrics under this directory; /metrics adds them up. It must be
+    # set before prometheus_client is imported, which happens in the workers after this file.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="security-api-metrics-")
+        os.environ["SECURITY_API_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_starting(server):
+    """Empty the metrics directory: numbers of an earlier run must not be added to this one."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+
+
+def child_exit(server, worker):
+    """Let the live-worker gauges forget a worker that has gone (counters keep its numbers)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this file made (one given by the operator stays)."""
+    own = os.environ.get("SECURITY_API_OWN_METRICS_DIR")
+    if own:
+        import shutil
+
+        shutil.rmtree(own, ignore_errors=True)

@@ -27,7 +27,7 @@ class ApiDoc:
 
     summary: str
     tag: str
-    responses: dict[int, type[BaseModel] | None]
+    responses: dict[int, type[BaseModel] | str | None]
     body: type[BaseModel] | None = None
     auth: str | None = None
     description: str = ""
@@ -66,7 +66,10 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
     responses = {}
     for status, model in sorted(statuses.items()):
         entry = {"description": STATUS_TEXT.get(status, "")}
-        if model is not None:
+        if isinstance(model, str):
+            # A non-JSON answer, named by its media type (e.g. "text/plain").
+            entry["content"] = {model: {"schema": {"type": "string"}}}
+        elif model is not None:
             entry["content"] = _json_content(model, components)
         if status == 429:
             entry["headers"] = {"Retry-After": {"schema": {"type": "integer"},

@@ -119,6 +119,12 @@ export BCRYPT_ROUNDS=4
 export AUTH_RATE_LIMIT=1000
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export GUNICORN_BIND="127.0.0.1:$port"
+# Metrics on, behind a scraper token; workers add up in a directory of this run.
+export METRICS_ENABLED=true
+METRICS_TOKEN=$(random token_urlsafe 32)
+export METRICS_TOKEN
+export PROMETHEUS_MULTIPROC_DIR="$workdir/metrics"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 export WEB_CONCURRENCY=2
 base_url="http://127.0.0.1:$port"
 
@@ -202,6 +208,7 @@ started=$SECONDS
     --env-var "admin_username=$admin_username" \
     --env-var "admin_password=$admin_password" \
     --env-var "run_id=$run_id" \
+    --env-var "metrics_token=$METRICS_TOKEN" \
     --env-var "redis_configured=$redis_configured" \
     --timeout-request 15000 \
     --timeout 150000 \

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, metrics
 from .enums import AuditAction, Decision, PolicyMode, ProvisioningState, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams, NotFound
 from .grants import Subject, decision_for
@@ -80,6 +80,8 @@ def _claim(session: Session, request_id: str, *, source: RequestStatus, target: 
         update(AccessRequest)
         .where(AccessRequest.id == request_id, AccessRequest.status == source, *extra_where)
         .values(status=target, **values))
+    if result.rowcount == 1 and source != target:
+        metrics.stage_request_status(session, target)
     return result.rowcount == 1
 
 
@@ -149,6 +151,7 @@ def create_request(session: Session, services: Services, *, actor: Actor, permis
         session.rollback()
         raise Conflict("You already have an open request for this permission.",
                        code="already_requested") from None
+    metrics.stage_request_status(session, request.status)
     for entry in rule.approvers:
         role, _, subrole = entry.partition("/")
         session.add(RequestApproverGroup(request_id=request.id, role=role, subrole=subrole or "*"))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, metrics
 from .clock import isoformat, utcnow
 from .enums import AuditAction, ProvisioningState, RequestStatus
 from .models import AccessRequest, Permission, User
@@ -49,6 +49,7 @@ def _call(services: Services, permission: Permission, ctx: GrantContext, *, acti
         result = provisioner.grant(ctx) if action == "grant" else provisioner.revoke(ctx)
         return {"ok": True, "result": result, "error": None, "at": isoformat(utcnow())}
     except ProvisioningError as exc:
+        metrics.count_provisioning_failure(provisioner=permission.provisioner, action=action)
         return {"ok": False, "result": None, "error": str(exc)[:500], "at": isoformat(utcnow())}
 
 
@@ -90,6 +91,7 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
     if claimed.rowcount != 1:
         session.rollback()  # the reaper declared it abandoned meanwhile
         return
+    metrics.stage_request_status(session, values["status"])
     audit.record(session, action=AuditAction.REQUEST_ACTIVATED if ok
                  else AuditAction.REQUEST_FAILED, actor="system", target=request_id,
                  origin=origin, now=now,
@@ -134,6 +136,7 @@ def recover(session: Session, services: Services, *, origin: audit.Origin, now: 
             .values(status=RequestStatus.FAILED, provisioning_state=ProvisioningState.REVOKING,
                     provisioning_started_at=now))
         if failed.rowcount == 1:
+            metrics.stage_request_status(session, RequestStatus.FAILED)
             audit.record(session, action=AuditAction.REQUEST_FAILED, actor="system",
                          target=request_id, origin=origin, now=now,
                          details={"reason": "provisioning interrupted; retry it"})

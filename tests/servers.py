@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -42,11 +43,18 @@ def server_env(database_url: str, port: int, **extra: str) -> dict:
 
 
 @contextmanager
-def running_gunicorn(env: dict, port: int) -> Iterator[str]:
-    """Run `gunicorn -c gunicorn.conf.py flask_api:application` until /v1/ping answers; yield its URL."""
-    process = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+def running_gunicorn(env: dict, port: int, log_path: Path | None = None) -> Iterator[str]:
+    """Run `gunicorn -c gunicorn.conf.py flask_api:application` until /v1/ping answers; yield its URL.
+
+    Its stderr (the application's logs too) goes to a file: a pipe nobody reads would fill
+    up after a few hundred requests and block the workers.
+    """
+    if log_path is None:
+        log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+    with log_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     try:
@@ -56,15 +64,33 @@ def running_gunicorn(env: dict, port: int) -> Iterator[str]:
                 break
             except OSError:
                 if time.time() > deadline or process.poll() is not None:
-                    process.kill()
-                    pytest.fail("gunicorn did not start: " + process.stderr.read().decode()[-2000:])
+                    pytest.fail("gunicorn did not start: " + log_path.read_text()[-2000:])
                 time.sleep(0.2)
         yield base
     finally:
         if process.poll() is None:
             process.terminate()
-            process.wait(timeout=20)
-        process.stderr.close()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@contextmanager
+def gunicorn_server(database_url: str, tmp_path: Path, **extra_env: str):
+    """Yield (base URL, access log, error log) of a 2-worker gunicorn on the test database.
+
+    gunicorn's access log names the worker (pid) that answered each request id.
+    """
+    port = free_port()
+    access_log = tmp_path / "access.log"
+    error_log = tmp_path / "gunicorn.log"
+    env = server_env(database_url, port, GUNICORN_ACCESSLOG=str(access_log),
+                     GUNICORN_CMD_ARGS="--access-logformat='%({x-request-id}i)s %(p)s %(s)s'",
+                     **extra_env)
+    with running_gunicorn(env, port, error_log) as base:
+        yield base, access_log, error_log
 
 
 # ---- moto's EC2 server -----------------------------------------------------------------------

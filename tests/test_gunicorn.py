@@ -9,17 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, running_gunicorn, server_env
+from tests.servers import gunicorn_server
 
 
 @pytest.fixture
 def server(app, database_url, tmp_path):
     """Serve the test database with gunicorn and 2 workers; log which worker answered what."""
-    port = free_port()
-    access_log = tmp_path / "access.log"
-    env = server_env(database_url, port, GUNICORN_ACCESSLOG=str(access_log),
-                     GUNICORN_CMD_ARGS="--access-logformat='%({x-request-id}i)s %(p)s %(s)s'")
-    with running_gunicorn(env, port) as base:
+    with gunicorn_server(database_url, tmp_path) as (base, access_log, _error_log):
         yield base, access_log
 
 

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the service, defined once; labels stay low-cardinality (never a user or a path).
+
+Under gunicorn every worker writes its own files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
+multiprocess mode, chosen by that variable when prometheus_client is first imported) and /metrics
+adds them up; elsewhere the numbers live in this process.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PENDING_STATUSES = "metrics_request_statuses"
+
+HTTP_REQUESTS = Counter(
+    "security_api_http_requests", "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"])
+HTTP_LATENCY = Histogram(
+    "security_api_http_request_duration_seconds",
+    "Time from the request reaching the application to its response, by route template, "
+    "method and status.", ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+LOGINS = Counter(
+    "security_api_logins", "POST /v1/login attempts by outcome: success, failure, locked, "
+    "throttled, enrollment_required, invalid_request, error.", ["outcome"])
+REQUEST_TRANSITIONS = Counter(
+    "security_api_access_request_transitions",
+    "Access requests entering a status (counted when the change is committed).", ["status"])
+PROVISIONING_FAILURES = Counter(
+    "security_api_provisioning_failures", "Provisioner calls that failed, by provisioner and "
+    "action (grant, cleanup, revoke).", ["provisioner", "action"])
+
+
+def observe_http(*, route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request and its latency."""
+    labels = {"route": route, "method": method, "status": str(status)}
+    HTTP_REQUESTS.labels(**labels).inc()
+    HTTP_LATENCY.labels(**labels).observe(seconds)
+
+
+def count_login(outcome: str) -> None:
+    """Count one sign-in attempt by its outcome."""
+    LOGINS.labels(outcome=outcome).inc()
+
+
+def count_provisioning_failure(*, provisioner: str, action: str) -> None:
+    """Count one failed provisioner call."""
+    PROVISIONING_FAILURES.labels(provisioner=provisioner, action=action).inc()
+
+
+def stage_request_status(session: Session, status: str) -> None:
+    """Count an access request entering `status` once the session commits (never if it rolls back)."""
+    session.info.setdefault(_PENDING_STATUSES, []).append(str(status))
+
+
+@event.listens_for(Session, "after_commit")
+def _count_committed_statuses(session: Session) -> None:
+    for status in session.info.pop(_PENDING_STATUSES, ()):
+        REQUEST_TRANSITIONS.labels(status=status).inc()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted_statuses(session: Session, transaction) -> None:
+    # after_commit ran first for a commit; anything left was rolled back or closed away.
+    if transaction.parent is None:
+        session.info.pop(_PENDING_STATUSES, None)
+
+
+def multiprocess_dir() -> str | None:
+    """Return the multiprocess directory when this process runs in multiprocess mode."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def collecting_registry():
+    """Return the registry to expose: every worker's files in multiprocess mode, else this process."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
