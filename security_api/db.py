@@ -1,10 +1,12 @@
 """Engine and session factory; the one place that knows database quirks."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import DateTime, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -73,8 +75,10 @@ def _bound_answer_waits(engine: Engine, seconds: int) -> None:
     import psycopg
 
     class DeadlineConnection(psycopg.Connection):
+        answer_timeout: float | None = seconds + 5
+
         def wait(self, gen, interval=None, timeout=None):
-            waits = {"timeout": seconds + 5 if timeout is None else timeout}
+            waits = {"timeout": self.answer_timeout if timeout is None else timeout}
             if interval is not None:
                 waits["interval"] = interval
             try:
@@ -92,6 +96,21 @@ def _bound_answer_waits(engine: Engine, seconds: int) -> None:
         options = cparams.get("options")
         cparams["options"] = f"{options} {timeout}" if options else timeout
         return DeadlineConnection.connect(*cargs, **cparams)
+
+
+@contextmanager
+def without_query_timeout(connection: Connection) -> Iterator[None]:
+    """Lift both bounds for the current transaction: migrations may outlast any request."""
+    raw = connection.connection.dbapi_connection
+    if not hasattr(raw, "answer_timeout"):
+        yield
+        return
+    connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+    saved, raw.answer_timeout = raw.answer_timeout, None
+    try:
+        yield
+    finally:
+        raw.answer_timeout = saved
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:
