@@ -14,14 +14,15 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from security_api import audit
 from security_api.clock import utcnow
 from security_api.enums import AuditAction, PolicyMode, RequestStatus
-from security_api.models import AccessRequest
+from security_api.models import AccessRequest, AuditChainHead
 from security_api.provisioning import recover
 from tests import test_concurrency as kit
+from tests.conftest import TEST_DATABASE_URL
 from tests.servers import basic_header, call, start_gunicorn
 from tests.test_concurrency import SIGNING_SECRET, add_webhook_permission, audit_count
 
@@ -133,3 +134,63 @@ def _admin_bearer(server, make_user) -> dict:
                              body={"totp": auditor.next_code()})
     assert status == 200, tokens
     return {"Authorization": "Bearer " + tokens["token"]}
+
+
+# The worker's database backend, blocked on a lock the test holds, after it has written.
+_BLOCKED_WRITER = text(
+    "SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid)) "
+    "AND backend_xid IS NOT NULL")
+
+
+def _scalars(services, query, **params) -> list:
+    # A fresh transaction each time: pg_stat_activity is a snapshot per transaction.
+    with services.session_factory() as session:
+        return list(session.scalars(query, params))
+
+
+@pytest.mark.skipif(not (TEST_DATABASE_URL or "").startswith("postgresql"),
+                    reason="needs PostgreSQL row locks and pg_stat_activity")
+def test_worker_killed_mid_transaction_leaves_no_partial_rows(app, server, make_user, receiver):
+    alice = make_user("alice")
+    make_user("lead", role="security", subrole="lead")  # the approver group must exist
+    add_webhook_permission(app, receiver, "vpn", mode=PolicyMode.APPROVAL)
+    status, tokens, _ = call(server.base, "POST", "/v1/login",
+                             headers=basic_header(alice.username, alice.password),
+                             body={"totp": alice.next_code()})
+    assert status == 200
+    bearer = {"Authorization": "Bearer " + tokens["token"]}
+    body = {"permission": "vpn", "justification": "crash test"}
+    services = app.extensions["security_api"]
+    outcome: dict = {}
+
+    def ask():
+        try:
+            outcome["answer"] = call(server.base, "POST", "/v1/requests", headers=bearer,
+                                     body=body, timeout=WAIT_SECONDS * 2)
+        except OSError as exc:
+            outcome["error"] = exc
+
+    asking = threading.Thread(target=ask)
+    with services.session_factory() as holder:
+        # Hold the audit chain head: the worker inserts the request, then waits for it.
+        holder.execute(select(AuditChainHead).with_for_update())
+        holder_pid = holder.scalar(text("SELECT pg_backend_pid()"))
+        asking.start()
+        (backend,) = _until(lambda: _scalars(services, _BLOCKED_WRITER, holder=holder_pid),
+                            "the worker to write and then wait for the audit lock")
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        asking.join(WAIT_SECONDS)
+        assert not asking.is_alive() and "answer" not in outcome, outcome
+        holder.rollback()
+    # Its backend ends (rolling back) when it finds the client gone.
+    _until(lambda: not _scalars(services, text("SELECT pid FROM pg_stat_activity WHERE pid = :pid"),
+                                pid=backend), "the dead worker's backend to end")
+    assert not _scalars(services, select(AccessRequest))
+    assert audit_count(app, AuditAction.REQUEST_CREATED) == 0
+    _until(lambda: server.worker_pids() - {worker}, "a new worker")
+    _until(lambda: _ping(server.base), "the new worker to answer")
+    status, created, _ = call(server.base, "POST", "/v1/requests", headers=bearer, body=body)
+    assert status == 201, created  # no half-open request blocks a new one
+    with services.session_factory() as session:
+        assert audit.verify_chain(session).ok
