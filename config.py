@@ -28,7 +28,7 @@ class Settings:
     redis_url: str | None = None
     redis_prefix: str = "security-api:"
     # PostgreSQL: a statement ends after this long; a silent server is given 5 s more.
-    database_query_timeout_seconds: int = 30
+    database_query_timeout_seconds: int = 10
     jwt_secret: str = field(default="", repr=False)
     jwt_algorithm: str = "HS256"
     jwt_private_key: str = field(default="", repr=False)

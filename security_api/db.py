@@ -32,7 +32,7 @@ class UTCDateTime(TypeDecorator):
         return as_utc(value)
 
 
-def make_engine(url: str, *, query_timeout_seconds: int = 30, **kwargs) -> Engine:
+def make_engine(url: str, *, query_timeout_seconds: int = 10, **kwargs) -> Engine:
     """Create an engine with settings that make SQLite safe for several workers.
 
     On PostgreSQL, `query_timeout_seconds` bounds every statement (server side) and every

@@ -18,6 +18,7 @@ from security_api.models import AccessRequest, AuditEvent
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, basic, bearer
 from tests.netproxy import BLACKHOLE, FORWARD, REFUSE, proxy_to
 from tests.receivers import serving
+from tests.servers import basic_header, call, start_gunicorn
 from tests.test_concurrency import add_webhook_permission
 
 pytestmark = pytest.mark.skipif(
@@ -92,8 +93,8 @@ def test_database_outage_is_a_fast_503_and_heals_by_itself(app, proxied, db_prox
         assert client.get("/v1/requests", headers=bearer(token)).status_code == 200
 
     db_proxy.mode = mode
-    for name, call in _calls(client, alice, token).items():
-        response, seconds = timed(call)
+    for name, one in _calls(client, alice, token).items():
+        response, seconds = timed(one)
         print(f"\n[outage] database {mode:9s} {name:8s} -> {response.status_code} in {seconds:.2f}s")
         assert response.status_code == 503, response.json
         if name == "health":
@@ -106,6 +107,32 @@ def test_database_outage_is_a_fast_503_and_heals_by_itself(app, proxied, db_prox
     print(f"[outage] database back: health -> {response.status_code} in {seconds:.2f}s")
     assert response.status_code == 200
     assert client.get("/v1/requests", headers=bearer(token)).status_code == 200
+
+
+def test_gunicorn_with_default_timeouts_answers_503_before_its_worker_timeout(
+        app, db_proxy, database_url, make_user, tmp_path):
+    """The worst case, a silent database under a pooled connection, still beats GUNICORN_TIMEOUT."""
+    alice = make_user("alice")
+    env = {"GUNICORN_TIMEOUT": "30"}
+    with start_gunicorn(_through(database_url, db_proxy.port), log_dir=tmp_path, workers=1,
+                        env=env) as server:
+        status, tokens, _ = call(server.base, "POST", "/v1/login",
+                                 headers=basic_header(alice.username, alice.password),
+                                 body={"totp": alice.next_code()})
+        assert status == 200, tokens
+        bearer_header = {"Authorization": "Bearer " + tokens["token"]}
+        assert call(server.base, "GET", "/v1/requests", headers=bearer_header)[0] == 200
+        workers = server.worker_pids()
+        db_proxy.mode = BLACKHOLE
+        for path in ("/v1/health", "/v1/requests"):
+            (status, body, _), seconds = timed(lambda p=path: call(
+                server.base, "GET", p, headers=bearer_header, timeout=LIVENESS_SECONDS))
+            print(f"\n[outage] gunicorn, database blackhole {path} -> {status} in {seconds:.2f}s")
+            assert status == 503, body
+        db_proxy.mode = FORWARD
+        assert call(server.base, "GET", "/v1/health")[0] == 200
+        assert call(server.base, "GET", "/v1/requests", headers=bearer_header)[0] == 200
+        assert server.worker_pids() == workers  # answered by the same worker, never killed
 
 
 def test_writes_during_a_database_outage_leave_nothing_behind(app, proxied, db_proxy, make_user):
