@@ -10,9 +10,11 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, make_url, select
+from sqlalchemy import func, make_url, select, text
+from sqlalchemy.exc import OperationalError
 
 from security_api import audit
+from security_api.db import make_engine, without_query_timeout
 from security_api.enums import AuditAction, PolicyMode
 from security_api.models import AccessRequest, AuditEvent
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, basic, bearer
@@ -194,3 +196,16 @@ def test_redis_outage_fails_closed_and_heals(make_app, app, make_user, mode):
         assert client.get("/v1/health").status_code == 200
         assert client.post("/v1/login", headers=basic(alice.username, alice.password),
                            json={"totp": alice.next_code()}).status_code == 200
+
+
+def test_a_slow_statement_is_cut_except_in_migrations(database_url):
+    engine = make_engine(database_url, query_timeout_seconds=1)
+    try:
+        with engine.connect() as connection, pytest.raises(OperationalError, match="timeout"):
+            connection.execute(text("SELECT pg_sleep(2)"))
+        with engine.begin() as connection, without_query_timeout(connection):
+            connection.execute(text("SELECT pg_sleep(2)"))  # as long as a migration needs
+        with engine.connect() as connection:  # the next transaction is bounded again
+            assert connection.scalar(text("SHOW statement_timeout")) == "1s"
+    finally:
+        engine.dispose()
