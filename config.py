@@ -27,6 +27,8 @@ class Settings:
     database_url: str = ""
     redis_url: str | None = None
     redis_prefix: str = "security-api:"
+    # PostgreSQL: a statement ends after this long; a silent server is given 5 s more.
+    database_query_timeout_seconds: int = 10
     jwt_secret: str = field(default="", repr=False)
     jwt_algorithm: str = "HS256"
     jwt_private_key: str = field(default="", repr=False)
@@ -102,6 +104,7 @@ ENV_VARIABLES = {
     "DATABASE_URL": ("database_url", str),
     "REDIS_URL": ("redis_url", str),
     "REDIS_PREFIX": ("redis_prefix", str),
+    "DATABASE_QUERY_TIMEOUT_SECONDS": ("database_query_timeout_seconds", _int),
     "JWT_SECRET": ("jwt_secret", str),
     "JWT_ALGORITHM": ("jwt_algorithm", str),
     "JWT_PRIVATE_KEY": ("jwt_private_key", str),
@@ -226,7 +229,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("production needs BCRYPT_ROUNDS of at least 12")
     for name in ("access_token_ttl_seconds", "refresh_token_ttl_seconds",
                  "lockout_threshold", "lockout_seconds", "auth_rate_limit",
-                 "auth_rate_window_seconds", "max_body_bytes", "provisioner_timeout_seconds"):
+                 "auth_rate_window_seconds", "max_body_bytes", "provisioner_timeout_seconds",
+                 "database_query_timeout_seconds"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name.upper()} must be positive")
     if settings.reaper_interval_seconds < 0:

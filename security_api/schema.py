@@ -12,6 +12,7 @@ from . import audit
 from .accounts import create_role
 from .catalog import ensure_builtin_permissions, ensure_rule
 from .clock import utcnow
+from .db import without_query_timeout
 from .enums import PolicyMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def alembic_config() -> Config:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     cfg = alembic_config()
-    with engine.begin() as connection:
+    with engine.begin() as connection, without_query_timeout(connection):
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 

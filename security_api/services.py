@@ -34,7 +34,8 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     """Wire the collaborators described by the settings."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url,
+                         query_timeout_seconds=settings.database_query_timeout_seconds)
     session_factory = make_session_factory(engine)
     if settings.jwt_algorithm == "EdDSA":
         keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)

@@ -1,16 +1,29 @@
-"""Real servers a test needs: the service under gunicorn, moto's EC2. Shared, never copied."""
+"""Start the real service under gunicorn for tests that need real worker processes.
+
+    with start_gunicorn(database_url, log_dir=tmp_path, workers=2) as server:
+        status, body, request_id = call(server.base, "GET", "/v1/ping")
+        server.worker_pids()          # live workers, read from /proc
+        server.workers_of({request_id})   # which worker pid answered those requests
+
+Each server logs every request as ``<X-Request-ID> <worker pid> <status>`` to
+``server.access_log`` and gunicorn's own messages to ``server.error_log``. Two servers given
+the same ``jwt_secret`` and ``redis_prefix`` behave as two instances of one deployment.
+"""
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -20,77 +33,147 @@ from tests.conftest import TEST_DATA_KEY, TEST_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+START_SECONDS = 30
+
+
+class ServerError(RuntimeError):
+    """gunicorn did not start (the message carries the end of its log)."""
+
+
+@dataclass
+class Gunicorn:
+    """A running gunicorn: its base URL, master process and log files."""
+
+    base: str
+    process: subprocess.Popen
+    access_log: Path
+    error_log: Path
+
+    def worker_pids(self) -> set[int]:
+        """Return the pids of the master's live children (its workers)."""
+        return children_of(self.process.pid)
+
+    def workers_of(self, request_ids: set[str]) -> set[str]:
+        """Return the pids (as text) of the workers that answered these request ids."""
+        time.sleep(0.2)  # the access log is written after the answer
+        pids = set()
+        for line in self.access_log.read_text().splitlines():
+            parts = line.strip("'").split()
+            if len(parts) >= 2 and parts[0] in request_ids:
+                pids.add(parts[1])
+        return pids
+
+    def log_tail(self, size: int = 3000) -> str:
+        """Return the end of gunicorn's error log, for failure messages."""
+        return self.error_log.read_text(errors="replace")[-size:]
 
 
 def free_port() -> int:
-    """Return a port nobody listens on right now."""
+    """Return a TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def server_env(database_url: str, port: int, **extra: str) -> dict:
-    """The environment of a 2-worker testing service on the test database."""
-    env = {**os.environ, "SECURITY_API_ENV": "testing", "DATABASE_URL": database_url,
-           "JWT_SECRET": "gunicorn-test-" + uuid.uuid4().hex + uuid.uuid4().hex,
-           "DATA_ENCRYPTION_KEYS": TEST_DATA_KEY,
-           "BCRYPT_ROUNDS": "4", "AUTH_RATE_LIMIT": "100000", "WEB_CONCURRENCY": "2",
-           "GUNICORN_BIND": f"127.0.0.1:{port}"}
-    if TEST_REDIS_URL:
-        env.update(REDIS_URL=TEST_REDIS_URL, REDIS_PREFIX=f"test:{uuid.uuid4().hex}:")
-    env.update(extra)
-    return env
+def children_of(pid: int) -> set[int]:
+    """Return the pids whose parent is `pid`, read from /proc (Linux)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing bracket.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def server_env(database_url: str, port: int, *, workers: int = 2, jwt_secret: str | None = None,
+               redis_url: str | None = TEST_REDIS_URL, redis_prefix: str | None = None,
+               **extra: str) -> dict[str, str]:
+    """The environment of a testing service on `database_url` bound to `port`; `extra` wins."""
+    variables = {**os.environ, "SECURITY_API_ENV": "testing", "DATABASE_URL": database_url,
+                 "JWT_SECRET": jwt_secret or "gunicorn-test-" + uuid.uuid4().hex + uuid.uuid4().hex,
+                 "DATA_ENCRYPTION_KEYS": TEST_DATA_KEY, "BCRYPT_ROUNDS": "4",
+                 "AUTH_RATE_LIMIT": "100000", "WEB_CONCURRENCY": str(workers),
+                 "REAPER_INTERVAL_SECONDS": "0", "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    variables.pop("REDIS_URL", None)
+    if redis_url:
+        variables.update(REDIS_URL=redis_url,
+                         REDIS_PREFIX=redis_prefix or f"test:{uuid.uuid4().hex}:")
+    variables.update(extra)
+    return variables
 
 
 @contextmanager
-def running_gunicorn(env: dict, port: int, log_path: Path | None = None) -> Iterator[str]:
-    """Run `gunicorn -c gunicorn.conf.py flask_api:application` until /v1/ping answers; yield its URL.
+def start_gunicorn(database_url: str, *, log_dir: Path, workers: int = 2,
+                   jwt_secret: str | None = None, redis_url: str | None = TEST_REDIS_URL,
+                   redis_prefix: str | None = None, env: dict[str, str] | None = None,
+                   name: str = "gunicorn") -> Iterator[Gunicorn]:
+    """Serve `database_url` with gunicorn until the block ends; wait until /v1/ping answers.
 
-    Its stderr (the application's logs too) goes to a file: a pipe nobody reads would fill
-    up after a few hundred requests and block the workers.
-    """
-    if log_path is None:
-        log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
-    with log_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(base + "/v1/ping", timeout=1).close()  # noqa: S310
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    pytest.fail("gunicorn did not start: " + log_path.read_text()[-2000:])
-                time.sleep(0.2)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-@contextmanager
-def gunicorn_server(database_url: str, tmp_path: Path, **extra_env: str):
-    """Yield (base URL, access log, error log) of a 2-worker gunicorn on the test database.
-
-    gunicorn's access log names the worker (pid) that answered each request id.
+    `jwt_secret` and `redis_prefix` default to fresh random values (pass the same ones to
+    several servers to make them one deployment); `env` overrides any variable last.
     """
     port = free_port()
-    access_log = tmp_path / "access.log"
-    error_log = tmp_path / "gunicorn.log"
-    env = server_env(database_url, port, GUNICORN_ACCESSLOG=str(access_log),
-                     GUNICORN_CMD_ARGS="--access-logformat='%({x-request-id}i)s %(p)s %(s)s'",
-                     **extra_env)
-    with running_gunicorn(env, port, error_log) as base:
-        yield base, access_log, error_log
+    access_log, error_log = log_dir / f"{name}-access.log", log_dir / f"{name}-error.log"
+    variables = server_env(database_url, port, workers=workers, jwt_secret=jwt_secret,
+                           redis_url=redis_url, redis_prefix=redis_prefix,
+                           GUNICORN_ACCESSLOG=str(access_log),
+                           GUNICORN_CMD_ARGS="--access-logformat='%({x-request-id}i)s %(p)s %(s)s'",
+                           **(env or {}))
+    with open(error_log, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"], cwd=ROOT,
+            env=variables, stdout=subprocess.DEVNULL, stderr=log_file)
+    server = Gunicorn(f"http://127.0.0.1:{port}", process, access_log, error_log)
+    try:
+        _wait_until_up(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _wait_until_up(server: Gunicorn) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            urllib.request.urlopen(server.base + "/v1/ping", timeout=1).close()  # noqa: S310
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                raise ServerError("gunicorn did not start: " + server.log_tail()) from None
+            time.sleep(0.2)
+
+
+def call(base: str, method: str, path: str, *, headers: dict | None = None,
+         body: dict | None = None, timeout: float = 10) -> tuple[int, dict, str]:
+    """Send one JSON request with a fresh X-Request-ID; return (status, json, request id)."""
+    request_id = uuid.uuid4().hex
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method, headers={
+        "Content-Type": "application/json", "X-Request-ID": request_id, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read()), request_id
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read()), request_id
+
+
+def basic_header(username: str, password: str) -> dict:
+    """Return an Authorization header for Basic credentials."""
+    raw = f"{username}:{password}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
 # ---- moto's EC2 server -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ DATA_KEY = "x7Jm3kQ9vR2tY5wZ8aB1cD4eF6gH0iJ2kL3mN5oP7qE="
     ({"ACCESS_TOKEN_TTL_SECONDS": "86400"}, "short-lived"),
     ({"LOCKOUT_THRESHOLD": "0"}, "LOCKOUT_THRESHOLD"),
     ({"AUTH_RATE_LIMIT": "many"}, "AUTH_RATE_LIMIT"),
+    ({"DATABASE_QUERY_TIMEOUT_SECONDS": "0"}, "DATABASE_QUERY_TIMEOUT_SECONDS"),
 ])
 def test_unsafe_settings_are_refused(environ, message):
     with pytest.raises(ConfigError, match=message):

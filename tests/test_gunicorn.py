@@ -1,106 +1,70 @@
 """Shared state holds across gunicorn workers: lockout, TOTP replay, token deny-list."""
-import base64
-import json
-import time
-import urllib.error
-import urllib.request
-import uuid
-from pathlib import Path
-
 import pytest
 
-from tests.servers import gunicorn_server
+from tests.servers import basic_header, call, start_gunicorn
 
 
 @pytest.fixture
 def server(app, database_url, tmp_path):
     """Serve the test database with gunicorn and 2 workers; log which worker answered what."""
-    with gunicorn_server(database_url, tmp_path) as (base, access_log, _error_log):
-        yield base, access_log
+    with start_gunicorn(database_url, log_dir=tmp_path, workers=2) as running:
+        yield running
 
 
-def _call(base, method, path, *, headers=None, body=None):
-    request_id = uuid.uuid4().hex
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method, headers={
-        "Content-Type": "application/json", "X-Request-ID": request_id, **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, json.loads(response.read()), request_id
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read()), request_id
-
-
-def _workers(access_log: Path, request_ids: set[str]) -> set[str]:
-    time.sleep(0.2)
-    pids = set()
-    for line in access_log.read_text().splitlines():
-        parts = line.strip("'").split()
-        if len(parts) >= 2 and parts[0] in request_ids:
-            pids.add(parts[1])
-    return pids
-
-
-def _until_two_workers(base, access_log, call, *, minimum=8, maximum=80):
+def _until_two_workers(server, call_once, *, minimum=8, maximum=80):
     """Repeat a call until two different workers have answered it; return every status."""
     statuses, ids = [], set()
     for attempt in range(maximum):
-        status, _body, request_id = call()
+        status, _body, request_id = call_once()
         statuses.append(status)
         ids.add(request_id)
-        if attempt + 1 >= minimum and len(_workers(access_log, ids)) >= 2:
+        if attempt + 1 >= minimum and len(server.workers_of(ids)) >= 2:
             return statuses
     pytest.fail("only one gunicorn worker ever answered")
 
 
-def _basic(username, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
-
-
 def test_lockout_holds_across_workers(server, make_user):
-    base, access_log = server
     user = make_user()
-    wrong = _basic(user.username, "wrong-password-here")
-    first = [_call(base, "POST", "/v1/login", headers=wrong, body={"totp": "000000"})[0]
+    wrong = basic_header(user.username, "wrong-password-here")
+    first = [call(server.base, "POST", "/v1/login", headers=wrong, body={"totp": "000000"})[0]
              for _ in range(5)]
     assert first == [401] * 5
-    statuses = _until_two_workers(base, access_log, lambda: _call(
-        base, "POST", "/v1/login", headers=wrong, body={"totp": "000000"}))
+    statuses = _until_two_workers(server, lambda: call(
+        server.base, "POST", "/v1/login", headers=wrong, body={"totp": "000000"}))
     assert set(statuses) == {429}
 
 
-def _worker_of(access_log: Path, request_id: str) -> str | None:
-    pids = _workers(access_log, {request_id})
+def _worker_of(server, request_id: str) -> str | None:
+    pids = server.workers_of({request_id})
     return pids.pop() if pids else None
 
 
 def test_totp_replay_is_refused_by_another_worker(server, make_user):
-    base, access_log = server
     crossed = False
     for i in range(20):
         user = make_user(f"user{i}")
-        headers = _basic(user.username, user.password)
+        headers = basic_header(user.username, user.password)
         code = user.next_code()
-        status, _, first_id = _call(base, "POST", "/v1/login", headers=headers, body={"totp": code})
+        status, _, first_id = call(server.base, "POST", "/v1/login", headers=headers,
+                                   body={"totp": code})
         assert status == 200
-        status, _, replay_id = _call(base, "POST", "/v1/login", headers=headers, body={"totp": code})
+        status, _, replay_id = call(server.base, "POST", "/v1/login", headers=headers,
+                                    body={"totp": code})
         assert status == 401
-        if _worker_of(access_log, first_id) != _worker_of(access_log, replay_id):
+        if _worker_of(server, first_id) != _worker_of(server, replay_id):
             crossed = True
             break
     assert crossed, "no replay ever reached a second worker"
 
 
 def test_logout_holds_across_workers(server, make_user):
-    base, access_log = server
     user = make_user()
-    headers = _basic(user.username, user.password)
-    status, tokens, _ = _call(base, "POST", "/v1/login", headers=headers,
-                              body={"totp": user.next_code()})
+    headers = basic_header(user.username, user.password)
+    status, tokens, _ = call(server.base, "POST", "/v1/login", headers=headers,
+                             body={"totp": user.next_code()})
     assert status == 200
     bearer = {"Authorization": "Bearer " + tokens["token"]}
-    assert _call(base, "POST", "/v1/logout", headers=bearer)[0] == 200
-    after = _until_two_workers(base, access_log, lambda: _call(
-        base, "GET", "/v1/profile", headers=bearer))
+    assert call(server.base, "POST", "/v1/logout", headers=bearer)[0] == 200
+    after = _until_two_workers(server, lambda: call(
+        server.base, "GET", "/v1/profile", headers=bearer))
     assert set(after) == {401}

@@ -19,7 +19,7 @@ from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from structured_logging import JsonFormatter, RequestIdFilter, make_handler
 from tests.conftest import basic, bearer
-from tests.servers import free_port, gunicorn_server
+from tests.servers import free_port, start_gunicorn
 
 METRICS_TOKEN = "metrics-" + secrets.token_urlsafe(32)
 SCRAPER_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
@@ -385,9 +385,10 @@ def test_metrics_add_up_across_gunicorn_workers(app, database_url, tmp_path):
     metrics_dir.mkdir()
     stale = metrics_dir / "counter_4242.db"
     stale.write_bytes(b"numbers of an earlier run")
-    with gunicorn_server(database_url, tmp_path, METRICS_ENABLED="true",
-                         METRICS_TOKEN=METRICS_TOKEN, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) \
-            as (base, access_log, error_log):
+    env = {"METRICS_ENABLED": "true", "METRICS_TOKEN": METRICS_TOKEN,
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with start_gunicorn(database_url, log_dir=tmp_path, workers=2, env=env) as server:
+        base, error_log = server.base, server.error_log
         assert not stale.exists()
         scrape = {"Authorization": f"Bearer {METRICS_TOKEN}", "Accept": SCRAPER_ACCEPT}
         assert _get(base + "/metrics", {"Accept": SCRAPER_ACCEPT})[0] == 401
@@ -403,10 +404,10 @@ def test_metrics_add_up_across_gunicorn_workers(app, database_url, tmp_path):
                 statuses = pool.map(lambda rid: _get(base + "/v1/ping", {"X-Request-ID": rid})[0], batch)
                 assert set(statuses) == {200}
                 ids |= set(batch)
-                if len(_answering_workers(access_log, ids)) >= 2:
+                if len(server.workers_of(ids)) >= 2:
                     break
         sent = len(ids)
-        assert len(_answering_workers(access_log, ids)) == 2, "one worker answered every ping"
+        assert len(server.workers_of(ids)) == 2, "one worker answered every ping"
         after = _value(_samples(_get(base + "/metrics", scrape)[1]),
                        "security_api_http_requests_total", **labels)
         assert after - before == sent
@@ -417,13 +418,4 @@ def test_metrics_add_up_across_gunicorn_workers(app, database_url, tmp_path):
     assert any(r["logger"].startswith("gunicorn") for r in records), "gunicorn's log is not JSON"
     assert not any(request_id in line for line in error_log.read_text().splitlines()
                    if not line.startswith("{") for request_id in ids)
-
-
-def _answering_workers(access_log, request_ids: set[str]) -> set[str]:
-    pids = set()
-    for line in access_log.read_text().splitlines():
-        parts = line.strip("'").split()
-        if len(parts) >= 2 and parts[0] in request_ids:
-            pids.add(parts[1])
-    return pids
 

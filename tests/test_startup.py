@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +16,7 @@ from security_api.models import AuditEvent
 from security_api.provisioners import aws_security_group
 from security_api.startup import RequiredTaskFailed, Task, release, run_startup_tasks
 from tests.receivers import serving
-from tests.servers import GUNICORN, ROOT, free_port, ingress, running_gunicorn, server_env
+from tests.servers import GUNICORN, ROOT, call, free_port, ingress, server_env, start_gunicorn
 
 CLOSED_URL = "http://127.0.0.1:{port}"
 
@@ -246,21 +245,18 @@ def test_a_metadata_answer_that_is_not_an_address_fails(make_app, metadata):
 
 # ---- once per instance under gunicorn ------------------------------------------------------------
 def test_gunicorn_runs_the_tasks_once_not_per_worker(app, database_url, receiver, tmp_path):
-    port = free_port()
-    access_log = tmp_path / "access.log"
-    env = server_env(database_url, port, STARTUP_TASKS="notify_started",
-                     NOTIFY_WEBHOOK_URL=receiver.url, GUNICORN_ACCESSLOG=str(access_log),
-                     GUNICORN_CMD_ARGS="--access-logformat='%(p)s'")
-    with running_gunicorn(env, port) as base:
+    env = {"STARTUP_TASKS": "notify_started", "NOTIFY_WEBHOOK_URL": receiver.url}
+    with start_gunicorn(database_url, log_dir=tmp_path, workers=2, env=env) as server:
         # Both workers are up and serving before the count is taken: concurrent requests
         # keep one worker busy, so the other answers too.
         def health(_):
-            urllib.request.urlopen(base + "/v1/health", timeout=10).close()
+            return call(server.base, "GET", "/v1/health")[2]
 
         with ThreadPoolExecutor(max_workers=8) as pool:
+            request_ids = set()
             for _ in range(30):
-                list(pool.map(health, range(16)))
-                if len(set(access_log.read_text().split())) >= 2:
+                request_ids |= set(pool.map(health, range(16)))
+                if len(server.workers_of(request_ids)) >= 2:
                     break
             else:
                 pytest.fail("only one gunicorn worker ever answered")
@@ -269,8 +265,7 @@ def test_gunicorn_runs_the_tasks_once_not_per_worker(app, database_url, receiver
 
 
 def test_gunicorn_refuses_to_start_when_a_required_task_fails(app, database_url, receiver):
-    port = free_port()
-    env = server_env(database_url, port, STARTUP_TASKS="allow_instance_address!,notify_started",
+    env = server_env(database_url, free_port(), STARTUP_TASKS="allow_instance_address!,notify_started",
                      NOTIFY_WEBHOOK_URL=receiver.url, INSTANCE_ADDRESS="imds:local-ipv4",
                      INSTANCE_METADATA_URL=CLOSED_URL.format(port=free_port()),
                      STARTUP_SECURITY_GROUP_ID="sg-0123abcd", STARTUP_SECURITY_GROUP_PORTS="22")
