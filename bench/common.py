@@ -251,6 +251,22 @@ def call(base_url: str, path: str, *, method: str = "GET", headers: dict | None 
         connection.close()
 
 
+def settle(base_url: str, *, quick: float = 0.1, limit: float = 60.0) -> None:
+    """Wait until the service has worked off the previous run's queue (a quick ping).
+
+    wrk stops sending when its time is up, but the workers still answer what was queued: a
+    slow endpoint's backlog would otherwise eat into the next run.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+            call(base_url, "/v1/ping", timeout=int(limit))
+        if time.monotonic() - started < quick:
+            return
+        time.sleep(0.2)
+
+
 def expect(status_and_body: tuple[int, dict], wanted: int, what: str) -> dict:
     """Stop the benchmark when a set-up request does not answer as expected."""
     status, body = status_and_body
@@ -306,6 +322,7 @@ class Runner:
             connections: int | None = None) -> LoadResult:
         """Load one endpoint for `seconds` and return what was measured."""
         connections = connections or self.connections
+        settle(self.base_url)
         if self.client == "wrk":
             return run_wrk(self, load, seconds, timeout, connections)
         return run_python(self, load, seconds, timeout, connections)
