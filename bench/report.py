@@ -93,6 +93,7 @@ def detail_rows(results: dict) -> list[str]:
               "| List | limit=1 | limit=10 | limit=100 |", "|---|---|---|---|"]
     for path, counts in queries["counts"].items():
         lines.append(f"| `GET {path}` | {counts['1']} | {counts['10']} | {counts['100']} |")
+    lines += breakdown_rows(results)
     lines += ["", "## Settings of each part", ""]
     for key, title in (("auth_sqlite", "auth overhead, SQLite"), ("auth_pg", "auth overhead, "
                        + _pg_label(results)), ("load", "request creation and latency"),
@@ -102,6 +103,34 @@ def detail_rows(results: dict) -> list[str]:
     if any(results[k].get("not_ok") for k in ("auth_sqlite", "auth_pg", "load") if k in results):
         lines += ["", "**Some load runs had non-2xx answers or socket errors**; see the output "
                   "of the run."]
+    return lines
+
+
+BREAKDOWN = (("ping_request", "whole `GET /v1/ping` request"),
+             ("profile_request", "whole `GET /v1/profile` request"),
+             ("token_check", "token check (`require_token`: checkout, verify, principal query)"),
+             ("token_verify_cached", "token verification, cached signature check"),
+             ("pool_checkout", "pool checkout and return only"),
+             ("principal_query_core", "principal query via SQLAlchemy Core (with checkout)"),
+             ("principal_query_raw_dbapi", "same SQL via the raw DBAPI cursor (idea, not used)"))
+
+
+def breakdown_rows(results: dict) -> list[str]:
+    """Where an authenticated request's extra time goes, in-process (auth_breakdown.py)."""
+    columns = [(key, label) for key, label in (("breakdown_sqlite", "SQLite"),
+                                               ("breakdown_pg", _pg_label(results)))
+               if key in results]
+    if not columns:
+        return []
+    lines = ["", "## Where the authenticated request's time goes (in-process, µs)", "",
+             "No gunicorn, no network, no load client: the pieces of (a), medians of batches.", "",
+             "| Piece | " + " | ".join(label for _, label in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name, label in BREAKDOWN:
+        lines.append(f"| {label} | " + " | ".join(f"{results[key][name]:.0f}" for key, _ in columns)
+                     + " |")
+    lines.append("| profile − ping | " + " | ".join(
+        f"{results[key]['profile_extra_us']:.0f}" for key, _ in columns) + " |")
     return lines
 
 
