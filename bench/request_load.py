@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.warmup:
             runner.run(ping, args.warmup)
             runner.run(profile, args.warmup)
-        pairs = seed.pairs()[1:]  # the first token's first pair stays unused: it warmed up
+        pairs = seed.pairs()
         share = len(pairs) // args.rounds
         for number in range(args.rounds):
             create = Load("/v1/requests", method="POST",
