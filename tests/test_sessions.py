@@ -1,4 +1,6 @@
 """Refresh rotation with reuse detection, logout, password change, and token death."""
+import secrets
+
 import pytest
 from sqlalchemy import select
 
@@ -86,6 +88,19 @@ def test_logout_kills_the_access_token_and_its_refresh_family(client, make_user,
     assert _profile(client, tokens["token"]).json["error"] == "token_revoked"
     assert _refresh(client, tokens["refresh_token"]).status_code == 401
     assert _profile(client, other["token"]).status_code == 200
+
+
+def test_logout_takes_effect_at_once_on_another_instance(make_app, make_user):
+    # Two instances on one database, each with a state store namespace of its own: the
+    # revocation must reach the other one through the database, not a per-instance cache.
+    secret = secrets.token_urlsafe(48)
+    here, there = (make_app(jwt_secret=secret).test_client() for _ in range(2))
+    user = make_user()
+    tokens = here.post("/v1/login", headers=basic(user.username, user.password),
+                       json={"totp": user.next_code()}).json
+    assert _profile(there, tokens["token"]).status_code == 200  # verified and cached there
+    assert here.post("/v1/logout", headers=bearer(tokens["token"])).status_code == 200
+    assert _profile(there, tokens["token"]).json["error"] == "token_revoked"
 
 
 def test_logout_needs_a_token(client):

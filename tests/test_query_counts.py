@@ -1,0 +1,76 @@
+"""List endpoints: the number of SQL statements does not grow with the page size (no N+1)."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from sqlalchemy import event
+
+from security_api import audit
+from security_api.catalog import ensure_permission, ensure_rule
+from security_api.clock import utcnow
+from security_api.enums import PolicyMode
+from tests.conftest import bearer
+
+PEOPLE = 30
+PERMISSIONS = 4  # PEOPLE x PERMISSIONS requests: more than the largest page
+PAGE_SIZES = (1, 10, 100)
+
+
+@contextlib.contextmanager
+def counted(app):
+    """Count the statements sent to the database while the block runs."""
+    engine = app.extensions["security_api"].engine
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+@pytest.fixture
+def admin(app, make_user, login_as, db_session):
+    """An administrator's headers, after many people made many requests (auto-granted)."""
+    keys = [f"qc-perm-{n}" for n in range(PERMISSIONS)]
+    services = app.extensions["security_api"]
+    people = [make_user(f"person-{n:02d}") for n in range(PEOPLE)]
+    for key in keys:
+        ensure_permission(db_session, key=key, name=key, max_duration_minutes=60,
+                          settings=services.settings, actor="test", origin=audit.Origin(),
+                          now=utcnow())
+        ensure_rule(db_session, permission=key, role="developer", subrole="backend",
+                    mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+    db_session.commit()
+    client = app.test_client()
+    for person in people:
+        headers = bearer(login_as(person)["token"])
+        for key in keys:
+            response = client.post("/v1/requests", headers=headers,
+                                   json={"permission": key, "justification": "count"})
+            assert response.status_code == 201, response.json
+    return bearer(login_as(make_user("root", role="security", subrole="admin"))["token"])
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/v1/requests?scope=all", "requests"),
+    ("/v1/admin/users", "users"),
+    ("/v1/audit", "events"),
+])
+def test_list_query_count_does_not_depend_on_the_page_size(app, client, admin, path, field):
+    counts = {}
+    for size in PAGE_SIZES:
+        separator = "&" if "?" in path else "?"
+        with counted(app) as statements:
+            response = client.get(f"{path}{separator}limit={size}", headers=admin)
+        assert response.status_code == 200, response.json
+        # The page is full: a per-row query would show as more statements for bigger pages.
+        rows = PEOPLE + 1 if field == "users" else size  # people and root; plenty of the others
+        assert len(response.json[field]) == min(size, rows)
+        counts[size] = len(statements)
+    assert counts[1] > 0  # the listener saw the statements
+    assert len(set(counts.values())) == 1, counts
