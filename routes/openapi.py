@@ -14,13 +14,16 @@ STATUS_TEXT = {
     400: "Malformed request (bad JSON, bad encoding, bad header, credentials in the query string)",
     401: "Not authenticated", 403: "Authenticated but not allowed", 404: "Not found",
     405: "Method not allowed", 406: "The Accept header excludes JSON", 409: "State conflict",
-    412: "Missing or invalid parameters", 413: "Body too large", 415: "Body is not JSON",
+    412: "Missing or invalid parameters", 413: "Body too large",
+    414: "URI too long (over 4094 bytes; answered by gunicorn)", 415: "Body is not JSON",
+    431: "Request header fields too large (answered by gunicorn)",
     429: "Throttled or locked out (see Retry-After)", 500: "Internal error",
     503: "A dependency (database, Redis) is down",
 }
 # Any operation: a credential in the query string (400 `credentials_in_query`) is refused
-# before routing, whatever the operation's own parameters.
-COMMON_ERRORS = (400, 406, 500, 503)
+# before routing, whatever the operation's own parameters; gunicorn refuses an over-long
+# request line (414) or header (431) before the app (JSON too, see gunicorn.conf.py).
+COMMON_ERRORS = (400, 406, 414, 431, 500, 503)
 BODY_ERRORS = (412, 413, 415)
 
 

@@ -158,3 +158,9 @@ def test_credentials_in_the_query_are_a_documented_400_everywhere(client, docume
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert "400" in operation["responses"], (method, path)
+
+
+def test_gunicorn_refusals_are_documented_everywhere(document):
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert {"414", "431"} <= set(operation["responses"]), (method, path)
