@@ -1,8 +1,11 @@
 """gunicorn settings for every environment; override with environment variables."""
+import json
 import multiprocessing
 import os
+import re
 
 import gunicorn.http.wsgi
+import gunicorn.util
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:16381")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
@@ -104,3 +107,24 @@ def on_exit(server):
         import shutil
 
         shutil.rmtree(own, ignore_errors=True)
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own refusals (request line too long, bad headers) in the contract's envelope.
+
+    gunicorn answers these before the app sees the request, with an HTML page; the contract
+    says never a framework HTML page. `mesg` echoes the request, so it is left out.
+    """
+    from flask_api_functions import JSON_CSP, SECURITY_HEADERS
+
+    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
+    body = json.dumps({"message": f"{reason}.", "error": code}).encode()
+    headers = {**SECURITY_HEADERS, "Content-Security-Policy": JSON_CSP, "Connection": "close",
+               "Content-Type": "application/json", "Content-Length": str(len(body)),
+               "Server": gunicorn.http.wsgi.SERVER}
+    head = f"HTTP/1.1 {status_int} {reason}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+gunicorn.util.write_error = _write_json_error

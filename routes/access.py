@@ -25,7 +25,7 @@ from security_api.models import User
 from security_api.request_views import SCOPES, list_requests, render
 
 from . import schemas
-from .openapi import documented
+from .openapi import CURSOR, LIMIT, NON_EMPTY, Query, documented
 
 bp = Blueprint("access", __name__, url_prefix="/v1")
 E = schemas.Error
@@ -61,7 +61,8 @@ def my_permissions():
 @bp.get("/check")
 @documented(summary="Does a user hold a permission now? (holders of security-api.check)",
             tag="permissions", responses={200: schemas.CheckResult, 403: E, 404: E, 412: E},
-            query={"user": "username", "permission": "permission key"})
+            query={"user": Query("username", NON_EMPTY, required=True),
+                   "permission": Query("permission key", NON_EMPTY, required=True)})
 @require_permission(CHECK_PERMISSION)
 def check():
     """Answer an internal tool's question about another user."""
@@ -127,9 +128,11 @@ def _query_params() -> dict:
 @bp.get("/requests")
 @documented(summary="List requests: own (default), approvable, or all", tag="requests",
             responses={200: schemas.RequestList, 403: E, 412: E},
-            query={"scope": "own | approvable | all (admin or audit holders)",
-                   "status": "filter by status", "permission": "filter by permission key",
-                   "limit": "1-200, default 50", "cursor": "next_cursor of the previous page"})
+            query={"scope": Query("own (default) | approvable | all (admin or audit holders)",
+                                  {"type": "string", "enum": list(SCOPES)}),
+                   "status": Query("filter by status",
+                                   {"type": "string", "enum": [s.value for s in RequestStatus]}),
+                   "permission": "filter by permission key", "limit": LIMIT, "cursor": CURSOR})
 @require_token
 def requests_list():
     """List requests newest first, one page at a time."""

@@ -1,10 +1,11 @@
 """Administration of roles, permissions and policy rules (holders of security-api.admin)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Blueprint, request
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictStr
+from werkzeug.routing import BaseConverter
 
 from flask_api_functions import (
     ADMIN_PERMISSION,
@@ -23,10 +24,23 @@ from security_api.enums import PolicyMode
 from security_api.errors import InvalidParams
 
 from . import schemas
-from .openapi import documented
+from .openapi import NON_EMPTY, Query, documented
 from .schemas import SLUG, Body
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
+
+
+class RuleIdConverter(BaseConverter):
+    """A policy rule id: any path segment except `explain`, which is a route of its own.
+
+    Without it, /policies/explain also matched /policies/<rule_id>, so OPTIONS advertised
+    PATCH and DELETE there and PATCH /policies/explain reached the update handler.
+    """
+
+    regex = r"(?!explain(?:/|$))[^/]+"
+
+
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("rule_id", RuleIdConverter))
 E = schemas.Error
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ROLE_OR_WILDCARD = r"^(\*|[a-z0-9][a-z0-9_-]{0,63})$"
@@ -37,8 +51,9 @@ Mode = Literal["standing", "auto", "approval"]
 class RoleCreateBody(Body):
     name: StrictStr = Field(pattern=NAME, description="Lowercase slug, e.g. developer.")
     description: StrictStr = Field(default="", max_length=500)
-    subroles: list[StrictStr] = Field(min_length=1, max_length=100,
-                                      description="At least one subrole, e.g. [\"backend\"].")
+    subroles: list[Annotated[StrictStr, Field(pattern=NAME)]] = Field(
+        min_length=1, max_length=100, json_schema_extra={"uniqueItems": True},
+        description="At least one subrole, e.g. [\"backend\"].")
 
 
 class RoleUpdateBody(Body):
@@ -54,7 +69,7 @@ class PermissionCreateBody(Body):
     key: StrictStr = Field(pattern=SLUG, description="Slug, e.g. prod-db-readonly.")
     name: StrictStr = Field(min_length=1, max_length=200)
     description: StrictStr = Field(default="", max_length=2000)
-    max_duration_minutes: StrictInt = Field(ge=1, le=MAX_MINUTES)
+    max_duration_minutes: int = Field(ge=1, le=MAX_MINUTES)
     requires_justification: StrictBool = False
     provisioner: StrictStr = Field(default="none", max_length=64)
     provisioner_config: dict = Field(default_factory=dict,
@@ -64,7 +79,7 @@ class PermissionCreateBody(Body):
 class PermissionUpdateBody(Body):
     name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
     description: StrictStr | None = Field(default=None, max_length=2000)
-    max_duration_minutes: StrictInt | None = Field(default=None, ge=1, le=MAX_MINUTES)
+    max_duration_minutes: int | None = Field(default=None, ge=1, le=MAX_MINUTES)
     requires_justification: StrictBool | None = None
     provisioner: StrictStr | None = Field(default=None, max_length=64)
     provisioner_config: dict | None = Field(
@@ -77,18 +92,18 @@ class PolicyCreateBody(Body):
     subrole: StrictStr = Field(default="*", pattern=ROLE_OR_WILDCARD,
                                description="A subrole of the role, or * for all of them.")
     mode: Mode
-    max_duration_minutes: StrictInt | None = Field(default=None, ge=1, le=MAX_MINUTES)
+    max_duration_minutes: int | None = Field(default=None, ge=1, le=MAX_MINUTES)
     approvers: list[StrictStr] = Field(default_factory=list, max_length=50,
                                        description="`role` or `role/subrole` entries.")
-    approvals_required: StrictInt = Field(default=1, ge=1, le=10)
+    approvals_required: int = Field(default=1, ge=1, le=10)
 
 
 class PolicyUpdateBody(Body):
     mode: Mode | None = None
-    max_duration_minutes: StrictInt | None = Field(
+    max_duration_minutes: int | None = Field(
         default=None, ge=1, le=MAX_MINUTES, description="null: the permission's maximum.")
     approvers: list[StrictStr] | None = Field(default=None, max_length=50)
-    approvals_required: StrictInt | None = Field(default=None, ge=1, le=10)
+    approvals_required: int | None = Field(default=None, ge=1, le=10)
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -367,7 +382,8 @@ def policy_create():
 @bp.get("/policies/explain")
 @documented(summary="Explain the decision for a user and a permission", tag="admin",
             responses={200: Explanation, 403: E, 404: E, 412: E},
-            query={"user": "username", "permission": "permission key"},
+            query={"user": Query("username", NON_EMPTY, required=True),
+                   "permission": Query("permission key", NON_EMPTY, required=True)},
             description="The decision, the most specific rule behind it, and every rule "
                         "considered with its specificity.")
 @require_permission(ADMIN_PERMISSION)
@@ -381,7 +397,7 @@ def policy_explain():
     return envelope(None, **ops.explain(db(), username=username, permission=key))
 
 
-@bp.get("/policies/<rule_id>")
+@bp.get("/policies/<rule_id:rule_id>")
 @documented(summary="One policy rule", tag="admin",
             responses={200: PolicyEnvelope, 403: E, 404: E})
 @require_permission(ADMIN_PERMISSION)
@@ -390,7 +406,7 @@ def policy_detail(rule_id: str):
     return _policy(ops.get_rule(db(), rule_id=rule_id))
 
 
-@bp.patch("/policies/<rule_id>")
+@bp.patch("/policies/<rule_id:rule_id>")
 @documented(summary="Change a policy rule's terms", tag="admin", body=PolicyUpdateBody,
             responses={200: PolicyEnvelope, 403: E, 404: E},
             description="Requests already made keep their frozen terms.")
@@ -402,7 +418,7 @@ def policy_update(rule_id: str):
     return _policy(rule, message="Policy rule updated.")
 
 
-@bp.delete("/policies/<rule_id>")
+@bp.delete("/policies/<rule_id:rule_id>")
 @documented(summary="Delete a policy rule", tag="admin",
             responses={200: schemas.Message, 403: E, 404: E})
 @require_permission(ADMIN_PERMISSION)

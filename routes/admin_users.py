@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Blueprint, request
-from pydantic import BaseModel, Field, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from flask_api_functions import (
     ADMIN_PERMISSION,
@@ -24,13 +24,14 @@ from security_api.errors import InvalidParams
 
 from . import schemas
 from .auth import user_json
-from .openapi import documented
+from .openapi import CURSOR, LIMIT, Query, documented
 
 bp = Blueprint("admin_users", __name__, url_prefix="/v1/admin")
 E = schemas.Error
 TAG = "admin"
 MAX_LIMIT, DEFAULT_LIMIT = 200, 50
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_SHORT = {"type": "string", "maxLength": 256}
 SHOWN_ONCE = "Shown once: hand it over safely, it cannot be read again."
 
 
@@ -45,19 +46,18 @@ class UserCreateBody(schemas.Body):
         default="person", description="person (password + TOTP) or service (secret, no TOTP).")
 
 
-class UserUpdateBody(schemas.Body):
-    role: StrictStr | None = Field(default=None, pattern=NAME)
-    subrole: StrictStr | None = Field(default=None, pattern=NAME)
-    email: StrictStr | None = Field(default=None, max_length=254, description="null clears it.")
-    active: StrictBool | None = Field(default=None, description="false deactivates.")
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)  # the internal None stands for "absent", never a value to send
 
-    @field_validator("role", "subrole", "active")
-    @classmethod
-    def _not_null(cls, value):
-        # Defaults are not validated: this only refuses an explicit null.
-        if value is None:
-            raise ValueError("may not be null")
-        return value
+
+class UserUpdateBody(schemas.Body):
+    # Absent means "unchanged" (defaults are not validated); an explicit null is refused by the
+    # type, so the document offers no null either.
+    role: StrictStr = Field(default=None, pattern=NAME, json_schema_extra=_no_default)
+    subrole: StrictStr = Field(default=None, pattern=NAME, json_schema_extra=_no_default)
+    email: StrictStr | None = Field(default=None, max_length=254, description="null clears it.")
+    active: StrictBool = Field(default=None, description="false deactivates.",
+                               json_schema_extra=_no_default)
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -117,10 +117,11 @@ def _list_params() -> tuple[admin_users.UserFilters, int, str | None]:
 @bp.get("/users")
 @documented(summary="List users, ordered by username", tag=TAG,
             responses={200: AdminUserList, 403: E, 412: E},
-            query={"role": "filter by role", "subrole": "filter by subrole",
-                   "kind": "person | service", "active": "true | false",
-                   "q": "username prefix", "limit": "1-200, default 50",
-                   "cursor": "next_cursor of the previous page"})
+            query={"role": Query("filter by role", _SHORT), "subrole": Query("filter by subrole", _SHORT),
+                   "kind": Query("person | service", {"type": "string", "enum": [k.value for k in UserKind]}),
+                   "active": Query("true | false", {"type": "string", "enum": ["true", "false"]}),
+                   "q": Query("username prefix", _SHORT), "limit": LIMIT,
+                   "cursor": Query(CURSOR.description, _SHORT)})
 @require_permission(ADMIN_PERMISSION)
 def list_users():
     """List users one page at a time."""

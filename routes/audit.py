@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
@@ -23,18 +24,22 @@ from security_api.audit_views import AuditFilters, iterate_events, list_events, 
 from security_api.errors import Forbidden, InvalidParams
 
 from . import schemas
-from .openapi import documented
+from .openapi import CURSOR, LIMIT, Query, documented
 
 bp = Blueprint("audit_api", __name__, url_prefix="/v1")
 E = schemas.Error
 MAX_LIMIT, DEFAULT_LIMIT = 200, 50
 MAX_FILTER_LENGTH = 256
 NDJSON = "application/x-ndjson"
+# 1 to 256 characters, none of them a control character: the parser and the document share it.
+FILTER_TEXT = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{1,{MAX_FILTER_LENGTH}}}")
+_TEXT = {"type": "string", "pattern": f"^{FILTER_TEXT.pattern}$"}
+_TIME = {"type": "string", "format": "date-time"}
 FILTER_DOCS = {
-    "actor": "exact actor (username, or system/test for built-in changes)",
-    "action": "exact action, e.g. login.failed",
-    "since": "ISO 8601; events at or after (no zone means UTC)",
-    "until": "ISO 8601; events strictly before (no zone means UTC)",
+    "actor": Query("exact actor (username, or system/test for built-in changes)", _TEXT),
+    "action": Query("exact action, e.g. login.failed", _TEXT),
+    "since": Query("ISO 8601; events at or after (no zone means UTC)", _TIME),
+    "until": Query("ISO 8601; events strictly before (no zone means UTC)", _TIME),
 }
 
 
@@ -98,7 +103,7 @@ def _parse_text(name: str, errors: list[dict]) -> str | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    if not raw or len(raw) > MAX_FILTER_LENGTH or not raw.isprintable():
+    if not FILTER_TEXT.fullmatch(raw):
         errors.append({"field": name, "problem": f"1 to {MAX_FILTER_LENGTH} printable characters"})
         return None
     return raw
@@ -121,8 +126,7 @@ def _raise_if(errors: list[dict]) -> None:
 @bp.get("/audit")
 @documented(summary="The audit log, newest first (admin or audit holders)", tag="audit",
             responses={200: AuditList, 403: E, 412: E},
-            query={**FILTER_DOCS, "limit": "1-200, default 50",
-                   "cursor": "next_cursor of the previous page"})
+            query={**FILTER_DOCS, "limit": LIMIT, "cursor": CURSOR})
 @require_audit_reader
 def audit_list():
     """List audit events one page at a time."""

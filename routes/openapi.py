@@ -10,15 +10,35 @@ from pydantic import BaseModel
 from . import schemas
 
 STATUS_TEXT = {
-    200: "OK", 201: "Created", 400: "Malformed request (bad JSON, bad encoding, bad header)",
+    200: "OK", 201: "Created",
+    400: "Malformed request (bad JSON, bad encoding, bad header, credentials in the query string)",
     401: "Not authenticated", 403: "Authenticated but not allowed", 404: "Not found",
     405: "Method not allowed", 406: "The Accept header excludes JSON", 409: "State conflict",
-    412: "Missing or invalid parameters", 413: "Body too large", 415: "Body is not JSON",
+    412: "Missing or invalid parameters", 413: "Body too large",
+    414: "URI too long (over 4094 bytes; answered by gunicorn)", 415: "Body is not JSON",
+    431: "Request header fields too large (answered by gunicorn)",
     429: "Throttled or locked out (see Retry-After)", 500: "Internal error",
     503: "A dependency (database, Redis) is down",
 }
-COMMON_ERRORS = (406, 500, 503)
-BODY_ERRORS = (400, 412, 413, 415)
+# Any operation: a credential in the query string (400 `credentials_in_query`) is refused
+# before routing, whatever the operation's own parameters; gunicorn refuses an over-long
+# request line (414) or header (431) before the app (JSON too, see gunicorn.conf.py).
+COMMON_ERRORS = (400, 406, 414, 431, 500, 503)
+BODY_ERRORS = (412, 413, 415)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter as the handler really parses it: a plain string unless told."""
+
+    description: str
+    schema: dict = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+NON_EMPTY = {"type": "string", "minLength": 1}
+LIMIT = Query("1-200, default 50", {"type": "integer", "minimum": 1, "maximum": 200})
+CURSOR = Query("next_cursor of the previous page")
 
 
 @dataclass
@@ -31,7 +51,7 @@ class ApiDoc:
     body: type[BaseModel] | None = None
     auth: str | None = None
     description: str = ""
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str | Query] = field(default_factory=dict)
 
 
 def documented(*, summary: str, tag: str, responses: dict, body=None, auth=None,
@@ -83,12 +103,17 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
         [{"bearerAuth": []}] if auth == "bearer" else []
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in path_params]
-    parameters += [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
-                    "description": text} for name, text in doc.query.items()]
+    for name, spec in doc.query.items():
+        spec = Query(spec) if isinstance(spec, str) else spec
+        parameters.append({"name": name, "in": "query", "required": spec.required,
+                           "schema": spec.schema, "description": spec.description})
     if parameters:
         operation["parameters"] = parameters
     if doc.body is not None:
-        operation["requestBody"] = {"required": False, "content": _json_content(doc.body, components)}
+        # An empty body counts as {}: it may be left out unless a field is required.
+        required = bool(doc.body.model_json_schema().get("required"))
+        operation["requestBody"] = {"required": required,
+                                    "content": _json_content(doc.body, components)}
     return operation
 
 

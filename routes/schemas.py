@@ -1,7 +1,7 @@
 """Request and response bodies: validation and the OpenAPI document come from these."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 
 class Body(BaseModel):
@@ -9,7 +9,14 @@ class Body(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_float_to_int(cls, value: object) -> object:
+        # JSON Schema counts 16.0 as an integer, so an `integer` field must accept it; strict
+        # mode still refuses "16", true and 16.5, and a string or boolean field refuses 16.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class LoginBody(Body):

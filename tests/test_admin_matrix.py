@@ -105,10 +105,10 @@ ENDPOINTS = {
                                 audited=AuditAction.POLICY_CREATED),
     "policy-explain": Endpoint("GET", "/v1/admin/policies/explain",
                                query="?user=target&permission=db"),
-    "policy-detail": Endpoint("GET", "/v1/admin/policies/<rule_id>"),
-    "policy-update": Endpoint("PATCH", "/v1/admin/policies/<rule_id>", body={"approvals_required": 2},
+    "policy-detail": Endpoint("GET", "/v1/admin/policies/<rule_id:rule_id>"),
+    "policy-update": Endpoint("PATCH", "/v1/admin/policies/<rule_id:rule_id>", body={"approvals_required": 2},
                               audited=AuditAction.POLICY_UPDATED),
-    "policy-delete": Endpoint("DELETE", "/v1/admin/policies/<rule_id>",
+    "policy-delete": Endpoint("DELETE", "/v1/admin/policies/<rule_id:rule_id>",
                               audited=AuditAction.POLICY_DELETED),
     # the audit log
     "audit-list": Endpoint("GET", "/v1/audit"),
@@ -190,7 +190,7 @@ class World:
     target_username: str
 
     def path(self, spec: Endpoint) -> str:
-        return re.sub(r"<(\w+)>", lambda match: self.args[match[1]], spec.rule) + spec.query
+        return re.sub(r"<(?:\w+:)?(\w+)>", lambda match: self.args[match[1]], spec.rule) + spec.query
 
 
 def build_world(app, make_user, actor: str) -> tuple[World, TestUser | None]:

@@ -68,3 +68,26 @@ def test_logout_holds_across_workers(server, make_user):
     after = _until_two_workers(server, lambda: call(
         server.base, "GET", "/v1/profile", headers=bearer))
     assert set(after) == {401}
+
+
+# ---- schemathesis: GET /v1/admin/users?q=<6 KB> answered gunicorn's HTML 414 -----------------
+def _raw(base, path, headers=None):
+    request = urllib.request.Request(base + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, error.read()
+
+
+def test_gunicorn_refusals_are_json_in_the_envelope(server):
+    base, _log = server
+    status, headers, body = _raw(base, "/v1/ping?q=" + "x" * 5000)
+    assert status == 414
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert json.loads(body) == {"message": "URI Too Long.", "error": "uri_too_long"}
+    status, headers, body = _raw(base, "/v1/ping", headers={"X-Big": "x" * 9000})
+    assert status == 431
+    assert json.loads(body)["error"] == "request_header_fields_too_large"
