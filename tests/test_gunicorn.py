@@ -1,4 +1,8 @@
 """Shared state holds across gunicorn workers: lockout, TOTP replay, token deny-list."""
+import json
+import urllib.error
+import urllib.request
+
 import pytest
 
 from tests.servers import basic_header, call, start_gunicorn
@@ -82,7 +86,7 @@ def _raw(base, path, headers=None):
 
 
 def test_gunicorn_refusals_are_json_in_the_envelope(server):
-    base, _log = server
+    base = server.base
     status, headers, body = _raw(base, "/v1/ping?q=" + "x" * 5000)
     assert status == 414
     assert headers["Content-Type"] == "application/json"
