@@ -192,7 +192,7 @@ def reset_totp(user_id: str):
 
 @bp.post("/users/<user_id>/reset-password")
 @documented(summary="Generate a new password (or service secret), returned once", tag=TAG,
-            body=schemas.EmptyBody, responses={200: AdminUserSecret, 403: E, 404: E},
+            body=schemas.EmptyBody, responses={200: AdminUserSecret, 403: E, 404: E, 409: E},
             description="Returned under `password` (people) or `secret` (service accounts). "
                         "Every token of the user is revoked.")
 @require_permission(ADMIN_PERMISSION)

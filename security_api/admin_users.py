@@ -131,9 +131,8 @@ def update_user(session: Session, *, user_id: str, actor: str, origin: audit.Ori
     demoting = bool(changes.keys() & {"role", "subrole"}) \
         or changes.get("active", {}).get("to") is False
     # An admin who demotes or deactivates themselves may leave nobody able to undo it.
-    if demoting and user.username == actor:
-        raise Conflict("You cannot change your own role or deactivate yourself; "
-                       "ask another administrator.", code="self_change_refused")
+    if demoting:
+        _refuse_self(user, actor, "change your own role or deactivate yourself")
     if not changes:
         return user
     for field, change in changes.items():
@@ -148,10 +147,18 @@ def update_user(session: Session, *, user_id: str, actor: str, origin: audit.Ori
     return user
 
 
+def _refuse_self(user: User, actor: str, what: str) -> None:
+    if user.username == actor:
+        raise Conflict(f"You cannot {what}; ask another administrator.",
+                       code="self_change_refused")
+
+
 def reset_totp(session: Session, *, user_id: str, actor: str, origin: audit.Origin,
                now: datetime) -> User:
     """Forget the user's second factor and recovery codes; they enroll again at next sign-in."""
     user = get_user(session, user_id=user_id, for_update=True)
+    # A stolen access token must not become a new second factor of the thief's choosing.
+    _refuse_self(user, actor, "reset your own second factor")
     if user.kind == UserKind.SERVICE:
         raise Conflict("Service accounts sign in with their secret, without TOTP.",
                        code="totp_not_applicable")
@@ -171,6 +178,9 @@ def reset_password(session: Session, services: Services, *, user_id: str, actor:
                    origin: audit.Origin, now: datetime) -> NewUser:
     """Give the user a new generated password or service secret, shown once; kill every token."""
     user = get_user(session, user_id=user_id, for_update=True)
+    # Your own password changes through POST /v1/password, which asks for the current one:
+    # otherwise a stolen access token would be worth a permanent password.
+    _refuse_self(user, actor, "reset your own password (use POST /v1/password)")
     secret = generate_password()
     user.password_hash = hash_password(secret, rounds=services.settings.bcrypt_rounds)
     user.password_changed_at = now

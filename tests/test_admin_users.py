@@ -332,6 +332,15 @@ def test_admins_cannot_demote_or_deactivate_themselves(client, admin, root, ensu
     assert events(db_session, "user.updated", root.id) == []
 
 
+@pytest.mark.parametrize("action", ["reset-password", "reset-totp"])
+def test_admins_cannot_reset_their_own_credentials(client, admin, root, db_session, action):
+    response = client.post(f"{USERS}/{root.id}/{action}", headers=admin, json={})
+    assert response.status_code == 409 and response.json["error"] == "self_change_refused"
+    assert "password" not in response.json
+    assert profile_status(client, admin["Authorization"].split()[1]) == 200
+    assert events(db_session, f"user.{action.replace('-', '_')}", root.id) == []
+
+
 def test_admins_may_change_their_own_email(client, admin, root):
     response = client.patch(f"{USERS}/{root.id}", headers=admin, json={"email": "r@example.com"})
     assert response.status_code == 200 and response.json["user"]["email"] == "r@example.com"
