@@ -20,6 +20,7 @@ SCHEMATHESIS="$VENV_BIN/schemathesis"
 service_configure
 # Every test case of the Basic operations is a sign-in attempt from one address.
 export AUTH_RATE_LIMIT=1000000
+service_enable_metrics
 
 # ---- database and users --------------------------------------------------------------------
 admin_username="fz-admin-$run_id"
@@ -62,18 +63,12 @@ export FUZZ_DECOY_USER_ID=$(last_id decoy-user) FUZZ_DECOY_RULE_ID=$(last_id dec
 export FUZZ_PROTECTED_PERMISSIONS="security-api.admin security-api.audit security-api.check"
 export FUZZ_DECOY_PERMISSION=fz-decoy
 # Something to find: an auto-granted and an approval permission, and the check permission.
-"${FLASK[@]}" create-permission vpn --name "VPN access" --max-duration-minutes 480
-"${FLASK[@]}" create-rule vpn --role '*' --subrole '*' --mode auto
-"${FLASK[@]}" create-permission prod-db-readonly --name "Production database (read-only)" \
-    --max-duration-minutes 120 --requires-justification
-"${FLASK[@]}" create-rule prod-db-readonly --role developer --subrole '*' --mode approval \
-    --approver security/admin
-"${FLASK[@]}" create-rule security-api.check --role tools --subrole ci --mode standing
+service_catalog security/admin
 
 # ---- service and tokens ----------------------------------------------------------------------
 service_start
 
-export FUZZ_BASE_URL=$base_url
+export FUZZ_BASE_URL=$base_url FUZZ_METRICS_TOKEN=$METRICS_TOKEN
 export FUZZ_BASIC_USERNAME=$basic_username FUZZ_BASIC_PASSWORD=$basic_password
 export FUZZ_LOGOUT_USERNAME=$logout_username FUZZ_LOGOUT_SECRET=$logout_secret
 FUZZ_ADMIN_TOKEN=$(printf '%s\n' "$admin_password" \

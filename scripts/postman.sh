@@ -24,12 +24,7 @@ fi
 service_configure
 # The collection sends ~50 sign-in requests from one address within a minute.
 export AUTH_RATE_LIMIT=1000
-# Metrics on, behind a scraper token; workers add up in a directory of this run.
-export METRICS_ENABLED=true
-METRICS_TOKEN=$(random token_urlsafe 32)
-export METRICS_TOKEN
-export PROMETHEUS_MULTIPROC_DIR="$workdir/metrics"
-mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+service_enable_metrics
 
 # ---- database and users --------------------------------------------------------------------
 person_username="pm-person-$run_id"
@@ -60,13 +55,7 @@ printf '%s\n' "$approver_password" | "${FLASK[@]}" create-user "$approver_userna
 # Administration: security/admin (made by init-db) holds security-api.admin and .audit standing.
 printf '%s\n' "$admin_password" | "${FLASK[@]}" create-user "$admin_username" \
     --role security --subrole admin --email "$admin_username@example.test" --password-stdin
-"${FLASK[@]}" create-permission vpn --name "VPN access" --max-duration-minutes 480
-"${FLASK[@]}" create-rule vpn --role '*' --subrole '*' --mode auto
-"${FLASK[@]}" create-permission prod-db-readonly --name "Production database (read-only)" \
-    --max-duration-minutes 120 --requires-justification
-"${FLASK[@]}" create-rule prod-db-readonly --role developer --subrole '*' --mode approval \
-    --approver security/lead
-"${FLASK[@]}" create-rule security-api.check --role tools --subrole ci --mode standing
+service_catalog security/lead
 
 # ---- service ---------------------------------------------------------------------------------
 service_start

@@ -27,6 +27,7 @@ from signin import service_token  # noqa: E402
 
 LOGOUT = "/v1/logout"
 PASSWORD = "/v1/password"  # noqa: S105 - a path, not a secret
+METRICS = "/metrics"  # its bearer token is the scraper's METRICS_TOKEN, not a user's
 
 
 def _ids(variable: str) -> set[str]:
@@ -76,7 +77,8 @@ class StandingCredentials:
         if "basicAuth" in schemes:
             return ("basic", (os.environ["FUZZ_BASIC_USERNAME"], os.environ["FUZZ_BASIC_PASSWORD"]))
         if "bearerAuth" in schemes:
-            variable = "FUZZ_PASSWORD_TOKEN" if case.path == PASSWORD else "FUZZ_ADMIN_TOKEN"
+            variable = {PASSWORD: "FUZZ_PASSWORD_TOKEN", METRICS: "FUZZ_METRICS_TOKEN"}.get(
+                case.path, "FUZZ_ADMIN_TOKEN")
             return ("bearer", os.environ[variable])
         return None  # public operation: no credentials
 

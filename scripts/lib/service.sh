@@ -5,6 +5,8 @@
 # temporary directory, the PostgreSQL schema and the Redis prefix). Sourcing checks the tools,
 # makes "$workdir" and installs the EXIT/INT/TERM traps. Then:
 #   service_configure   exports the service's settings (see below) and picks a free port;
+#   service_enable_metrics  turns /metrics on behind a random METRICS_TOKEN;
+#   service_catalog A   creates the permissions and rules both runs exercise (approver A);
 #   service_start       starts gunicorn and waits until /v1/ping answers;
 #   run_client CMD...   runs the client in the background and returns its exit code, so an
 #                       INT or TERM stops the run at once.
@@ -126,6 +128,29 @@ service_configure() {
 }
 
 # service_start: start gunicorn with the exported settings and wait for /v1/ping.
+# service_enable_metrics: /metrics on, behind a random scraper token (exported as
+# METRICS_TOKEN); the workers add up their numbers in a directory of this run.
+service_enable_metrics() {
+    export METRICS_ENABLED=true
+    METRICS_TOKEN=$(random token_urlsafe 32)
+    export METRICS_TOKEN
+    export PROMETHEUS_MULTIPROC_DIR="$workdir/metrics"
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+}
+
+# service_catalog APPROVER: the permissions both runs exercise: vpn (auto for everyone),
+# prod-db-readonly (developers, approved by APPROVER, e.g. security/lead), and the standing
+# security-api.check of tools/ci.
+service_catalog() {
+    "${FLASK[@]}" create-permission vpn --name "VPN access" --max-duration-minutes 480
+    "${FLASK[@]}" create-rule vpn --role '*' --subrole '*' --mode auto
+    "${FLASK[@]}" create-permission prod-db-readonly --name "Production database (read-only)" \
+        --max-duration-minutes 120 --requires-justification
+    "${FLASK[@]}" create-rule prod-db-readonly --role developer --subrole '*' --mode approval \
+        --approver "$1"
+    "${FLASK[@]}" create-rule security-api.check --role tools --subrole ci --mode standing
+}
+
 service_start() {
     "$VENV_BIN/gunicorn" -c gunicorn.conf.py flask_api:application \
         >"$workdir/gunicorn.log" 2>&1 &
