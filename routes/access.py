@@ -99,7 +99,7 @@ def create_request():
     """Ask for a permission."""
     body = read_json(schemas.RequestCreateBody)
     created = lifecycle.create_request(
-        db(), services(), actor=current_actor(), permission_key=body.permission,
+        db(), services(), requester=current_subject(), permission_key=body.permission,
         justification=body.justification, duration_minutes=body.duration_minutes,
         params=body.params, origin=origin(), now=utcnow())
     announce(db(), services(), created, just_created=True)

@@ -17,14 +17,20 @@ DECIDED = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 def announce(session: Session, services: Services, request: AccessRequest, *,
              just_created: bool) -> None:
     """Send the notification the request's new state calls for; never raises."""
-    rendered = render(session, [request], now=utcnow())[0]
     if just_created and request.status == RequestStatus.PENDING:
-        services.notifier.request_pending(rendered, approver_emails=_approver_emails(session, request))
+        services.notifier.request_pending(_rendered(session, request),
+                                          approver_emails=_approver_emails(session, request))
     elif request.status in DECIDED and (request.mode == PolicyMode.APPROVAL
                                         or request.status == RequestStatus.FAILED):
         # Auto grants need no news; decisions by people, and failures, do.
         requester = session.get(User, request.requester_id)
-        services.notifier.request_decided(rendered, requester_email=requester.email)
+        services.notifier.request_decided(_rendered(session, request),
+                                          requester_email=requester.email)
+
+
+def _rendered(session: Session, request: AccessRequest) -> dict:
+    # Rendered only when a notification goes out: most transitions send none.
+    return render(session, [request], now=utcnow())[0]
 
 
 def _approver_emails(session: Session, request: AccessRequest) -> list[str]:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import event as orm_event
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -13,6 +14,7 @@ from .models import AuditChainHead, AuditEvent, new_id
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
+_STAGED_EVENTS = "audit_staged_events"
 
 
 @dataclass(frozen=True)
@@ -55,25 +57,52 @@ def ensure_chain_head(session: Session) -> None:
 
 def record(session: Session, *, action: str, actor: str | None, target: str | None,
            origin: Origin, now: datetime, details: dict | None = None) -> AuditEvent:
-    """Append an event to the chain inside the caller's transaction."""
-    # Taking the head row's write lock first serialises writers, so the chain never forks.
-    seq, prev_hash = session.execute(
-        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
-        .values(seq=AuditChainHead.seq + 1)
-        .returning(AuditChainHead.seq, AuditChainHead.last_hash)
-    ).one()
+    """Append an event to the chain inside the caller's transaction.
+
+    The event joins the chain when the transaction commits (see `_append_staged`): its `seq`,
+    `prev_hash` and `hash` are set then, and a rollback drops it with everything else.
+    """
     event = AuditEvent(
-        id=new_id(), seq=seq, at=now, actor=_printable(actor, 128),
+        id=new_id(), at=now, actor=_printable(actor, 128),
         action=str(action), target=_printable(target, 256), ip=_printable(origin.ip, 64),
         request_id=_printable(origin.request_id, 128),
         details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
-        prev_hash=prev_hash,
     )
-    event.hash = event_hash(event)
-    session.add(event)
-    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
-                    .values(last_hash=event.hash))
+    if not session.in_transaction():
+        session.begin()  # so a rollback, even with no statement sent yet, drops the event
+    session.info.setdefault(_STAGED_EVENTS, []).append(event)
     return event
+
+
+@orm_event.listens_for(Session, "before_commit")
+def _append_staged(session: Session) -> None:
+    """Chain the transaction's events, in the order recorded, just before it commits.
+
+    Taking the head row's write lock serialises writers, so the chain never forks. It is taken
+    here, as late as possible, and the head is read and written once per transaction: the lock
+    is held only for these three statements and the commit, not for the whole transaction.
+    """
+    staged = session.info.pop(_STAGED_EVENTS, None)
+    if not staged:
+        return
+    last_seq, prev_hash = session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+        .values(seq=AuditChainHead.seq + len(staged))
+        .returning(AuditChainHead.seq, AuditChainHead.last_hash)
+    ).one()
+    for seq, staged_event in enumerate(staged, start=last_seq - len(staged) + 1):
+        staged_event.seq, staged_event.prev_hash = seq, prev_hash
+        staged_event.hash = prev_hash = event_hash(staged_event)
+    session.add_all(staged)
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+                    .values(last_hash=prev_hash))
+
+
+@orm_event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted_events(session: Session, transaction) -> None:
+    # A committed transaction took its events in before_commit; what is left was rolled back.
+    if transaction.parent is None:
+        session.info.pop(_STAGED_EVENTS, None)
 
 
 @dataclass(frozen=True)

@@ -114,11 +114,15 @@ def _reloaded(session: Session, request_id: str) -> AccessRequest:
 
 
 # ---- transitions -------------------------------------------------------------------------------
-def create_request(session: Session, services: Services, *, actor: Actor, permission_key: str,
-                   justification: str, duration_minutes: int | None, params: dict,
-                   origin: audit.Origin, now: datetime) -> AccessRequest:
-    """Ask for a permission: active at once for `auto`, pending for `approval`."""
-    subject = actor.subject
+def create_request(session: Session, services: Services, *, requester: Subject,
+                   permission_key: str, justification: str, duration_minutes: int | None,
+                   params: dict, origin: audit.Origin, now: datetime) -> AccessRequest:
+    """Ask for a permission: active at once for `auto`, pending for `approval`.
+
+    Takes the requester alone: no administrator or auditor power changes what one may ask for,
+    so the caller need not look those up.
+    """
+    subject = requester
     if subject.kind != UserKind.PERSON:
         raise Forbidden("Service accounts cannot request permissions.", code="not_requestable")
     permission = session.get(Permission, permission_key)
@@ -132,13 +136,14 @@ def create_request(session: Session, services: Services, *, actor: Actor, permis
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     clean_params = provisioner.validate_params(params, config=json.loads(permission.provisioner_config))
+    key = permission.key  # expire_due ends the transaction: `permission` would be loaded again
     expire_due(session, services, now=now, origin=origin, requester_id=subject.id,
-               permission_key=permission.key)
-    _refuse_open_request(session, subject.id, permission.key, now)
+               permission_key=key)
+    _refuse_open_request(session, subject.id, key, now)
     rule = decision.rule
     auto = rule.mode == PolicyMode.AUTO
     request = AccessRequest(
-        requester_id=subject.id, permission_key=permission.key, justification=justification,
+        requester_id=subject.id, permission_key=key, justification=justification,
         params=json.dumps(clean_params, sort_keys=True), duration_minutes=duration,
         status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
         approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
@@ -157,7 +162,7 @@ def create_request(session: Session, services: Services, *, actor: Actor, permis
         session.add(RequestApproverGroup(request_id=request.id, role=role, subrole=subrole or "*"))
     audit.record(session, action=AuditAction.REQUEST_CREATED, actor=subject.username,
                  target=request.id, origin=origin, now=now,
-                 details={"permission": permission.key, "mode": rule.mode, "rule": rule.id,
+                 details={"permission": key, "mode": rule.mode, "rule": rule.id,
                           "duration_minutes": duration})
     session.commit()
     if auto:

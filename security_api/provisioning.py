@@ -32,10 +32,14 @@ def stuck_after(services: Services) -> timedelta:
 
 
 def _load(session: Session, services: Services, request_id: str):
-    request = session.get(AccessRequest, request_id, populate_existing=True)
-    permission = session.get(Permission, request.permission_key)
-    requester = session.get(User, request.requester_id)
-    ctx = GrantContext(request_id=request.id, requester=requester.username,
+    # One statement, read fresh: the request, its permission and its requester's name.
+    request, permission, requester = session.execute(
+        select(AccessRequest, Permission, User.username)
+        .join(Permission, Permission.key == AccessRequest.permission_key)
+        .join(User, User.id == AccessRequest.requester_id)
+        .where(AccessRequest.id == request_id)
+        .execution_options(populate_existing=True)).one()
+    ctx = GrantContext(request_id=request.id, requester=requester,
                        requester_ip=request.requester_ip, permission=permission.key,
                        params=json.loads(request.params or "{}"),
                        config=json.loads(permission.provisioner_config or "{}"),
@@ -43,13 +47,13 @@ def _load(session: Session, services: Services, request_id: str):
     return request, permission, ctx
 
 
-def _call(services: Services, permission: Permission, ctx: GrantContext, *, action: str) -> dict:
-    provisioner = get_provisioner(permission.provisioner, services.settings)
+def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, action: str) -> dict:
+    provisioner = get_provisioner(provisioner_name, services.settings)
     try:
         result = provisioner.grant(ctx) if action == "grant" else provisioner.revoke(ctx)
         return {"ok": True, "result": result, "error": None, "at": isoformat(utcnow())}
     except ProvisioningError as exc:
-        metrics.count_provisioning_failure(provisioner=permission.provisioner, action=action)
+        metrics.count_provisioning_failure(provisioner=provisioner_name, action=action)
         return {"ok": False, "result": None, "error": str(exc)[:500], "at": isoformat(utcnow())}
 
 
@@ -73,11 +77,13 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
     if request.status != RequestStatus.GRANTING:
         session.rollback()
         return
+    # Read before the rollback: touching an expired attribute would open a transaction again.
+    provisioner_name = permission.provisioner
     session.rollback()  # no transaction stays open during the outside call
-    outcomes = {"grant": _call(services, permission, ctx, action="grant")}
+    outcomes = {"grant": _call(services, provisioner_name, ctx, action="grant")}
     if not outcomes["grant"]["ok"]:
         # A webhook that timed out may still have granted: ask it to undo.
-        outcomes["cleanup"] = _call(services, permission, ctx, action="cleanup")
+        outcomes["cleanup"] = _call(services, provisioner_name, ctx, action="cleanup")
     ok = outcomes["grant"]["ok"]
     request, permission, _ = _load(session, services, request_id)
     values = {"status": RequestStatus.ACTIVE, "expires_at": now + timedelta(
@@ -107,8 +113,9 @@ def finish_revoke(session: Session, services: Services, request_id: str, *,
                                           ProvisioningState.REVOKE_FAILED):
         session.rollback()
         return
+    provisioner_name = permission.provisioner  # read before the rollback, as in finish_grant
     session.rollback()
-    outcome = _call(services, permission, ctx, action="revoke")
+    outcome = _call(services, provisioner_name, ctx, action="revoke")
     request, permission, _ = _load(session, services, request_id)
     state = None if outcome["ok"] else ProvisioningState.REVOKE_FAILED
     session.execute(

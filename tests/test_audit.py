@@ -2,12 +2,13 @@
 import threading
 
 import pytest
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from security_api import audit
 from security_api.clock import utcnow
 from security_api.models import AuditChainHead, AuditEvent
 from tests.conftest import basic
+from tests.test_query_counts import counted
 
 
 def _events(app, count):
@@ -66,3 +67,46 @@ def test_cli_reports_a_broken_chain(app, runner, client, db_session):
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 1
     assert "broken at event 1" in result.output
+
+
+def test_one_transactions_events_are_chained_in_order_with_one_head_read_and_write(app):
+    with app.extensions["security_api"].session_factory() as session:
+        events = [audit.record(session, action="test.batch", actor="carol", target=f"t{i}",
+                               origin=audit.Origin(), now=utcnow(), details={"i": i})
+                  for i in range(3)]
+        with counted(app) as statements:
+            session.commit()
+        head_updates = [s for s in statements if s.upper().startswith("UPDATE AUDIT_CHAIN_HEAD")]
+        assert len(head_updates) == 2  # take the lock and number the events; store the last hash
+        seqs = [event.seq for event in events]
+        assert seqs == list(range(seqs[0], seqs[0] + 3))
+        stored = session.execute(select(AuditEvent.seq, AuditEvent.target)
+                                 .where(AuditEvent.action == "test.batch")
+                                 .order_by(AuditEvent.seq)).all()
+        assert stored == [(seq, f"t{i}") for i, seq in enumerate(seqs)]
+        assert events[1].prev_hash == events[0].hash and events[2].prev_hash == events[1].hash
+        assert session.get(AuditChainHead, audit.HEAD_ID).last_hash == events[2].hash
+        report = audit.verify_chain(session)
+        assert report.ok, report
+
+
+def test_events_of_a_rolled_back_transaction_never_join_the_chain(app):
+    factory = app.extensions["security_api"].session_factory
+    with factory() as session:
+        before = session.scalar(select(AuditChainHead.seq))
+        session.rollback()
+        for sent_a_statement_first in (False, True):
+            if sent_a_statement_first:
+                session.execute(select(AuditChainHead.seq))
+            # Without a statement sent, the event must still belong to the transaction rolled back.
+            audit.record(session, action="test.dropped", actor="mallory", target=None,
+                         origin=audit.Origin(), now=utcnow())
+            session.rollback()
+            audit.record(session, action="test.kept", actor="carol", target=None,
+                         origin=audit.Origin(), now=utcnow())
+            session.commit()
+        assert session.scalar(select(func.count()).select_from(AuditEvent)
+                              .where(AuditEvent.action == "test.dropped")) == 0
+        assert session.scalar(select(AuditChainHead.seq)) == before + 2
+        report = audit.verify_chain(session)
+        assert report.ok, report

@@ -57,15 +57,15 @@ def world(app, make_user, login_as, db_session) -> World:
 def record(app, count: int = 1, *, actor: str = "carol", action: str = "test.event",
            at: datetime | None = None, step: timedelta = timedelta(minutes=1)) -> list[int]:
     """Append events the way the service does; return their seq numbers."""
-    seqs = []
+    events = []
     with app.extensions["security_api"].session_factory() as session:
         for i in range(count):
-            event = audit.record(session, action=action, actor=actor, target=f"t{i}",
-                                 origin=audit.Origin(ip="10.0.0.1", request_id=f"r{i}"),
-                                 now=(at or utcnow()) + i * step, details={"i": i, "note": "ü"})
-            seqs.append(event.seq)
-        session.commit()
-    return seqs
+            events.append(audit.record(session, action=action, actor=actor, target=f"t{i}",
+                                       origin=audit.Origin(ip="10.0.0.1", request_id=f"r{i}"),
+                                       now=(at or utcnow()) + i * step,
+                                       details={"i": i, "note": "ü"}))
+        session.commit()  # events are numbered when their transaction commits
+    return [event.seq for event in events]
 
 
 def all_seqs(db_session) -> list[int]:

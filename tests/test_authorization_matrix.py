@@ -173,9 +173,9 @@ def build_world(app, make_user, state: str | None):
         session.commit()
         if state is None:
             return users, None
-        requester = lifecycle.Actor(_subject(users["requester"], "requester"))
+        requester = _subject(users["requester"], "requester")
         created = lifecycle.create_request(
-            session, services, actor=requester, permission_key="hook" if state == "failed" else "db",
+            session, services, requester=requester, permission_key="hook" if state == "failed" else "db",
             justification="needed", duration_minutes=None, params={}, **when)
         if state in ("active", "failed"):
             approver = lifecycle.Actor(_subject(users["approver"], "approver"))

@@ -99,7 +99,7 @@ def create_pending(app, user, key: str, *, now=None) -> str:
     services = app.extensions["security_api"]
     with services.session_factory() as session:
         created = lifecycle.create_request(
-            session, services, actor=lifecycle.Actor(subject(user)), permission_key=key,
+            session, services, requester=subject(user), permission_key=key,
             justification="race", duration_minutes=None, params={}, origin=audit.Origin(),
             now=now or utcnow())
         return created.id

@@ -74,3 +74,32 @@ def test_list_query_count_does_not_depend_on_the_page_size(app, client, admin, p
         counts[size] = len(statements)
     assert counts[1] > 0  # the listener saw the statements
     assert len(set(counts.values())) == 1, counts
+
+
+# Statements of one auto-granted POST /v1/requests (provisioner `none`). It was 33: the permission
+# loaded 4 times, its rules 3 times, the audit chain's head written 6 times. Now: token check 1,
+# permission and rules 2, expiry and open-request checks 2, insert 1, its audit event 3 (head
+# lock, event, head hash), re-read before and after the provisioner 2, landing update 1, two
+# audit events 3, the answer 3 (the request re-read, its approvals, the requester's name).
+CREATE_STATEMENTS = 18
+
+
+def test_creating_a_request_sends_a_bounded_number_of_statements(app, client, make_user,
+                                                                  login_as, db_session):
+    services = app.extensions["security_api"]
+    person = make_user("counted-person")
+    ensure_permission(db_session, key="qc-create", name="qc-create", max_duration_minutes=60,
+                      settings=services.settings, actor="test", origin=audit.Origin(),
+                      now=utcnow())
+    ensure_rule(db_session, permission="qc-create", role="developer", subrole="backend",
+                mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+    db_session.commit()
+    headers = bearer(login_as(person)["token"])
+    with counted(app) as statements:
+        response = client.post("/v1/requests", headers=headers,
+                               json={"permission": "qc-create", "justification": "count"})
+    assert response.status_code == 201, response.json
+    assert response.json["request"]["status"] == "active"
+    head_writes = [s for s in statements if s.upper().startswith("UPDATE AUDIT_CHAIN_HEAD")]
+    assert len(head_writes) == 4  # two transactions write audit events: two head writes each
+    assert 0 < len(statements) <= CREATE_STATEMENTS, "\n".join(statements)

@@ -19,6 +19,7 @@ from security_api.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AccessRequest, AuditEvent, Permission, PolicyRule
+from security_api.provisioners.none import NoneProvisioner
 from security_api.provisioners.webhook import SIGNATURE_HEADER, sign
 from tests.conftest import basic, bearer
 
@@ -679,6 +680,24 @@ def test_revoke_by_requester_or_admin_while_active(world, revoker):
     again = world.act(revoker, made["id"], "revoke")
     assert again.status_code == 409 and again.json["error"] == "request_not_active"
     assert world.request("alice", "vpn").status_code == 201
+
+
+def test_provisioners_run_while_no_database_connection_is_held(world, monkeypatch):
+    """Grant and revoke run between two transactions: no lock and no connection held meanwhile."""
+    pool = world.app.extensions["security_api"].engine.pool
+    held_during_calls = []
+
+    def watched(call):
+        def run(self, ctx):
+            held_during_calls.append((call.__name__, pool.checkedout()))
+            return call(self, ctx)
+        return run
+
+    monkeypatch.setattr(NoneProvisioner, "grant", watched(NoneProvisioner.grant))
+    monkeypatch.setattr(NoneProvisioner, "revoke", watched(NoneProvisioner.revoke))
+    made = world.open("alice", "vpn")
+    assert world.act("alice", made["id"], "revoke").status_code == 200
+    assert held_during_calls == [("grant", 0), ("revoke", 0)]
 
 
 def test_revoke_refusals(world):
