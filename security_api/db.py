@@ -128,10 +128,11 @@ class ReadOnlyQuery:
     Parameters go to the driver as given, so a statement whose parameters need a conversion
     (a datetime through UTCDateTime, say) is refused when built.
 
-    On PostgreSQL it runs on a pool of its own (same connect settings, timeouts and pre-ping as
-    the engine's) whose connections are in autocommit and read-only: the pre-ping and the query
-    are one round trip each, with no BEGIN before them and no ROLLBACK when the connection goes
-    back. Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
+    On PostgreSQL it runs on a pool of its own (same connect settings and timeouts as the
+    engine's) whose connections are in autocommit and read-only: the query is one round trip,
+    with no BEGIN before it, no ROLLBACK when the connection goes back and no pre-ping (a
+    connection found dropped is invalidated and the read tried once more on a new one).
+    Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
     (OperationalError, ...), as they would through a Connection, and a connection that broke is
     invalidated, never reused. The extra pool is closed when the engine is disposed.
     """
@@ -152,46 +153,61 @@ class ReadOnlyQuery:
         self._pool = None
         if dialect.name == "postgresql":
             self._pool = engine.pool.recreate()
+            self._pool._pre_ping = False  # first() retries a dropped connection instead
             event.listen(self._pool, "connect", _read_only_autocommit)
             event.listen(engine, "engine_disposed", lambda _engine: self._pool.dispose())
 
     def first(self, params: dict) -> dict | None:
         """Return the first row as a dict of column key to converted value, or None."""
-        dialect = self._engine.dialect
         params = {**self._defaults, **params}
         arguments = tuple(params[name] for name in self._positions) \
             if self._positions is not None else params
         try:
-            connection = self._checkout()
-        except dialect.loaded_dbapi.Error as exc:
-            raise self._wrapped(exc, arguments) from exc
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(self._sql, arguments)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        except dialect.loaded_dbapi.Error as exc:
-            if dialect.is_disconnect(exc, connection.dbapi_connection, None):
-                connection.invalidate(exc)
-            raise self._wrapped(exc, arguments) from exc
-        finally:
-            connection.close()
+            row = self._fetch(arguments)
+        except exc_module.DBAPIError as exc:
+            # A pooled connection the server dropped while idle (restart, idle timeout): the
+            # read is harmless to repeat, on a new connection. This is what a pre-ping would
+            # find, without its round trip on every request; a database that is down fails
+            # the second try as well, in the same time a pre-ping and reconnect would take.
+            if self._pool is None or not exc.connection_invalidated:
+                raise
+            row = self._fetch(arguments)
         if row is None:
             return None
         return {key: convert(value) if convert else value
                 for key, convert, value in zip(self._keys, self._convert, row, strict=True)}
+
+    def _fetch(self, arguments):
+        dialect = self._engine.dialect
+        try:
+            connection = self._checkout()
+        except dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, arguments, invalidated=False) from exc
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._sql, arguments)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except dialect.loaded_dbapi.Error as exc:
+            dropped = dialect.is_disconnect(exc, connection.dbapi_connection, None)
+            if dropped:
+                connection.invalidate(exc)
+            raise self._wrapped(exc, arguments, invalidated=dropped) from exc
+        finally:
+            connection.close()
 
     def _checkout(self):
         if self._pool is None:
             return self._engine.raw_connection()
         return self._pool.connect()
 
-    def _wrapped(self, exc: Exception, arguments) -> Exception:
+    def _wrapped(self, exc: Exception, arguments, *, invalidated: bool) -> Exception:
         dialect = self._engine.dialect
         return exc_module.DBAPIError.instance(self._sql, arguments, exc, dialect.loaded_dbapi.Error,
-                                              hide_parameters=True, dialect=dialect)
+                                              hide_parameters=True, dialect=dialect,
+                                              connection_invalidated=invalidated)
 
 
 def _read_only_autocommit(dbapi_connection, _record) -> None:
