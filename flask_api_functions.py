@@ -190,9 +190,7 @@ def require_token(view):
     def guarded(*args, **kwargs):
         try:
             token = bearer_token()
-            with services().engine.connect() as connection:
-                g.principal = sessions.authenticate(connection, services(), token=token,
-                                                    now=utcnow())
+            g.principal = sessions.authenticate(services(), token=token, now=utcnow())
         except Unauthenticated as exc:
             exc.headers.setdefault(
                 "WWW-Authenticate", f'{BEARER_CHALLENGE}, error="invalid_token"')

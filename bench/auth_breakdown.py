@@ -3,8 +3,9 @@
 auth_overhead.py measures profile/ping through gunicorn; this script times the pieces in one
 process (no network, no gunicorn, no wrk): a whole ping and a whole profile request through the
 WSGI app, then the parts of the token check - the cached token verification, a pool checkout,
-the principal query through SQLAlchemy Core, and the same SQL through the raw DBAPI cursor (an
-idea to measure, not what the service does). Medians of repeated batches. See README.md.
+the principal query through SQLAlchemy Core, the same SQL through the raw DBAPI cursor of the
+engine's pool, and as the service runs it (db.ReadOnlyQuery). Medians of repeated batches.
+See README.md.
 
     .venv/bin/python bench/auth_breakdown.py [--calls 500] [--json out.json]
 """
@@ -70,18 +71,18 @@ def pieces(app, token: str) -> dict[str, object]:
     """The timed actions: whole requests, then the parts of the token check."""
     from security_api import sessions
     from security_api.clock import utcnow
+    from security_api.principal_query import PRINCIPAL_QUERY
 
     services = app.extensions["security_api"]
     engine = services.engine
     claims = services.token_verifier.verify(token, now=time.time())
     params = {"sub": claims["sub"], "sid": claims["sid"], "jti": claims["jti"]}
-    compiled = sessions._PRINCIPAL_QUERY.compile(dialect=engine.dialect)
+    compiled = PRINCIPAL_QUERY.compile(dialect=engine.dialect)
     raw_params = tuple(params[name] for name in compiled.positiontup) \
         if compiled.positional else params
 
     def authenticate():
-        with engine.connect() as connection:
-            sessions.authenticate(connection, services, token=token, now=utcnow())
+        sessions.authenticate(services, token=token, now=utcnow())
 
     def checkout():
         with engine.connect():
@@ -89,7 +90,7 @@ def pieces(app, token: str) -> dict[str, object]:
 
     def core_query():
         with engine.connect() as connection:
-            connection.execute(sessions._PRINCIPAL_QUERY, params).first()
+            connection.execute(PRINCIPAL_QUERY, params).first()
 
     def raw_query():
         connection = engine.raw_connection()
@@ -110,6 +111,7 @@ def pieces(app, token: str) -> dict[str, object]:
         "pool_checkout": checkout,
         "principal_query_core": core_query,
         "principal_query_raw_dbapi": raw_query,
+        "principal_query_service": lambda: services.principal_reader.first(params),
     }
 
 

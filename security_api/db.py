@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import DateTime, create_engine, event
+from sqlalchemy import exc as exc_module
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -116,3 +117,105 @@ def without_query_timeout(connection: Connection) -> Iterator[None]:
 def make_session_factory(engine: Engine) -> sessionmaker:
     """Return a factory of sessions that keep objects usable after commit."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+class ReadOnlyQuery:
+    """One hot, read-only SELECT run straight on the DBAPI cursor: compiled once, no ORM or Core.
+
+    Why: the token check runs one query per authenticated request, and SQLAlchemy's execution
+    machinery costs more than the query itself. The statement is compiled once for the engine's
+    dialect and its result columns keep their types' conversions (UTCDateTime, booleans on SQLite).
+    Parameters go to the driver as given, so a statement whose parameters need a conversion
+    (a datetime through UTCDateTime, say) is refused when built.
+
+    On PostgreSQL it runs on a pool of its own (same connect settings and timeouts as the
+    engine's) whose connections are in autocommit and read-only: the query is one round trip,
+    with no BEGIN before it, no ROLLBACK when the connection goes back and no pre-ping (a
+    connection found dropped is invalidated and the read tried once more on a new one).
+    Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
+    (OperationalError, ...), as they would through a Connection, and a connection that broke is
+    invalidated, never reused. The extra pool is closed when the engine is disposed.
+    """
+
+    def __init__(self, engine: Engine, statement):
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        for name, bind in compiled.binds.items():
+            if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+                raise ValueError(f"parameter {name} needs a conversion only a Connection makes")
+        self._engine = engine
+        self._sql = compiled.string
+        self._defaults = compiled.params  # values bound in the statement itself (literals)
+        self._positions = compiled.positiontup if compiled.positional else None
+        self._keys = [column.key for column in statement.selected_columns]
+        self._convert = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                         for column in statement.selected_columns]
+        self._pool = None
+        if dialect.name == "postgresql":
+            self._pool = engine.pool.recreate()
+            self._pool._pre_ping = False  # first() retries a dropped connection instead
+            event.listen(self._pool, "connect", _read_only_autocommit)
+            event.listen(engine, "engine_disposed", lambda _engine: self._pool.dispose())
+
+    def first(self, params: dict) -> dict | None:
+        """Return the first row as a dict of column key to converted value, or None."""
+        params = {**self._defaults, **params}
+        arguments = tuple(params[name] for name in self._positions) \
+            if self._positions is not None else params
+        try:
+            row = self._fetch(arguments)
+        except exc_module.DBAPIError as exc:
+            # A pooled connection the server dropped while idle (restart, idle timeout): the
+            # read is harmless to repeat, on a new connection. This is what a pre-ping would
+            # find, without its round trip on every request; a database that is down fails
+            # the second try as well, in the same time a pre-ping and reconnect would take.
+            if self._pool is None or not exc.connection_invalidated:
+                raise
+            row = self._fetch(arguments)
+        if row is None:
+            return None
+        return {key: convert(value) if convert else value
+                for key, convert, value in zip(self._keys, self._convert, row, strict=True)}
+
+    def _fetch(self, arguments):
+        dialect = self._engine.dialect
+        try:
+            connection = self._checkout()
+        except dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, arguments, invalidated=False) from exc
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._sql, arguments)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except dialect.loaded_dbapi.Error as exc:
+            dropped = dialect.is_disconnect(exc, connection.dbapi_connection, None)
+            if dropped:
+                connection.invalidate(exc)
+            raise self._wrapped(exc, arguments, invalidated=dropped) from exc
+        finally:
+            connection.close()
+
+    def _checkout(self):
+        if self._pool is None:
+            return self._engine.raw_connection()
+        return self._pool.connect()
+
+    def _wrapped(self, exc: Exception, arguments, *, invalidated: bool) -> Exception:
+        dialect = self._engine.dialect
+        return exc_module.DBAPIError.instance(self._sql, arguments, exc, dialect.loaded_dbapi.Error,
+                                              hide_parameters=True, dialect=dialect,
+                                              connection_invalidated=invalidated)
+
+
+def _read_only_autocommit(dbapi_connection, _record) -> None:
+    # Autocommit: no BEGIN round trip before a statement, nothing to roll back after it.
+    # default_transaction_read_only: this pool can never write, whatever runs on it.
+    dbapi_connection.autocommit = True
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET default_transaction_read_only = on")
+    finally:
+        cursor.close()

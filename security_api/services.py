@@ -8,9 +8,10 @@ from sqlalchemy.orm import sessionmaker
 
 from config import Settings
 
-from .db import make_engine, make_session_factory
+from .db import ReadOnlyQuery, make_engine, make_session_factory
 from .notify import Notifier
 from .passwords import dummy_hash
+from .principal_query import principal_reader
 from .secretbox import SecretBox
 from .stores import StateStore, make_store
 from .tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
@@ -27,6 +28,7 @@ class Services:
     keys: SigningKeys
     audience: TokenAudience
     token_verifier: TokenVerifier
+    principal_reader: ReadOnlyQuery
     dummy_password_hash: str
     secret_box: SecretBox
     notifier: Notifier
@@ -52,6 +54,7 @@ def build_services(settings: Settings) -> Services:
         keys=keys,
         audience=audience,
         token_verifier=TokenVerifier(keys, audience),
+        principal_reader=principal_reader(engine),
         dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
         secret_box=SecretBox(list(settings.data_encryption_keys)),
         notifier=Notifier(settings),

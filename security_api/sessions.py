@@ -6,15 +6,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import audit
 from .clock import as_utc, epoch
 from .enums import AuditAction
 from .errors import Unauthenticated
-from .models import RefreshFamily, RefreshToken, RevokedToken, User
+from .models import RefreshFamily, RefreshToken, User
 from .services import Services
 from .tokens import issue_access_token
 
@@ -143,39 +142,25 @@ def rotate(session: Session, services: Services, *, refresh_token: str,
     return issued
 
 
-# Built once: who the token's user is, whether its session lives, whether its jti is denied.
-_PRINCIPAL_QUERY = (
-    select(User.id, User.username, User.email, User.role, User.subrole, User.kind, User.active,
-           User.totp_confirmed, User.created_at, User.tokens_valid_after,
-           RefreshFamily.id.label("family_id"), RefreshFamily.revoked_at.label("family_revoked_at"),
-           RevokedToken.jti.label("denied_jti"))
-    .select_from(User)
-    .outerjoin(RefreshFamily, (RefreshFamily.id == bindparam("sid"))
-               & (RefreshFamily.user_id == User.id))
-    .outerjoin(RevokedToken, RevokedToken.jti == bindparam("jti"))
-    .where(User.id == bindparam("sub"))
-)
-
-
-def authenticate(connection: Connection, services: Services, *, token: str,
-                 now: datetime) -> Principal:
+def authenticate(services: Services, *, token: str, now: datetime) -> Principal:
     """Return the principal of a valid, unrevoked access token of an active user (one query)."""
     claims = services.token_verifier.verify(token, now=now.timestamp())
-    row = connection.execute(_PRINCIPAL_QUERY, {"sub": claims["sub"], "sid": claims["sid"],
-                                                "jti": claims["jti"]}).first()
-    if row is None or row.family_id is None:
+    row = services.principal_reader.first({"sub": claims["sub"], "sid": claims["sid"],
+                                           "jti": claims["jti"]})
+    if row is None or row["family_id"] is None:
         raise Unauthenticated("Invalid token.", code="invalid_token")
     # Every revocation is in the database, read by the query above: logout revokes the token's
     # refresh family (end_session), a password change, deactivation or role change moves
     # tokens_valid_after. The state store's jti deny-list (written by logout too) is not asked
     # again here: with Redis it was a second round trip per request for the same answer.
-    revoked = (row.denied_jti is not None or row.family_revoked_at is not None
-               or not row.active or claims["iat"] < row.tokens_valid_after)
+    revoked = (row["denied_jti"] is not None or row["family_revoked_at"] is not None
+               or not row["active"] or claims["iat"] < row["tokens_valid_after"])
     if revoked:
         raise Unauthenticated("Token revoked.", code="token_revoked")
-    account = Account(id=row.id, username=row.username, email=row.email, role=row.role,
-                      subrole=row.subrole, kind=row.kind, active=row.active,
-                      totp_confirmed=row.totp_confirmed, created_at=as_utc(row.created_at))
+    account = Account(id=row["id"], username=row["username"], email=row["email"],
+                      role=row["role"], subrole=row["subrole"], kind=row["kind"],
+                      active=row["active"], totp_confirmed=row["totp_confirmed"],
+                      created_at=as_utc(row["created_at"]))
     return Principal(account, claims)
 
 
