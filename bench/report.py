@@ -39,11 +39,13 @@ def _context(results: dict) -> list[str]:
     before, after = box.get("load"), box.get("load_after")
     if before is not None:
         lines.append(f"Load average (1 min) before the run {before:.2f}, after {after:.2f}.")
-    if (before or 0) > common.BUSY_LOAD_AVERAGE or results.get("note"):
+    if results.get("note"):
+        lines += ["", results["note"]]
+    elif (before or 0) > common.BUSY_LOAD_AVERAGE:
         lines.append("")
-        lines.append(f"**{results.get('note') or 'Measured while other work ran on the machine'}**"
-                     ": absolute figures are noisy; the ratios come from alternated runs and are "
-                     "more robust. Replace with a run on a quiet machine.")
+        lines.append("**Measured while other work ran on the machine**: absolute figures are "
+                     "noisy; the ratios come from alternated runs and are more robust. Replace "
+                     "with a run on a quiet machine.")
     return lines
 
 
