@@ -31,6 +31,8 @@ logout_username="fz-logout-$run_id"
 logout_secret=$(random token_urlsafe 32)
 password_username="fz-password-$run_id"
 password_secret=$(random token_urlsafe 32)
+requester_username="fz-requester-$run_id"
+requester_password=$(random token_urlsafe 18)
 
 # cli NAME ARGS...: run a CLI command, show its output, and keep it in $workdir/NAME.out.
 cli() {
@@ -52,15 +54,23 @@ printf '%s\n' "$logout_secret" | cli logout create-user "$logout_username" \
     --role tools --subrole ci --service --password-stdin
 printf '%s\n' "$password_secret" | cli password create-user "$password_username" \
     --role tools --subrole ci --service --password-stdin
+printf '%s\n' "$requester_password" | cli requester create-user "$requester_username" \
+    --role developer --subrole backend --password-stdin
+# What the request operations act on (scripts/lib/fuzz_requests.py): approval by the admin.
+for permission in fz-approve fz-deny fz-cancel; do
+    "${FLASK[@]}" create-permission "$permission" --name "Fuzzing: $permission" --max-duration-minutes 60
+    "${FLASK[@]}" create-rule "$permission" --role developer --subrole backend --mode approval \
+        --approver security/admin
+done
 # Decoys: admin operations aimed at the accounts above or at the built-in rules and permissions
 # hit these instead (scripts/lib/fuzz_hooks.py).
 random token_urlsafe 18 | cli decoy-user create-user "fz-decoy-$run_id" \
     --role developer --subrole backend --password-stdin
 "${FLASK[@]}" create-permission fz-decoy --name "Decoy" --max-duration-minutes 60
 cli decoy-rule create-rule fz-decoy --role developer --subrole backend --mode auto
-export FUZZ_PROTECTED_USER_IDS="$(last_id admin) $(last_id basic) $(last_id logout) $(last_id password)"
+export FUZZ_PROTECTED_USER_IDS="$(last_id admin) $(last_id basic) $(last_id logout) $(last_id password) $(last_id requester)"
 export FUZZ_DECOY_USER_ID=$(last_id decoy-user) FUZZ_DECOY_RULE_ID=$(last_id decoy-rule)
-export FUZZ_PROTECTED_PERMISSIONS="security-api.admin security-api.audit security-api.check"
+export FUZZ_PROTECTED_PERMISSIONS="security-api.admin security-api.audit security-api.check fz-approve fz-deny fz-cancel"
 export FUZZ_DECOY_PERMISSION=fz-decoy
 # Something to find: an auto-granted and an approval permission, and the check permission.
 service_catalog security/admin
@@ -75,7 +85,15 @@ FUZZ_ADMIN_TOKEN=$(printf '%s\n' "$admin_password" \
     | "$PYTHON" scripts/lib/signin.py person "$base_url" "$admin_username")
 FUZZ_PASSWORD_TOKEN=$(printf '%s\n' "$password_secret" \
     | "$PYTHON" scripts/lib/signin.py service "$base_url" "$password_username")
-export FUZZ_ADMIN_TOKEN FUZZ_PASSWORD_TOKEN
+FUZZ_REQUESTER_TOKEN=$(printf '%s\n' "$requester_password" \
+    | "$PYTHON" scripts/lib/signin.py person "$base_url" "$requester_username")
+export FUZZ_ADMIN_TOKEN FUZZ_PASSWORD_TOKEN FUZZ_REQUESTER_TOKEN
+# The request operations' targets (FUZZ_*_REQUEST_ID), named in scripts/schemathesis.toml.
+requests_out=$(printf '%s\n' "$FUZZ_REQUESTER_TOKEN" | "$PYTHON" scripts/lib/fuzz_requests.py "$base_url")
+echo "$requests_out"
+while IFS='=' read -r variable value; do
+    export "$variable=$value"
+done <<< "$requests_out"
 # Every rule that exists now except the decoy: the admin's own standing rules among them.
 FUZZ_PROTECTED_RULE_IDS=$("$PYTHON" -c '
 import os, sys, requests

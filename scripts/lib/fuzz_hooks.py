@@ -5,6 +5,8 @@
 - POST /v1/logout gets a fresh service-account token for every test case: a successful
   logout revokes the token it was called with, and sharing one would turn the rest of the run
   into 401s.
+- POST /v1/requests/{request_id}/cancel gets the requester's token: only the requester may
+  withdraw a request (scripts/lib/fuzz_requests.py made the one it is aimed at).
 - POST /v1/password gets a token of its own account: wrong current passwords lock that
   account (429, documented) and never touch the admin's session.
 - Basic operations (login, TOTP enroll and confirm) get a person without 2FA, so enrollment
@@ -28,6 +30,9 @@ from signin import service_token  # noqa: E402
 LOGOUT = "/v1/logout"
 PASSWORD = "/v1/password"  # noqa: S105 - a path, not a secret
 METRICS = "/metrics"  # its bearer token is the scraper's METRICS_TOKEN, not a user's
+CANCEL = "/v1/requests/{request_id}/cancel"
+BEARER_BY_PATH = {PASSWORD: "FUZZ_PASSWORD_TOKEN", METRICS: "FUZZ_METRICS_TOKEN",
+                  CANCEL: "FUZZ_REQUESTER_TOKEN"}
 
 
 def _ids(variable: str) -> set[str]:
@@ -77,8 +82,7 @@ class StandingCredentials:
         if "basicAuth" in schemes:
             return ("basic", (os.environ["FUZZ_BASIC_USERNAME"], os.environ["FUZZ_BASIC_PASSWORD"]))
         if "bearerAuth" in schemes:
-            variable = {PASSWORD: "FUZZ_PASSWORD_TOKEN", METRICS: "FUZZ_METRICS_TOKEN"}.get(
-                case.path, "FUZZ_ADMIN_TOKEN")
+            variable = BEARER_BY_PATH.get(case.path, "FUZZ_ADMIN_TOKEN")
             return ("bearer", os.environ[variable])
         return None  # public operation: no credentials
 
