@@ -168,22 +168,23 @@ def test_gunicorn_refusals_are_documented_everywhere(document):
 
 # ---- PATCH /v1/admin/permissions/vpn with the body b"\x0c" answered 200 "Permission updated." ---
 # bytes.strip() took the form feed for whitespace, so the body counted as empty, i.e. {}.
-@pytest.mark.parametrize("body", [b"\x0c", b"\x0b", b" \x0c\n", b"\x1c", b"\xc2\xa0"])
-def test_a_body_of_non_json_whitespace_is_bad_json(client, admin, body):
+def _patch_new_permission(client, admin, body: bytes):
     created = client.post("/v1/admin/permissions", headers=admin, json={
         "key": "vpn", "name": "VPN", "max_duration_minutes": 60})
     assert created.status_code == 201, created.json
-    response = client.patch("/v1/admin/permissions/vpn", headers=admin, data=body,
-                            content_type="application/json")
+    return client.patch("/v1/admin/permissions/vpn", headers=admin, data=body,
+                        content_type="application/json")
+
+
+@pytest.mark.parametrize("body", [b"\x0c", b"\x0b", b" \x0c\n", b"\x1c", b"\xc2\xa0"])
+def test_a_body_of_non_json_whitespace_is_bad_json(client, admin, body):
+    response = _patch_new_permission(client, admin, body)
     assert response.status_code == 400, response.json
     assert response.json["error"] == "bad_json"
 
 
 @pytest.mark.parametrize("body", [b"", b" \t\r\n"])
 def test_an_empty_or_json_whitespace_body_is_still_empty(client, admin, body):
-    created = client.post("/v1/admin/permissions", headers=admin, json={
-        "key": "vpn", "name": "VPN", "max_duration_minutes": 60})
-    assert created.status_code == 201, created.json
-    response = client.patch("/v1/admin/permissions/vpn", headers=admin, data=body,
-                            content_type="application/json")
+    response = _patch_new_permission(client, admin, body)
     assert response.status_code == 200, response.json
+    assert response.json["permission"]["max_duration_minutes"] == 60
