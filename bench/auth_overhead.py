@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"gunicorn workers (default cores*2+1 = {cores * 2 + 1})")
     parser.add_argument("--bcrypt-rounds", type=int, default=12,
                         help="bcrypt cost of the service (default 12, the production cost)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="ping/profile pairs, alternated so drift hits both (default 2)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="ping/profile pairs, alternated so drift hits both (default 4)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="seconds of unmeasured load per endpoint first (default 2, 0 = none)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
