@@ -33,6 +33,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     structured_logging.configure_logging(log_format=settings.log_format, level=settings.log_level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = Flask(__name__, static_folder=None)
+    app.url_map.converters["default"] = app.url_map.converters["string"] = \
+        helpers.NulFreeSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
                       TESTING=settings.env == "testing", DEBUG=False)
     app.extensions["security_api"] = build_services(settings)
@@ -85,6 +87,7 @@ def _register_hooks(app: Flask) -> None:
             return envelope("This API answers in JSON; accept application/json.",
                             status=406, error="not_acceptable")
         helpers.refuse_credentials_in_query()
+        helpers.refuse_nul_in_query()
         return None
 
     app.after_request(helpers.apply_security_headers)

@@ -11,6 +11,7 @@ from functools import wraps
 from flask import Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
+from werkzeug.routing import BaseConverter
 
 from security_api import grants, sessions
 from security_api.audit import Origin
@@ -40,6 +41,8 @@ SECURITY_HEADERS = {
 }
 SERVER_NAME = "security-api"
 # Query parameters that would put a credential into logs and browser history.
+NUL = "\x00"
+NO_NUL_PROBLEM = "must not contain NUL characters"
 JSON_WHITESPACE = b" \t\n\r"  # RFC 8259, section 2: all a body may be and still be empty
 CREDENTIAL_QUERY_PARAMS = {"access_token", "token", "jwt", "refresh_token", "password"}
 
@@ -104,6 +107,21 @@ def refuse_credentials_in_query() -> None:
     if CREDENTIAL_QUERY_PARAMS & set(request.args.keys()):
         raise BadRequest("Credentials are never accepted in the query string; "
                          "use the Authorization header.", code="credentials_in_query")
+
+
+class NulFreeSegment(BaseConverter):
+    """A path segment without NUL: no key, name or id holds one, and PostgreSQL cannot even
+    compare text with one, so such a path matches no route (404) instead of reaching a query.
+    The app makes it the default converter."""
+
+    regex = "[^/\\x00]+"
+
+
+def refuse_nul_in_query() -> None:
+    """No query parameter holds a NUL character: PostgreSQL cannot compare text with one."""
+    for name, value in request.args.items(multi=True):
+        if NUL in name or NUL in value:
+            raise InvalidParams.one(name.replace(NUL, "\\x00"), NO_NUL_PROBLEM)
 
 
 def read_json(schema: type[BaseModel]) -> BaseModel:

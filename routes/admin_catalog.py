@@ -5,10 +5,10 @@ from typing import Annotated, Literal
 
 from flask import Blueprint, request
 from pydantic import BaseModel, Field, StrictBool, StrictStr
-from werkzeug.routing import BaseConverter
 
 from flask_api_functions import (
     ADMIN_PERMISSION,
+    NulFreeSegment,
     current_principal,
     db,
     envelope,
@@ -30,14 +30,14 @@ from .schemas import SLUG, Body
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
 
 
-class RuleIdConverter(BaseConverter):
+class RuleIdConverter(NulFreeSegment):
     """A policy rule id: any path segment except `explain`, which is a route of its own.
 
     Without it, /policies/explain also matched /policies/<rule_id>, so OPTIONS advertised
     PATCH and DELETE there and PATCH /policies/explain reached the update handler.
     """
 
-    regex = r"(?!explain(?:/|$))[^/]+"
+    regex = rf"(?!explain(?:/|$)){NulFreeSegment.regex}"
 
 
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("rule_id", RuleIdConverter))

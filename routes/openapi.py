@@ -63,16 +63,41 @@ def documented(*, summary: str, tag: str, responses: dict, body=None, auth=None,
     return decorate
 
 
-def _schema_ref(model: type[BaseModel], components: dict) -> dict:
+NO_NUL = "^[^\\x00]*$"
+CONSTRAINED_STRING = ("pattern", "enum", "const", "format")
+
+
+def no_nul_in_strings(schema: dict) -> dict:
+    """Say of every free-form string in an input schema that it holds no NUL character.
+
+    The service refuses NUL in query parameters and body fields (PostgreSQL cannot store or
+    compare it); a string with its own pattern, enum or format already excludes it.
+    """
+    if schema.get("type") == "string" and not any(key in schema for key in CONSTRAINED_STRING):
+        schema["pattern"] = NO_NUL
+    for key in ("properties", "$defs"):
+        for child in schema.get(key, {}).values():
+            no_nul_in_strings(child)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for child in schema.get(key, []):
+            no_nul_in_strings(child)
+    if isinstance(schema.get("items"), dict):
+        no_nul_in_strings(schema["items"])
+    return schema
+
+
+def _schema_ref(model: type[BaseModel], components: dict, *, request: bool = False) -> dict:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    if request:
+        no_nul_in_strings(schema)
     for name, definition in schema.pop("$defs", {}).items():
         components[name] = definition
     components[model.__name__] = schema
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _json_content(model, components) -> dict:
-    return {"application/json": {"schema": _schema_ref(model, components)}}
+def _json_content(model, components, *, request: bool = False) -> dict:
+    return {"application/json": {"schema": _schema_ref(model, components, request=request)}}
 
 
 def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
@@ -81,6 +106,10 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
     statuses = dict(doc.responses)
     for status in COMMON_ERRORS + (BODY_ERRORS if doc.body else ()):
         statuses.setdefault(status, schemas.Error)
+    if doc.query:
+        statuses.setdefault(412, schemas.Error)  # a NUL character in any of them, at least
+    if path_params:
+        statuses.setdefault(404, schemas.Error)  # nothing has that id (a NUL matches no route)
     if auth:
         statuses.setdefault(401, schemas.Error)
     responses = {}
@@ -106,14 +135,16 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
     for name, spec in doc.query.items():
         spec = Query(spec) if isinstance(spec, str) else spec
         parameters.append({"name": name, "in": "query", "required": spec.required,
-                           "schema": spec.schema, "description": spec.description})
+                           "schema": no_nul_in_strings(dict(spec.schema)),
+                           "description": spec.description})
     if parameters:
         operation["parameters"] = parameters
     if doc.body is not None:
         # An empty body counts as {}: it may be left out unless a field is required.
         required = bool(doc.body.model_json_schema().get("required"))
         operation["requestBody"] = {"required": required,
-                                    "content": _json_content(doc.body, components)}
+                                    "content": _json_content(doc.body, components,
+                                                             request=True)}
     return operation
 
 

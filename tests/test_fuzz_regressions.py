@@ -188,3 +188,72 @@ def test_an_empty_or_json_whitespace_body_is_still_empty(client, admin, body):
     response = _patch_new_permission(client, admin, body)
     assert response.status_code == 200, response.json
     assert response.json["permission"]["max_duration_minutes"] == 60
+
+
+# ---- GET /v1/admin/policies?permission=Z%C2%89%C2%89%00%23~ answered 500 on PostgreSQL ------------
+# PostgreSQL refuses NUL in text, even to compare; SQLite stored it. Query parameters, path
+# segments and body text fields all reached a query.
+NUL_TEXT = "a\x00b"
+NUL_QUERIES = [("/v1/admin/policies", "permission"), ("/v1/admin/policies", "role"),
+               ("/v1/admin/users", "role"), ("/v1/admin/users", "subrole"),
+               ("/v1/admin/users", "q"), ("/v1/requests", "permission"),
+               ("/v1/check", "user")]
+
+
+@pytest.mark.parametrize("path,name", NUL_QUERIES)
+def test_a_query_parameter_with_nul_is_a_412_naming_it(client, admin, path, name):
+    response = client.get(path, headers=admin, query_string={"user": "x", "permission": "y",
+                                                               name: NUL_TEXT})
+    assert response.status_code == 412, response.json
+    assert response.json["errors"] == [{"field": name,
+                                        "problem": "must not contain NUL characters"}]
+
+
+@pytest.mark.parametrize("path", ["/v1/admin/permissions/a%00b", "/v1/admin/policies/a%00b",
+                                  "/v1/admin/roles/a%00b", "/v1/admin/users/a%00b",
+                                  "/v1/requests/a%00b"])
+def test_a_path_segment_with_nul_matches_nothing(client, admin, path):
+    response = client.get(path, headers=admin)
+    assert response.status_code == 404, response.json
+    assert response.json["error"] == "not_found"
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/admin/permissions", {"key": "k1", "name": NUL_TEXT, "max_duration_minutes": 5}, "name"),
+    ("/v1/admin/permissions", {"key": "k2", "name": "n", "description": NUL_TEXT,
+                               "max_duration_minutes": 5}, "description"),
+    ("/v1/admin/roles", {"name": "r1", "description": NUL_TEXT, "subroles": ["x"]},
+     "description"),
+    ("/v1/admin/users", {"username": "u1", "email": "a\x00@b.cc", "role": "security",
+                         "subrole": "admin"}, "email"),
+])
+def test_a_body_text_with_nul_is_a_412_naming_it(client, admin, path, body, field):
+    response = client.post(path, headers=admin, json=body)
+    assert response.status_code == 412, response.json
+    assert response.json["errors"][0]["field"] == field
+    assert "NUL" in response.json["errors"][0]["problem"]
+
+
+def test_a_list_item_with_nul_is_refused_too(client, admin):
+    response = client.post("/v1/admin/roles", headers=admin,
+                           json={"name": "r1", "subroles": ["x", NUL_TEXT]})
+    assert response.status_code == 412, response.json
+
+
+def test_the_document_says_free_text_holds_no_nul(document):
+    no_nul = "^[^\\x00]*$"
+    assert _query(document, "get", "/v1/admin/policies")["permission"]["schema"]["pattern"] \
+        == no_nul
+    permission = _body_schema(document, "post", "/v1/admin/permissions")["properties"]
+    assert permission["name"]["pattern"] == no_nul
+    assert permission["key"]["pattern"] != no_nul  # its own slug pattern excludes NUL already
+
+
+def test_operations_with_query_or_path_parameters_document_412_and_404(document):
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            where = {p["in"] for p in operation.get("parameters", [])}
+            if "query" in where:
+                assert "412" in operation["responses"], (method, path)
+            if "path" in where:
+                assert "404" in operation["responses"], (method, path)
