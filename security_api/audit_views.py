@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from .clock import isoformat
 from .errors import InvalidParams
+from .jsontext import loads_stored
 from .models import AuditEvent
 
 CURSOR_PREFIX = "seq:"
@@ -31,7 +31,7 @@ class AuditFilters:
 def _details(raw: str | None):
     """Parse the stored details; a row whose text is not JSON (tampered) shows the text itself."""
     try:
-        return json.loads(raw or "{}")
+        return loads_stored(raw)
     except ValueError:
         return raw
 
