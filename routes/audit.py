@@ -39,8 +39,8 @@ _TIME = {"type": "string", "format": "date-time"}
 FILTER_DOCS = {
     "actor": Query("exact actor (username, or system/test for built-in changes)", _TEXT),
     "action": Query("exact action, e.g. login.failed", _TEXT),
-    "since": Query("ISO 8601; events at or after (no zone means UTC)", _TIME),
-    "until": Query("ISO 8601; events strictly before (no zone means UTC)", _TIME),
+    "since": Query("ISO 8601; events at or after (no zone means UTC; must exist in UTC, else 412)", _TIME),
+    "until": Query("ISO 8601; events strictly before (no zone means UTC; must exist in UTC)", _TIME),
 }
 
 
