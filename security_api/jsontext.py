@@ -19,9 +19,7 @@ MAX_REPORTED = 10
 NUL = "\x00"
 NUL_PROBLEM = "must not contain NUL characters"
 SURROGATE_PROBLEM = "must not contain lone surrogates (unpaired \\ud800-\\udfff)"
-REPLACEMENT = "\ufffd"
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # A JSON string, escapes included; an unterminated one runs to the end (the parser refuses it).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
