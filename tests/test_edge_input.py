@@ -411,3 +411,25 @@ def test_gunicorn_answers_413_to_a_chunked_body_over_the_limit(served):
     assert status == 401, body
     status, body = _send_chunked(served.base, b"[" * 1000)
     assert (status, body["error"]) == (400, "bad_json")
+
+
+# ---- the shared codec and the scanner, directly --------------------------------------------------
+def test_every_cursor_kind_round_trips():
+    from security_api import cursors
+    from security_api.accounts import USERNAME_PATTERN
+    at, row_id = utcnow(), str(uuid.uuid4())
+    assert cursors.decode_position(cursors.encode_position(at, row_id)) == (at, row_id)
+    assert cursors.decode_seq(cursors.encode_seq(0)) == 0
+    assert cursors.decode_seq(cursors.encode_seq(10**17)) == 10**17
+    assert cursors.decode_key(cursors.encode_key("dana.o-k_1"), USERNAME_PATTERN) == "dana.o-k_1"
+
+
+@pytest.mark.parametrize(("raw", "deep"), [
+    (b"{}", False), (b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, False),
+    (b"[" * (MAX_DEPTH + 1), True), (b'"' + b"[" * 100 + b'"', False),
+    (b'["\\\\"' + b",[" * MAX_DEPTH + b"]", True),   # an escaped backslash ends no string early
+    (b'"\\"' + b"[" * 100, False),                      # unterminated: the parser refuses it
+])
+def test_the_depth_scan(raw, deep):
+    from security_api.jsontext import too_deep
+    assert too_deep(raw) is deep
