@@ -7,13 +7,15 @@ import json
 import re
 import uuid
 from functools import wraps
+from itertools import islice
 
 from flask import Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
-from security_api import grants, sessions
+from security_api import grants, jsontext, sessions
 from security_api.audit import Origin
 from security_api.clock import utcnow
 from security_api.errors import ApiError, BadRequest, Forbidden, InvalidParams, Unauthenticated
@@ -42,7 +44,7 @@ SECURITY_HEADERS = {
 SERVER_NAME = "security-api"
 # Query parameters that would put a credential into logs and browser history.
 NUL = "\x00"
-NO_NUL_PROBLEM = "must not contain NUL characters"
+NO_NUL_PROBLEM = jsontext.NUL_PROBLEM
 JSON_WHITESPACE = b" \t\n\r"  # RFC 8259, section 2: all a body may be and still be empty
 CREDENTIAL_QUERY_PARAMS = {"access_token", "token", "jwt", "refresh_token", "password"}
 
@@ -77,9 +79,14 @@ def envelope(message: str | None = None, *, status: int = 200, headers: dict | N
              **payload) -> Response:
     """Build the contract's JSON response: a `message` plus named payload fields."""
     body = {"message": message, **payload}
-    response = current_app.response_class(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
-        mimetype="application/json")
+    try:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate has no UTF-8 form. Bodies holding one are refused and stored JSON
+        # is read back without them (jsontext); should one still slip through, escape it
+        # rather than fail after the work is done.
+        data = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    response = current_app.response_class(data, status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -129,8 +136,10 @@ def read_json(schema: type[BaseModel]) -> BaseModel:
 
     Only JSON's own whitespace makes a body empty: bytes.strip() would also drop form feeds
     and vertical tabs, and a body of b"\\x0c" would then pass as {} instead of bad JSON.
+    Nesting is bounded before parsing (Python's json recurses per level), and no key or
+    string anywhere may hold what the database cannot store (jsontext.unstorable).
     """
-    raw = request.get_data(cache=True)
+    raw = _body_bytes()
     data: object = {}
     if raw.strip(JSON_WHITESPACE):
         if request.mimetype != "application/json":
@@ -142,16 +151,39 @@ def read_json(schema: type[BaseModel]) -> BaseModel:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("The body is not valid UTF-8.", code="bad_encoding") from None
+        if jsontext.too_deep(raw):
+            raise BadRequest(f"The body nests arrays and objects more than "
+                             f"{jsontext.MAX_DEPTH} deep.", code="bad_json")
         try:
             data = json.loads(text, parse_constant=_refuse_constant)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadRequest("The body is not valid JSON.", code="bad_json") from None
     if not isinstance(data, dict):
         raise InvalidParams.one("(body)", "must be a JSON object")
+    unstorable = list(islice(jsontext.unstorable(data), jsontext.MAX_REPORTED))
+    if unstorable:
+        raise InvalidParams(errors=unstorable)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         raise _invalid_params(exc) from None
+
+
+def _body_bytes() -> bytes:
+    """Return the body; 413 when it is larger than MAX_BODY_BYTES, however it was sent.
+
+    With Content-Length, werkzeug refuses an oversized body itself. A chunked body has no
+    length: werkzeug stops reading at the limit and hands back the first MAX_BODY_BYTES as
+    if that were all, so one more byte is asked of the server's stream to tell "exactly at
+    the limit" from "cut off".
+    """
+    raw = request.get_data(cache=True)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(raw) >= limit \
+            and request.environ.get("wsgi.input_terminated") \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
 
 
 class _UnsupportedMediaType(ApiError):

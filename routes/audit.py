@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
@@ -21,6 +21,7 @@ from flask_api_functions import (
 )
 from security_api.audit import verify_chain
 from security_api.audit_views import AuditFilters, iterate_events, list_events, render
+from security_api.clock import parse_instant
 from security_api.errors import Forbidden, InvalidParams
 
 from . import schemas
@@ -38,8 +39,8 @@ _TIME = {"type": "string", "format": "date-time"}
 FILTER_DOCS = {
     "actor": Query("exact actor (username, or system/test for built-in changes)", _TEXT),
     "action": Query("exact action, e.g. login.failed", _TEXT),
-    "since": Query("ISO 8601; events at or after (no zone means UTC)", _TIME),
-    "until": Query("ISO 8601; events strictly before (no zone means UTC)", _TIME),
+    "since": Query("ISO 8601; events at or after (no zone means UTC; must exist in UTC, else 412)", _TIME),
+    "until": Query("ISO 8601; events strictly before (no zone means UTC; must exist in UTC)", _TIME),
 }
 
 
@@ -90,13 +91,11 @@ def _parse_time(name: str, errors: list[dict]) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.strip()) if raw.isascii() else None
+        return parse_instant(raw.strip(), naive_is_utc=True)
     except ValueError:
-        value = None
-    if value is None:
-        errors.append({"field": name, "problem": "an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z"})
+        errors.append({"field": name, "problem": "an ISO 8601 date-time that exists in UTC "
+                                                 "(years 1-9999), e.g. 2026-01-31T12:00:00Z"})
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _parse_text(name: str, errors: list[dict]) -> str | None:

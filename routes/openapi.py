@@ -11,10 +11,13 @@ from . import schemas
 
 STATUS_TEXT = {
     200: "OK", 201: "Created",
-    400: "Malformed request (bad JSON, bad encoding, bad header, credentials in the query string)",
+    400: "Malformed request (bad JSON or nested deeper than 32 levels, bad encoding, bad "
+         "header, credentials in the query string)",
     401: "Not authenticated", 403: "Authenticated but not allowed", 404: "Not found",
     405: "Method not allowed", 406: "The Accept header excludes JSON", 409: "State conflict",
-    412: "Missing or invalid parameters", 413: "Body too large",
+    412: "Missing or invalid parameters (a NUL or lone surrogate in any body string or key, "
+         "a cursor this API did not return, a time outside UTC's range)",
+    413: "Body too large (over MAX_BODY_BYTES, chunked or not)",
     414: "URI too long (over 4094 bytes; answered by gunicorn)", 415: "Body is not JSON",
     431: "Request header fields too large (answered by gunicorn)",
     429: "Throttled or locked out (see Retry-After)", 500: "Internal error",
@@ -38,7 +41,7 @@ class Query:
 
 NON_EMPTY = {"type": "string", "minLength": 1}
 LIMIT = Query("1-200, default 50", {"type": "integer", "minimum": 1, "maximum": 200})
-CURSOR = Query("next_cursor of the previous page")
+CURSOR = Query("next_cursor of the previous page, as given; anything else is 412")
 
 
 @dataclass
@@ -168,7 +171,10 @@ def build_document(app: Flask, *, version: str) -> dict:
             "title": "Security API", "version": version,
             "description": "Sign-in with password + TOTP, short-lived JWTs, and access requests. "
                            "Every response is JSON with a `message`; errors add `error` "
-                           "(stable code) and, for parameters, `errors`.",
+                           "(stable code) and, for parameters, `errors`. Bodies nest at most 32 "
+                           "levels (400 `bad_json`); no string or key in them, free-form "
+                           "objects included, may hold NUL or a lone surrogate (412 naming "
+                           "it, e.g. `params.a.b[2]`).",
         },
         "servers": [{"url": "/"}],
         "paths": paths,

@@ -18,15 +18,8 @@ class Body(BaseModel):
             return int(value)
         return value
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: object) -> object:
-        # Text fields end up in text columns, and PostgreSQL refuses NUL in text (a 500 where
-        # SQLite would store it). The document says so too (openapi.no_nul_in_strings).
-        texts = value if isinstance(value, list) else [value]
-        if any(isinstance(text, str) and "\x00" in text for text in texts):
-            raise ValueError("must not contain NUL characters")
-        return value
+    # NUL and lone surrogates, in any string or key, are refused before validation, by
+    # flask_api_functions.read_json (security_api.jsontext.unstorable).
 
 
 class LoginBody(Body):

@@ -14,6 +14,7 @@ from .clock import isoformat
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams, NotFound
 from .grants import Subject, as_rule, candidate_rules
+from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policy import Rule, decide, specificity
 from .provisioners import get_provisioner
@@ -44,7 +45,7 @@ def render_permission(permission: Permission) -> dict:
             "max_duration_minutes": permission.max_duration_minutes,
             "requires_justification": permission.requires_justification,
             "provisioner": permission.provisioner,
-            "provisioner_config": json.loads(permission.provisioner_config or "{}"),
+            "provisioner_config": loads_stored(permission.provisioner_config),
             "builtin": permission.builtin, "created_at": isoformat(permission.created_at)}
 
 
@@ -226,7 +227,7 @@ def update_permission(session: Session, *, key: str, changes: dict, settings, ac
         name = changes.get("provisioner", permission.provisioner)
         # A new provisioner never inherits the old one's config: it must be given or empty.
         config = changes.get("provisioner_config") if "provisioner_config" in changes else \
-            ({} if name != permission.provisioner else json.loads(permission.provisioner_config))
+            ({} if name != permission.provisioner else loads_stored(permission.provisioner_config))
         validated = get_provisioner(name, settings).validate_config(config or {})
         permission.provisioner = name
         permission.provisioner_config = json.dumps(validated)

@@ -1,8 +1,6 @@
 """User administration: list, create, update, reset second factor or password, unlock."""
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import accounts, audit
-from .accounts import EMAIL_PATTERN, NewUser
+from . import accounts, audit, cursors
+from .accounts import EMAIL_PATTERN, USERNAME_PATTERN, NewUser
 from .enums import AuditAction, UserKind
 from .errors import Conflict, InvalidParams, NotFound
 from .models import RecoveryCode, Role, Subrole, User
@@ -60,17 +58,6 @@ def get_user(session: Session, *, user_id: str, for_update: bool = False) -> Use
     return user
 
 
-def _encode_cursor(username: str) -> str:
-    return base64.urlsafe_b64encode(username.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise InvalidParams.one("cursor", "is not a cursor this API returned") from None
-
-
 def list_users(session: Session, *, filters: UserFilters, limit: int,
                cursor: str | None) -> tuple[list[User], str | None]:
     """Return one page of users ordered by username, and the cursor of the next page."""
@@ -86,9 +73,9 @@ def list_users(session: Session, *, filters: UserFilters, limit: int,
     if filters.q:
         stmt = stmt.where(User.username.startswith(filters.q.strip().lower(), autoescape=True))
     if cursor:
-        stmt = stmt.where(User.username > _decode_cursor(cursor))
+        stmt = stmt.where(User.username > cursors.decode_key(cursor, USERNAME_PATTERN))
     rows = list(session.scalars(stmt.order_by(User.username).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1].username) if len(rows) > limit else None
+    next_cursor = cursors.encode_key(rows[limit - 1].username) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 

@@ -1,9 +1,6 @@
 """Reading the audit log: the contract's rendering, filtered lists with cursor pagination, export."""
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,11 +8,10 @@ from datetime import datetime
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from . import cursors
 from .clock import isoformat
-from .errors import InvalidParams
+from .jsontext import loads_stored
 from .models import AuditEvent
-
-CURSOR_PREFIX = "seq:"
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,7 @@ class AuditFilters:
 def _details(raw: str | None):
     """Parse the stored details; a row whose text is not JSON (tampered) shows the text itself."""
     try:
-        return json.loads(raw or "{}")
+        return loads_stored(raw)
     except ValueError:
         return raw
 
@@ -62,19 +58,7 @@ def _filtered(filters: AuditFilters) -> Select:
 
 def encode_cursor(seq: int) -> str:
     """Return an opaque cursor that continues after (below) the given sequence number."""
-    return base64.urlsafe_b64encode(f"{CURSOR_PREFIX}{seq}".encode("ascii")).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """Return the sequence number of a cursor this API returned; 412 for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raw = ""
-    digits = raw.removeprefix(CURSOR_PREFIX) if raw.startswith(CURSOR_PREFIX) else ""
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
-        raise InvalidParams.one("cursor", "is not a cursor this API returned")
-    return int(digits)
+    return cursors.encode_seq(seq)
 
 
 def list_events(session: Session, *, actor: str | None = None, action: str | None = None,
@@ -83,7 +67,7 @@ def list_events(session: Session, *, actor: str | None = None, action: str | Non
     """Return one page of events, newest first (by seq), and the cursor of the next page."""
     stmt = _filtered(AuditFilters(actor, action, since, until))
     if cursor:
-        stmt = stmt.where(AuditEvent.seq < decode_cursor(cursor))
+        stmt = stmt.where(AuditEvent.seq < cursors.decode_seq(cursor))
     rows = list(session.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
     return rows[:limit], next_cursor

@@ -28,3 +28,23 @@ def isoformat(value: datetime | None) -> str | None:
 def epoch(value: datetime) -> int:
     """Return whole seconds since the epoch."""
     return int(as_utc(value).timestamp())
+
+
+def parse_instant(text: str, *, naive_is_utc: bool) -> datetime:
+    """Parse an ISO 8601 date-time into aware UTC; ValueError for anything else.
+
+    A time without a zone is UTC only when `naive_is_utc`; otherwise it is refused. The
+    instant must exist in UTC too: 0001-01-01T00:00:00+14:00 is before datetime.min, and
+    converting it would overflow deep inside a query instead of failing here.
+    """
+    if not (isinstance(text, str) and text.isascii() and text.isprintable()):
+        raise ValueError("not an ISO 8601 date-time")
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None or value.utcoffset() is None:
+        if not naive_is_utc:
+            raise ValueError("no time zone")
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("outside the range of UTC date-times") from None

@@ -18,6 +18,7 @@ from . import audit, metrics
 from .enums import AuditAction, Decision, PolicyMode, ProvisioningState, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams, NotFound
 from .grants import Subject, decision_for
+from .jsontext import loads_stored
 from .models import AccessRequest, Approval, Permission, RequestApproverGroup
 from .policy import approver_matches
 from .provisioners import get_provisioner
@@ -135,7 +136,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
-    clean_params = provisioner.validate_params(params, config=json.loads(permission.provisioner_config))
+    clean_params = provisioner.validate_params(params, config=loads_stored(permission.provisioner_config))
     key = permission.key  # expire_due ends the transaction: `permission` would be loaded again
     expire_due(session, services, now=now, origin=origin, requester_id=subject.id,
                permission_key=key)

@@ -39,6 +39,7 @@ from .accounts import NAME_PATTERN
 from .catalog import BUILTIN_PERMISSIONS, KEY_PATTERN, MAX_MINUTES
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams
+from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policy import WILDCARD
 from .provisioners import get_provisioner
@@ -661,7 +662,7 @@ def _permission_values(source) -> dict:
             "max_duration_minutes": source.max_duration_minutes,
             "requires_justification": bool(source.requires_justification),
             "provisioner": source.provisioner,
-            "provisioner_config": json.loads(config or "{}") if isinstance(config, str) else config}
+            "provisioner_config": loads_stored(config) if isinstance(config, str) else config}
 
 
 def _plan_rules(session: Session, desired: PolicyFile, changes: list[Change]) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from . import audit, metrics
 from .clock import isoformat, utcnow
 from .enums import AuditAction, ProvisioningState, RequestStatus
+from .jsontext import loads_stored
 from .models import AccessRequest, Permission, User
 from .provisioners import GrantContext, ProvisioningError, get_provisioner
 from .services import Services
@@ -41,8 +42,8 @@ def _load(session: Session, services: Services, request_id: str):
         .execution_options(populate_existing=True)).one()
     ctx = GrantContext(request_id=request.id, requester=requester,
                        requester_ip=request.requester_ip, permission=permission.key,
-                       params=json.loads(request.params or "{}"),
-                       config=json.loads(permission.provisioner_config or "{}"),
+                       params=loads_stored(request.params),
+                       config=loads_stored(permission.provisioner_config),
                        expires_at=request.expires_at)
     return request, permission, ctx
 
@@ -59,7 +60,7 @@ def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, actio
 
 def _record(session: Session, request: AccessRequest, permission: Permission,
             outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> str:
-    record = json.loads(request.provisioning or "{}")
+    record = loads_stored(request.provisioning)
     for action, outcome in outcomes.items():
         record[action] = outcome
         audit.record(session, action=AuditAction.PROVISIONING_SUCCEEDED if outcome["ok"]

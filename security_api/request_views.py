@@ -1,18 +1,17 @@
 """Reading requests: the contract's rendering, and lists with filters and cursor pagination."""
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import datetime
 
 from sqlalchemy import and_, exists, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
+from . import cursors
 from .clock import as_utc, isoformat
 from .db import UTCDateTime
 from .enums import RequestStatus
-from .errors import Forbidden, InvalidParams
+from .errors import Forbidden
+from .jsontext import loads_stored
 from .lifecycle import Actor
 from .models import AccessRequest, Approval, RequestApproverGroup, User
 
@@ -46,27 +45,13 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
     names = dict(session.execute(select(User.id, User.username).where(User.id.in_(user_ids))).all())
     return [{
         "id": r.id, "requester": names.get(r.requester_id), "permission": r.permission_key,
-        "justification": r.justification, "params": json.loads(r.params or "{}"),
+        "justification": r.justification, "params": loads_stored(r.params),
         "duration_minutes": r.duration_minutes, "status": effective_status(r, now),
         "mode": r.mode, "approvals_required": r.approvals_required,
         "created_at": isoformat(r.created_at), "decided_at": isoformat(r.decided_at),
         "approvals": approvals[r.id], "expires_at": isoformat(r.expires_at),
-        "ended_at": isoformat(r.ended_at), "provisioning": json.loads(r.provisioning or "{}"),
+        "ended_at": isoformat(r.ended_at), "provisioning": loads_stored(r.provisioning),
     } for r in requests]
-
-
-def _encode_cursor(request: AccessRequest) -> str:
-    raw = json.dumps([as_utc(request.created_at).isoformat(), request.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, request_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(request_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise InvalidParams.one("cursor", "is not a cursor this API returned") from None
 
 
 def _status_filter(status: str, now: datetime):
@@ -113,11 +98,12 @@ def list_requests(session: Session, *, actor: Actor, scope: str, status: str | N
     if permission is not None:
         stmt = stmt.where(AccessRequest.permission_key == permission)
     if cursor:
-        created_at, request_id = _decode_cursor(cursor)
+        created_at, request_id = cursors.decode_position(cursor)
         # Bound with the column's type: stored naive UTC, whatever the session's time zone.
         stmt = stmt.where(tuple_(AccessRequest.created_at, AccessRequest.id)
                           < tuple_(literal(created_at, UTCDateTime()), request_id))
     rows = list(session.scalars(stmt.order_by(AccessRequest.created_at.desc(),
                                               AccessRequest.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = cursors.encode_position(last.created_at, last.id) if last else None
     return rows[:limit], next_cursor
