@@ -51,6 +51,7 @@ class AuditAction(StrEnum):
     TOTP_PASSWORD_CHECKED = "totp.password_checked"
     TOKEN_REFRESHED = "token.refreshed"
     REFRESH_REUSE_DETECTED = "token.refresh_reuse_detected"
+    TOKEN_REFRESH_REFUSED = "token.refresh_refused"
     LOGOUT = "logout"
     PASSWORD_CHANGED = "password.changed"
     PASSWORD_CHANGE_FAILED = "password.change_failed"
