@@ -135,7 +135,10 @@ def totp_confirm():
 @documented(summary="Rotate a refresh token into new tokens", tag="auth",
             body=schemas.RefreshBody, responses={200: schemas.Tokens, 401: E, 429: E},
             description="A refresh token works once. Presenting a used one revokes its whole "
-                        "family (401 `refresh_token_reused`), access tokens included.")
+                        "family (401 `refresh_token_reused`), access tokens included. 401 "
+                        "`session_expired` once the sign-in is older than "
+                        "REFRESH_FAMILY_MAX_SECONDS (default 7 days); no refresh token "
+                        "outlives that. Every refusal is audited.")
 def token_refresh():
     """Trade a refresh token for a new pair."""
     _throttle("auth")
