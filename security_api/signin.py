@@ -56,7 +56,8 @@ class Attempt:
         self.purpose, self.origin, self.now = purpose, origin, now
         self.settled = False
 
-    def fail(self, *, user: User | None, reason: FailureReason) -> Unauthenticated:
+    def fail(self, *, user: User | None, reason: FailureReason,
+             password_checked: bool = False) -> Unauthenticated:
         """Keep the reserved place as a failure, audit it, and return the one generic error."""
         session, settings = self.session, self.services.settings
         self.settled = True
@@ -67,6 +68,8 @@ class Attempt:
             lock_seconds=settings.lockout_seconds, now=epoch(self.now))
         actor = self.username[:MAX_ACTOR_LENGTH]
         target = user.id if user else None
+        if password_checked:
+            _record_password_checked(session, user=user, attempt=self)
         audit.record(session, action=AuditAction.LOGIN_FAILED, actor=actor, target=target,
                      origin=self.origin, now=self.now,
                      details={"reason": str(reason), "purpose": self.purpose})
@@ -216,6 +219,12 @@ def sign_in(session: Session, services: Services, *, username: str, password: st
     return user, issued
 
 
+def _record_password_checked(session: Session, *, user: User, attempt: Attempt) -> None:
+    audit.record(session, action=AuditAction.TOTP_PASSWORD_CHECKED, actor=user.username,
+                 target=user.id, origin=attempt.origin, now=attempt.now,
+                 details={"purpose": attempt.purpose, "totp_confirmed": user.totp_confirmed})
+
+
 def _check_password_to_enroll(session: Session, services: Services, *, attempt: Attempt,
                               password: str) -> User:
     """Check the password alone, for enroll and confirm; refuse it like a wrong one once 2FA is on.
@@ -225,13 +234,13 @@ def _check_password_to_enroll(session: Session, services: Services, *, attempt: 
     counts toward the lockout either way (a count left alone would say "right" too).
     """
     user = check_password(session, services, attempt=attempt, password=password)
-    confirmed = user.totp_confirmed
-    audit.record(session, action=AuditAction.TOTP_PASSWORD_CHECKED, actor=user.username,
-                 target=user.id, origin=attempt.origin, now=attempt.now,
-                 details={"purpose": attempt.purpose, "totp_confirmed": confirmed})
+    if user.totp_confirmed:
+        # One transaction, as for a wrong password: not even the time may differ.
+        raise attempt.fail(user=user, reason=FailureReason.TOTP_ALREADY_ENROLLED,
+                           password_checked=True)
+    # Its own commit: a 409 or a wrong code after this must not drop the record.
+    _record_password_checked(session, user=user, attempt=attempt)
     session.commit()
-    if confirmed:
-        raise attempt.fail(user=user, reason=FailureReason.TOTP_ALREADY_ENROLLED)
     return user
 
 
