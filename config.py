@@ -39,6 +39,8 @@ class Settings:
     jwt_leeway_seconds: int = 10
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 28800
+    # A sign-in's refresh family ends this long after the sign-in, however often it rotates.
+    refresh_family_max_seconds: int = 604800
     bcrypt_rounds: int = 12
     lockout_threshold: int = 5
     lockout_seconds: int = 900
@@ -115,6 +117,7 @@ ENV_VARIABLES = {
     "JWT_LEEWAY_SECONDS": ("jwt_leeway_seconds", _int),
     "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", _int),
     "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", _int),
+    "REFRESH_FAMILY_MAX_SECONDS": ("refresh_family_max_seconds", _int),
     "BCRYPT_ROUNDS": ("bcrypt_rounds", _int),
     "LOCKOUT_THRESHOLD": ("lockout_threshold", _int),
     "LOCKOUT_SECONDS": ("lockout_seconds", _int),
@@ -228,6 +231,7 @@ def validate(settings: Settings) -> None:
     if settings.is_production and settings.bcrypt_rounds < 12:
         raise ConfigError("production needs BCRYPT_ROUNDS of at least 12")
     for name in ("access_token_ttl_seconds", "refresh_token_ttl_seconds",
+                 "refresh_family_max_seconds",
                  "lockout_threshold", "lockout_seconds", "auth_rate_limit",
                  "auth_rate_window_seconds", "max_body_bytes", "provisioner_timeout_seconds",
                  "database_query_timeout_seconds"):

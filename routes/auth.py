@@ -18,7 +18,7 @@ from flask_api_functions import (
     require_token,
     services,
 )
-from security_api import accounts, metrics, sessions, signin
+from security_api import metrics, sessions, signin
 from security_api.clock import isoformat, utcnow
 from security_api.errors import ApiError, Forbidden, Throttled, Unauthenticated
 from security_api.models import User
@@ -95,19 +95,18 @@ def _qr_data_uri(uri: str) -> str:
 @documented(summary="Start TOTP enrollment (Basic auth, password only)", tag="auth",
             auth="basic", body=schemas.EmptyBody,
             responses={200: schemas.Enrollment, 401: E, 409: E, 429: E},
-            description="Returns a new secret each call until confirmed; 409 once confirmed.")
+            description="Returns a new secret each call until confirmed. Once 2FA is "
+                        "confirmed the answer is the generic 401 `invalid_credentials`, right "
+                        "password or not (counted toward the lockout), so the endpoint is no "
+                        "password oracle without the second factor. 409 "
+                        "`totp_not_applicable` for a service account.")
 def totp_enroll():
     """Give the caller a TOTP secret, its otpauth URI and a QR code."""
     _throttle("auth")
     username, password = basic_credentials()
     read_json(schemas.EmptyBody)
-    now = utcnow()
-    user = signin.check_password(db(), services(), username=username, password=password,
-                                 purpose="totp_enroll", origin=origin(), now=now)
-    secret, uri = accounts.start_totp_enrollment(db(), user=user,
-                                                 issuer=services().settings.totp_issuer,
-                                                 secret_box=services().secret_box,
-                                                 origin=origin(), now=now)
+    secret, uri = signin.enroll_totp(db(), services(), username=username, password=password,
+                                     origin=origin(), now=utcnow())
     return envelope("Scan the QR code, then confirm with POST /v1/totp/confirm.",
                     secret=secret, otpauth_uri=uri, qr_png=_qr_data_uri(uri))
 
@@ -116,20 +115,18 @@ def totp_enroll():
 @documented(summary="Confirm TOTP enrollment with a current code", tag="auth", auth="basic",
             body=schemas.TotpConfirmBody,
             responses={200: schemas.RecoveryCodes, 401: E, 409: E, 429: E},
-            description="Returns 10 single-use recovery codes, shown once.")
+            description="Returns 10 single-use recovery codes, shown once. Once 2FA is "
+                        "confirmed the answer is the generic 401 `invalid_credentials`, right "
+                        "password or not (counted toward the lockout). 409 "
+                        "`totp_enrollment_not_started` before an enroll.")
 def totp_confirm():
     """Turn on 2FA and hand out the recovery codes."""
     _throttle("auth")
     username, password = basic_credentials()
     body = read_json(schemas.TotpConfirmBody)
-    now = utcnow()
-    session = db()
-    user = signin.check_password(session, services(), username=username, password=password,
-                                 purpose="totp_confirm", origin=origin(), now=now)
-    accounts.ensure_enrollment_started(user)
-    signin.check_totp(session, services(), user=user, code=body.totp, purpose="totp_confirm",
-                      origin=origin(), now=now)
-    codes = accounts.confirm_totp(session, user=user, origin=origin(), now=now)
+    codes = signin.confirm_totp_enrollment(db(), services(), username=username,
+                                           password=password, code=body.totp,
+                                           origin=origin(), now=utcnow())
     return envelope("Two-factor authentication is on. Keep these recovery codes safe; "
                     "each works once.", recovery_codes=codes)
 
@@ -138,7 +135,10 @@ def totp_confirm():
 @documented(summary="Rotate a refresh token into new tokens", tag="auth",
             body=schemas.RefreshBody, responses={200: schemas.Tokens, 401: E, 429: E},
             description="A refresh token works once. Presenting a used one revokes its whole "
-                        "family (401 `refresh_token_reused`), access tokens included.")
+                        "family (401 `refresh_token_reused`), access tokens included. 401 "
+                        "`session_expired` once the sign-in is older than "
+                        "REFRESH_FAMILY_MAX_SECONDS (default 7 days); no refresh token "
+                        "outlives that. Every refusal is audited.")
 def token_refresh():
     """Trade a refresh token for a new pair."""
     _throttle("auth")

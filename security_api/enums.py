@@ -41,11 +41,17 @@ class AuditAction(StrEnum):
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"
     LOGIN_LOCKED = "login.locked"
+    # An attempt (login, enroll, confirm, password change) refused because the username is
+    # locked, or full of attempts still running: no secret was checked.
+    LOGIN_REFUSED_LOCKED = "login.refused_locked"
     RECOVERY_CODE_USED = "login.recovery_code_used"
     TOTP_ENROLL_STARTED = "totp.enroll_started"
     TOTP_ENROLLED = "totp.enrolled"
+    # A right password on enroll or confirm: a password check without a second factor.
+    TOTP_PASSWORD_CHECKED = "totp.password_checked"
     TOKEN_REFRESHED = "token.refreshed"
     REFRESH_REUSE_DETECTED = "token.refresh_reuse_detected"
+    TOKEN_REFRESH_REFUSED = "token.refresh_refused"
     LOGOUT = "logout"
     PASSWORD_CHANGED = "password.changed"
     PASSWORD_CHANGE_FAILED = "password.change_failed"
@@ -89,3 +95,5 @@ class FailureReason(StrEnum):
     BAD_SECOND_FACTOR = "bad_second_factor"
     MISSING_SECOND_FACTOR = "missing_second_factor"
     TOTP_REPLAYED = "totp_replayed"
+    # Enroll or confirm with the right password on an account whose 2FA is already on.
+    TOTP_ALREADY_ENROLLED = "totp_already_enrolled"

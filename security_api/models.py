@@ -62,6 +62,8 @@ class User(Base):
     totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
     # Epoch second before which every token of this user is dead.
     tokens_valid_after: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The last TOTP step accepted, kept here (not in a cache) so a code works at most once.
+    last_totp_step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -160,15 +162,6 @@ class RevokedToken(Base):
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
-class TotpStep(Base):
-    """Highest accepted TOTP step per user when replay state lives in the database."""
-
-    __tablename__ = "totp_steps"
-
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
-    step: Mapped[int] = mapped_column(BigInteger)
 
 
 class Permission(Base):

@@ -63,16 +63,23 @@ def _digest(refresh_token: str) -> str:
     return hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _issue(session: Session, services: Services, *, user: User, family_id: str,
+def _family_ends_at(services: Services, created_at: datetime) -> datetime:
+    """Return when a refresh family dies, however often it was rotated."""
+    return as_utc(created_at) + timedelta(seconds=services.settings.refresh_family_max_seconds)
+
+
+def _issue(session: Session, services: Services, *, user: User, family: RefreshFamily,
            now: datetime) -> IssuedTokens:
     refresh_token = secrets.token_urlsafe(32)
-    ttl = services.settings.refresh_token_ttl_seconds
-    session.add(RefreshToken(family_id=family_id, token_hash=_digest(refresh_token),
-                             issued_at=now, expires_at=now + timedelta(seconds=ttl)))
+    # Never past the family's end: rotating must not extend a sign-in for ever.
+    expires_at = min(now + timedelta(seconds=services.settings.refresh_token_ttl_seconds),
+                     _family_ends_at(services, family.created_at))
+    session.add(RefreshToken(family_id=family.id, token_hash=_digest(refresh_token),
+                             issued_at=now, expires_at=expires_at))
     access_token, claims = issue_access_token(keys=services.keys, audience=services.audience,
-                                              user=user, session_id=family_id, now=now)
+                                              user=user, session_id=family.id, now=now)
     return IssuedTokens(access_token, claims, refresh_token,
-                        claims["exp"] - epoch(now), ttl)
+                        claims["exp"] - epoch(now), int((expires_at - now).total_seconds()))
 
 
 def start_session(session: Session, services: Services, *, user: User,
@@ -81,7 +88,7 @@ def start_session(session: Session, services: Services, *, user: User,
     family = RefreshFamily(user_id=user.id, created_at=now)
     session.add(family)
     session.flush()
-    return _issue(session, services, user=user, family_id=family.id, now=now)
+    return _issue(session, services, user=user, family=family, now=now)
 
 
 def revoke_family(session: Session, *, family_id: str, reason: str, now: datetime) -> bool:
@@ -104,24 +111,47 @@ def invalidate_all_tokens(session: Session, *, user: User, reason: str, now: dat
         .values(revoked_at=now, revoked_reason=reason))
 
 
+def _refused(session: Session, error: Unauthenticated, *, reason: str, user: User | None,
+             family_id: str | None, origin: audit.Origin, now: datetime) -> Unauthenticated:
+    """Audit a refused refresh in its own commit and return the error to raise."""
+    details = {"reason": reason} if family_id is None else {"reason": reason, "family": family_id}
+    audit.record(session, action=AuditAction.TOKEN_REFRESH_REFUSED,
+                 actor=user.username if user else None, target=user.id if user else None,
+                 origin=origin, now=now, details=details)
+    session.commit()
+    return error
+
+
 def rotate(session: Session, services: Services, *, refresh_token: str,
            origin: audit.Origin, now: datetime) -> IssuedTokens:
     """Trade a refresh token for new tokens; a reused one revokes its whole family."""
     invalid = Unauthenticated("Invalid refresh token.", code="invalid_refresh_token")
     if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
-        raise invalid
+        raise _refused(session, invalid, reason="unknown", user=None, family_id=None,
+                       origin=origin, now=now)
     row = session.execute(
         select(RefreshToken, RefreshFamily, User)
         .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
         .join(User, User.id == RefreshFamily.user_id)
         .where(RefreshToken.token_hash == _digest(refresh_token))).first()
     if row is None:
-        raise invalid
+        raise _refused(session, invalid, reason="unknown", user=None, family_id=None,
+                       origin=origin, now=now)
     token, family, user = row
-    if family.revoked_at is not None or not user.active:
-        raise invalid
-    if as_utc(token.expires_at) <= now:
-        raise Unauthenticated("Refresh token expired.", code="token_expired")
+    refusal = None
+    if family.revoked_at is not None:
+        refusal = ("revoked", invalid)
+    elif not user.active:
+        refusal = ("inactive", invalid)
+    elif as_utc(token.expires_at) <= now:
+        refusal = ("expired", Unauthenticated("Refresh token expired.", code="token_expired"))
+    elif _family_ends_at(services, family.created_at) <= now:
+        refusal = ("family_expired", Unauthenticated(
+            "This sign-in is too old to refresh; sign in again.", code="session_expired"))
+    if refusal is not None:
+        reason, error = refusal
+        raise _refused(session, error, reason=reason, user=user, family_id=family.id,
+                       origin=origin, now=now)
     used = session.execute(
         update(RefreshToken)
         .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
@@ -132,10 +162,11 @@ def rotate(session: Session, services: Services, *, refresh_token: str,
         revoke_family(session, family_id=family.id, reason="refresh_reuse", now=now)
         audit.record(session, action=AuditAction.REFRESH_REUSE_DETECTED, actor=user.username,
                      target=user.id, origin=origin, now=now, details={"family": family.id})
-        session.commit()
-        raise Unauthenticated("Refresh token reuse detected; the session is revoked.",
-                              code="refresh_token_reused")
-    issued = _issue(session, services, user=user, family_id=family.id, now=now)
+        raise _refused(session, Unauthenticated(
+            "Refresh token reuse detected; the session is revoked.",
+            code="refresh_token_reused"), reason="reused", user=user, family_id=family.id,
+            origin=origin, now=now)
+    issued = _issue(session, services, user=user, family=family, now=now)
     audit.record(session, action=AuditAction.TOKEN_REFRESHED, actor=user.username,
                  target=user.id, origin=origin, now=now, details={"family": family.id})
     session.commit()

@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from . import audit, totp
-from .accounts import consume_recovery_code, find_user, normalise_username, set_password
+from .accounts import (
+    confirm_totp,
+    consume_recovery_code,
+    ensure_enrollment_started,
+    find_user,
+    normalise_username,
+    set_password,
+    start_totp_enrollment,
+)
 from .clock import epoch
 from .enums import AuditAction, FailureReason, UserKind
 from .errors import Forbidden, InvalidParams, Throttled, Unauthenticated
@@ -36,41 +47,87 @@ def throttle_address(services: Services, *, ip: str | None, scope: str, now: dat
                         retry_after=retry_after)
 
 
-def _refuse_if_locked(services: Services, username: str, now: datetime) -> None:
-    state = services.store.lock_state(_lock_key(username), now=epoch(now))
-    if state.locked:
-        raise Throttled("Too many failed attempts; this account is locked for a while.",
-                        code="locked", retry_after=state.retry_after)
+class Attempt:
+    """One attempt holding a reserved place in its username's lockout count until settled."""
+
+    def __init__(self, session: Session, services: Services, *, username: str, purpose: str,
+                 origin: audit.Origin, now: datetime):
+        self.session, self.services, self.username = session, services, username
+        self.purpose, self.origin, self.now = purpose, origin, now
+        self.settled = False
+
+    def fail(self, *, user: User | None, reason: FailureReason,
+             password_checked: bool = False) -> Unauthenticated:
+        """Keep the reserved place as a failure, audit it, and return the one generic error."""
+        session, settings = self.session, self.services.settings
+        self.settled = True
+        # Release anything this request holds before the store takes its own transaction.
+        session.rollback()
+        locked = self.services.store.record_failure(
+            _lock_key(self.username), threshold=settings.lockout_threshold,
+            lock_seconds=settings.lockout_seconds, now=epoch(self.now))
+        actor = self.username[:MAX_ACTOR_LENGTH]
+        target = user.id if user else None
+        if password_checked:
+            _record_password_checked(session, user=user, attempt=self)
+        audit.record(session, action=AuditAction.LOGIN_FAILED, actor=actor, target=target,
+                     origin=self.origin, now=self.now,
+                     details={"reason": str(reason), "purpose": self.purpose})
+        if locked:
+            audit.record(session, action=AuditAction.LOGIN_LOCKED, actor=actor, target=target,
+                         origin=self.origin, now=self.now,
+                         details={"seconds": settings.lockout_seconds, "purpose": self.purpose})
+        session.commit()
+        return Unauthenticated(headers=BASIC_CHALLENGE)
+
+    def succeed(self) -> None:
+        """Forget the failures in a row: every factor was right (call after the commit)."""
+        self.settled = True
+        self.services.store.clear_failures(_lock_key(self.username))
+
+    def release(self) -> None:
+        """Give the place back when the attempt neither failed nor signed in."""
+        if not self.settled:
+            self.settled = True
+            self.services.store.release_attempt(_lock_key(self.username))
 
 
-def record_failure(session: Session, services: Services, *, username: str, user: User | None,
-                   reason: FailureReason, purpose: str, origin: audit.Origin,
-                   now: datetime) -> Unauthenticated:
-    """Count a failure toward the lockout, audit it, and return the one generic error."""
-    # Release anything this request holds before the store takes its own transaction.
-    session.rollback()
+@contextmanager
+def reserved_attempt(session: Session, services: Services, *, username: str, purpose: str,
+                     origin: audit.Origin, now: datetime) -> Iterator[Attempt]:
+    """Reserve a place in the username's lockout count before any secret is checked.
+
+    Reading "not locked" and counting the failure later let parallel guesses all pass the
+    check first: the place is taken atomically up front, so at most LOCKOUT_THRESHOLD
+    passwords or codes are checked in a row, however many requests run at once.
+    """
     settings = services.settings
-    locked = services.store.record_failure(
+    state = services.store.reserve_attempt(
         _lock_key(username), threshold=settings.lockout_threshold,
         lock_seconds=settings.lockout_seconds, now=epoch(now))
-    actor = username[:MAX_ACTOR_LENGTH]
-    target = user.id if user else None
-    details = {"reason": str(reason), "purpose": purpose}
-    audit.record(session, action=AuditAction.LOGIN_FAILED, actor=actor, target=target,
-                 origin=origin, now=now, details=details)
-    if locked:
-        audit.record(session, action=AuditAction.LOGIN_LOCKED, actor=actor, target=target,
-                     origin=origin, now=now,
-                     details={"seconds": settings.lockout_seconds, "purpose": purpose})
-    session.commit()
-    return Unauthenticated(headers=BASIC_CHALLENGE)
+    if state.locked:
+        audit.record(session, action=AuditAction.LOGIN_REFUSED_LOCKED,
+                     actor=username[:MAX_ACTOR_LENGTH], target=None, origin=origin, now=now,
+                     details={"purpose": purpose})
+        session.commit()
+        raise Throttled("Too many failed attempts; this account is locked for a while.",
+                        code="locked", retry_after=state.retry_after)
+    current = Attempt(session, services, username=username, purpose=purpose, origin=origin,
+                      now=now)
+    try:
+        yield current
+    except BaseException:
+        # The store may need a lock this request's transaction still holds (SQLite).
+        session.rollback()
+        raise
+    finally:
+        current.release()
 
 
-def check_password(session: Session, services: Services, *, username: str, password: str,
-                   purpose: str, origin: audit.Origin, now: datetime) -> User:
+def check_password(session: Session, services: Services, *, attempt: Attempt,
+                   password: str) -> User:
     """Return the active user whose password this is; fail the same way for every other case."""
-    _refuse_if_locked(services, username, now)
-    user = find_user(session, username)
+    user = find_user(session, attempt.username)
     # Always run one bcrypt check, so an unknown user costs the same time as a known one.
     password_ok = verify_password(password, user.password_hash if user
                                   else services.dummy_password_hash)
@@ -82,8 +139,7 @@ def check_password(session: Session, services: Services, *, username: str, passw
     elif not user.active:
         reason = FailureReason.INACTIVE
     if reason is not None:
-        raise record_failure(session, services, username=username, user=user, reason=reason,
-                             purpose=purpose, origin=origin, now=now)
+        raise attempt.fail(user=user, reason=reason)
     return user
 
 
@@ -98,71 +154,133 @@ def _totp_secret(services: Services, user: User) -> str | None:
         return None
 
 
-def check_totp(session: Session, services: Services, *, user: User, code: str | None,
-               purpose: str, origin: audit.Origin, now: datetime) -> None:
+def _claim_step(session: Session, *, user_id: str, step: int) -> bool:
+    """Move the user's last accepted step forward; False for a replayed or older step.
+
+    The database is the one authority, whatever happens to a cache: a conditional update
+    checked by row count, so of parallel requests with one code exactly one wins (the others
+    wait for its row lock, then match no row).
+    """
+    claimed = session.execute(
+        update(User)
+        .where(User.id == user_id,
+               or_(User.last_totp_step.is_(None), User.last_totp_step < step))
+        .values(last_totp_step=step))
+    return claimed.rowcount == 1
+
+
+def check_totp(session: Session, services: Services, *, attempt: Attempt, user: User,
+               code: str | None) -> None:
     """Accept a TOTP code once per user, within one step of drift; fail generically otherwise."""
     secret = _totp_secret(services, user)
-    step = totp.matching_step(secret, code, unix_time=now.timestamp()) if secret and code else None
+    step = totp.matching_step(secret, code, unix_time=attempt.now.timestamp()) \
+        if secret and code else None
     reason = None
     if step is None:
         reason = FailureReason.BAD_SECOND_FACTOR
-    elif not services.store.claim_totp_step(user.id, step):
+    elif not _claim_step(session, user_id=user.id, step=step):
         reason = FailureReason.TOTP_REPLAYED
     if reason is not None:
-        raise record_failure(session, services, username=user.username, user=user,
-                             reason=reason, purpose=purpose, origin=origin, now=now)
+        raise attempt.fail(user=user, reason=reason)
 
 
 def sign_in(session: Session, services: Services, *, username: str, password: str,
             totp_code: str | None, recovery_code: str | None, origin: audit.Origin,
             now: datetime) -> tuple[User, IssuedTokens]:
     """Check every factor and open a session; raise the generic error on any failure."""
-    user = check_password(session, services, username=username, password=password,
-                          purpose="login", origin=origin, now=now)
-    used_recovery = False
-    if user.kind == UserKind.PERSON:
-        if not user.totp_confirmed:
-            raise Forbidden("Two-factor authentication must be enrolled first: "
-                            "POST /v1/totp/enroll, then /v1/totp/confirm.",
-                            code="totp_enrollment_required")
-        if totp_code is not None:
-            check_totp(session, services, user=user, code=totp_code, purpose="login",
-                       origin=origin, now=now)
-        elif recovery_code is not None and consume_recovery_code(
-                session, user_id=user.id, code=recovery_code, now=now):
-            used_recovery = True
-        else:
-            reason = (FailureReason.BAD_SECOND_FACTOR if recovery_code is not None
-                      else FailureReason.MISSING_SECOND_FACTOR)
-            raise record_failure(session, services, username=username, user=user,
-                                 reason=reason, purpose="login", origin=origin, now=now)
-    issued = start_session(session, services, user=user, now=now)
-    audit.record(session, action=AuditAction.LOGIN_SUCCEEDED, actor=user.username,
-                 target=user.id, origin=origin, now=now,
-                 details={"family": issued.claims["sid"], "kind": user.kind})
-    if used_recovery:
-        audit.record(session, action=AuditAction.RECOVERY_CODE_USED, actor=user.username,
-                     target=user.id, origin=origin, now=now)
-    session.commit()
-    # After the commit: the store must not wait on a lock this request still holds.
-    services.store.clear_failures(_lock_key(username))
+    with reserved_attempt(session, services, username=username, purpose="login",
+                          origin=origin, now=now) as current:
+        user = check_password(session, services, attempt=current, password=password)
+        used_recovery = False
+        if user.kind == UserKind.PERSON:
+            if not user.totp_confirmed:
+                raise Forbidden("Two-factor authentication must be enrolled first: "
+                                "POST /v1/totp/enroll, then /v1/totp/confirm.",
+                                code="totp_enrollment_required")
+            if totp_code is not None:
+                check_totp(session, services, attempt=current, user=user, code=totp_code)
+            elif recovery_code is not None and consume_recovery_code(
+                    session, user_id=user.id, code=recovery_code, now=now):
+                used_recovery = True
+            else:
+                reason = (FailureReason.BAD_SECOND_FACTOR if recovery_code is not None
+                          else FailureReason.MISSING_SECOND_FACTOR)
+                raise current.fail(user=user, reason=reason)
+        issued = start_session(session, services, user=user, now=now)
+        audit.record(session, action=AuditAction.LOGIN_SUCCEEDED, actor=user.username,
+                     target=user.id, origin=origin, now=now,
+                     details={"family": issued.claims["sid"], "kind": user.kind})
+        if used_recovery:
+            audit.record(session, action=AuditAction.RECOVERY_CODE_USED, actor=user.username,
+                         target=user.id, origin=origin, now=now)
+        session.commit()
+        # After the commit: the store must not wait on a lock this request still holds.
+        current.succeed()
     return user, issued
+
+
+def _record_password_checked(session: Session, *, user: User, attempt: Attempt) -> None:
+    audit.record(session, action=AuditAction.TOTP_PASSWORD_CHECKED, actor=user.username,
+                 target=user.id, origin=attempt.origin, now=attempt.now,
+                 details={"purpose": attempt.purpose, "totp_confirmed": user.totp_confirmed})
+
+
+def _check_password_to_enroll(session: Session, services: Services, *, attempt: Attempt,
+                              password: str) -> User:
+    """Check the password alone, for enroll and confirm; refuse it like a wrong one once 2FA is on.
+
+    Without the second factor these endpoints must not tell a right password from a wrong
+    one: an account with 2FA confirmed gets the generic 401 either way, and the attempt
+    counts toward the lockout either way (a count left alone would say "right" too).
+    """
+    user = check_password(session, services, attempt=attempt, password=password)
+    if user.totp_confirmed:
+        # One transaction, as for a wrong password: not even the time may differ.
+        raise attempt.fail(user=user, reason=FailureReason.TOTP_ALREADY_ENROLLED,
+                           password_checked=True)
+    # Its own commit: a 409 or a wrong code after this must not drop the record.
+    _record_password_checked(session, user=user, attempt=attempt)
+    session.commit()
+    return user
+
+
+def enroll_totp(session: Session, services: Services, *, username: str, password: str,
+                origin: audit.Origin, now: datetime) -> tuple[str, str]:
+    """Check the password and hand out a new TOTP secret and its otpauth URI."""
+    with reserved_attempt(session, services, username=username, purpose="totp_enroll",
+                          origin=origin, now=now) as current:
+        user = _check_password_to_enroll(session, services, attempt=current, password=password)
+        return start_totp_enrollment(session, user=user, issuer=services.settings.totp_issuer,
+                                     secret_box=services.secret_box, origin=origin, now=now)
+
+
+def confirm_totp_enrollment(session: Session, services: Services, *, username: str,
+                            password: str, code: str, origin: audit.Origin,
+                            now: datetime) -> list[str]:
+    """Check the password and a first code, turn 2FA on and return the recovery codes."""
+    with reserved_attempt(session, services, username=username, purpose="totp_confirm",
+                          origin=origin, now=now) as current:
+        user = _check_password_to_enroll(session, services, attempt=current, password=password)
+        ensure_enrollment_started(user)
+        check_totp(session, services, attempt=current, user=user, code=code)
+        codes = confirm_totp(session, user=user, origin=origin, now=now)
+        current.succeed()
+        return codes
 
 
 def change_password(session: Session, services: Services, *, user: User, current_password: str,
                     new_password: str, origin: audit.Origin, now: datetime) -> None:
     """Replace the password after checking the current one; every older token dies."""
-    _refuse_if_locked(services, user.username, now)
-    if not verify_password(current_password, user.password_hash):
-        # A stolen token must not become a password-guessing oracle: count it like a login.
-        record_failure(session, services, username=user.username, user=user,
-                       reason=FailureReason.BAD_PASSWORD, purpose="password_change",
-                       origin=origin, now=now)
-        raise Forbidden("The current password is wrong.", code="wrong_password")
-    if new_password == current_password:
-        raise InvalidParams.one("new_password", "must differ from the current password")
-    set_password(session, user=user, new_password=new_password,
-                 bcrypt_rounds=services.settings.bcrypt_rounds, now=now)
-    audit.record(session, action=AuditAction.PASSWORD_CHANGED, actor=user.username,
-                 target=user.id, origin=origin, now=now)
-    session.commit()
+    with reserved_attempt(session, services, username=user.username,
+                          purpose="password_change", origin=origin, now=now) as current:
+        if not verify_password(current_password, user.password_hash):
+            # A stolen token must not become a password-guessing oracle: count it like a login.
+            current.fail(user=user, reason=FailureReason.BAD_PASSWORD)
+            raise Forbidden("The current password is wrong.", code="wrong_password")
+        if new_password == current_password:
+            raise InvalidParams.one("new_password", "must differ from the current password")
+        set_password(session, user=user, new_password=new_password,
+                     bcrypt_rounds=services.settings.bcrypt_rounds, now=now)
+        audit.record(session, action=AuditAction.PASSWORD_CHANGED, actor=user.username,
+                     target=user.id, origin=origin, now=now)
+        session.commit()

@@ -41,7 +41,7 @@ PEOPLE = {
 ACTORS = (*PEOPLE, "anonymous")
 TARGET = "target"
 # Sign-in state lives in these (Redis stands in for them when given): not what a call "changes".
-VOLATILE_TABLES = {"login_failures", "rate_counters", "totp_steps"}
+VOLATILE_TABLES = {"login_failures", "rate_counters"}
 
 
 # ---- the endpoints ------------------------------------------------------------------------------
@@ -228,9 +228,10 @@ def build_world(app, make_user, actor: str) -> tuple[World, TestUser | None]:
 def _lock_out(app, username: str) -> None:
     services = app.extensions["security_api"]
     settings = services.settings
+    limits = {"threshold": settings.lockout_threshold, "lock_seconds": settings.lockout_seconds}
     for _ in range(settings.lockout_threshold):
-        services.store.record_failure(_lock_key(username), threshold=settings.lockout_threshold,
-                                      lock_seconds=settings.lockout_seconds, now=int(time.time()))
+        services.store.reserve_attempt(_lock_key(username), **limits, now=int(time.time()))
+        services.store.record_failure(_lock_key(username), **limits, now=int(time.time()))
     assert _locked(app, username)
 
 

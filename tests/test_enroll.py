@@ -60,13 +60,14 @@ def test_recovery_codes_are_stored_hashed(client, make_user, db_session):
     assert not set(codes) & set(stored)
 
 
-def test_enroll_and_confirm_are_409_once_confirmed(client, make_user):
+def test_enroll_and_confirm_are_the_generic_401_once_confirmed(client, make_user):
+    # Not 409: that answered only the right password, an oracle without the second factor.
     user = make_user(totp=False)
     secret = _enroll(client, user).json["secret"]
     code = pyotp.TOTP(secret).now()
     assert _confirm(client, user, code).status_code == 200
-    assert _enroll(client, user).json["error"] == "totp_already_enrolled"
-    assert _confirm(client, user, code).status_code == 409
+    assert _enroll(client, user).json["error"] == "invalid_credentials"
+    assert _confirm(client, user, code).status_code == 401
 
 
 def test_confirm_before_enroll_is_409(client, make_user):

@@ -31,38 +31,64 @@ def test_hit_counts_per_window(store):
     assert store.hit("ip:2", limit=3, window=60, now=now) == 0
 
 
+def _fail(store, key, *, threshold, lock_seconds=900, now=None):
+    """One attempt that checks a secret and fails: reserve its place, then settle it."""
+    now = _now() if now is None else now
+    assert not store.reserve_attempt(key, threshold=threshold, lock_seconds=lock_seconds,
+                                     now=now).locked
+    return store.record_failure(key, threshold=threshold, lock_seconds=lock_seconds, now=now)
+
+
 def test_lockout_at_threshold_and_clear(store):
     now = _now()
-    assert [store.record_failure("u", threshold=3, lock_seconds=900, now=now)
-            for _ in range(3)] == [False, False, True]
+    assert [_fail(store, "u", threshold=3, now=now) for _ in range(3)] == [False, False, True]
     state = store.lock_state("u", now=now)
     assert state.locked and 890 <= state.retry_after <= 900
+    refused = store.reserve_attempt("u", threshold=3, lock_seconds=900, now=now)
+    assert refused.locked and 890 <= refused.retry_after <= 900
     assert not store.lock_state("other", now=now).locked
     store.clear_failures("u")
     assert not store.lock_state("u", now=now).locked
 
 
-def test_parallel_failures_never_slip_past_the_threshold(store):
+def test_parallel_reservations_never_slip_past_the_threshold(store):
     now = _now()
     barrier = threading.Barrier(12)
+    granted = []
 
-    def fail():
+    def reserve():
         barrier.wait()
-        store.record_failure("race", threshold=5, lock_seconds=900, now=now)
+        state = store.reserve_attempt("race", threshold=5, lock_seconds=900, now=now)
+        granted.append(not state.locked)
 
-    threads = [threading.Thread(target=fail) for _ in range(12)]
+    threads = [threading.Thread(target=reserve) for _ in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert granted.count(True) == 5
+    assert [store.record_failure("race", threshold=5, lock_seconds=900, now=now)
+            for _ in range(5)].count(True) == 1
     assert store.lock_state("race", now=now).locked
+
+
+def test_a_released_attempt_gives_its_place_back(store):
+    now = _now()
+    limits = {"threshold": 2, "lock_seconds": 900, "now": now}
+    assert not store.reserve_attempt("r", **limits).locked
+    assert not store.reserve_attempt("r", **limits).locked
+    # Two attempts still running fill a threshold of 2: a third waits for them.
+    assert store.reserve_attempt("r", **limits).locked
+    store.release_attempt("r")
+    assert not store.reserve_attempt("r", **limits).locked
+    assert not store.lock_state("r", now=now).locked
 
 
 def test_old_failures_do_not_count_in_a_row(app):
     store = DatabaseStore(app.extensions["security_api"].session_factory)
-    store.record_failure("slow", threshold=2, lock_seconds=60, now=1000)
-    assert store.record_failure("slow", threshold=2, lock_seconds=60, now=1100) is False
-    assert store.record_failure("slow", threshold=2, lock_seconds=60, now=1101) is True
+    _fail(store, "slow", threshold=2, lock_seconds=60, now=1000)
+    assert _fail(store, "slow", threshold=2, lock_seconds=60, now=1100) is False
+    assert _fail(store, "slow", threshold=2, lock_seconds=60, now=1101) is True
 
 
 def test_deny_list(store):
@@ -70,28 +96,3 @@ def test_deny_list(store):
     assert store.is_token_denied("jti-1", now=_now())
     assert not store.is_token_denied("jti-2", now=_now())
     store.deny_token("jti-1", expires_at=_now() + 60)  # idempotent
-
-
-def test_totp_steps_are_accepted_once_and_only_forward(store, make_user):
-    user_id = make_user().id
-    assert store.claim_totp_step(user_id, 100) is True
-    assert store.claim_totp_step(user_id, 100) is False
-    assert store.claim_totp_step(user_id, 99) is False
-    assert store.claim_totp_step(user_id, 101) is True
-
-
-def test_parallel_claims_of_one_step_accept_exactly_one(store, make_user):
-    user_id = make_user().id
-    barrier = threading.Barrier(10)
-    results = []
-
-    def claim():
-        barrier.wait()
-        results.append(store.claim_totp_step(user_id, 500))
-
-    threads = [threading.Thread(target=claim) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results.count(True) == 1

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 
 from security_api.errors import Unauthenticated
-from security_api.models import RecoveryCode, RefreshFamily, RefreshToken, TotpStep, User
+from security_api.models import RecoveryCode, RefreshFamily, RefreshToken, User
 from security_api.tokens import REQUIRED_CLAIMS, issue_access_token, verify_access_token
 from tests.conftest import basic, bearer
 
@@ -380,7 +380,7 @@ def test_token_of_a_deleted_user_is_refused(app, client, signed_in):
     with app.extensions["security_api"].session_factory() as session:
         families = select(RefreshFamily.id).where(RefreshFamily.user_id == user.id)
         session.execute(delete(RefreshToken).where(RefreshToken.family_id.in_(families)))
-        for model in (RefreshFamily, RecoveryCode, TotpStep):
+        for model in (RefreshFamily, RecoveryCode):
             session.execute(delete(model).where(model.user_id == user.id))
         session.execute(delete(User).where(User.id == user.id))
         session.commit()

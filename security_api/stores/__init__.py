@@ -1,4 +1,7 @@
-"""Shared sign-in state (throttling, lockout, token deny-list, TOTP replay) across workers."""
+"""Shared sign-in state (throttling, lockout, token deny-list) across workers.
+
+The TOTP replay mark is not here: it lives on the user row (see signin.check_totp), because
+it must survive whatever happens to a cache."""
 from .base import LockState, StateStore, StoreUnavailable
 from .database import DatabaseStore
 from .redis import RedisStore

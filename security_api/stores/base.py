@@ -40,8 +40,23 @@ class StateStore(ABC):
         """Tell whether the key is locked out."""
 
     @abstractmethod
+    def reserve_attempt(self, key: str, *, threshold: int, lock_seconds: int,
+                        now: int) -> LockState:
+        """Count an attempt as a failure before any secret is checked, atomically.
+
+        Refused (locked) once the key is locked or the failures in a row plus the attempts
+        still running reach the threshold: however many run in parallel, at most `threshold`
+        secrets are checked. The caller settles the attempt with `record_failure`,
+        `release_attempt` or `clear_failures`.
+        """
+
+    @abstractmethod
     def record_failure(self, key: str, *, threshold: int, lock_seconds: int, now: int) -> bool:
-        """Count a failure in a row; lock the key at the threshold and return True when locking."""
+        """Settle a reserved attempt as failed; lock at the threshold, True when locking now."""
+
+    @abstractmethod
+    def release_attempt(self, key: str) -> None:
+        """Give back a reserved attempt that neither failed nor signed in."""
 
     @abstractmethod
     def clear_failures(self, key: str) -> None:
@@ -54,10 +69,6 @@ class StateStore(ABC):
     @abstractmethod
     def is_token_denied(self, jti: str, *, now: int) -> bool:
         """Tell whether an access token was revoked."""
-
-    @abstractmethod
-    def claim_totp_step(self, user_id: str, step: int) -> bool:
-        """Accept a TOTP step once: True only if it is later than every step accepted before."""
 
     @abstractmethod
     def ping(self) -> None:

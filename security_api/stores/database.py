@@ -8,7 +8,7 @@ from sqlalchemy import case, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..models import LoginFailure, RateCounter, RevokedToken, TotpStep
+from ..models import LoginFailure, RateCounter, RevokedToken
 from .base import LockState, StateStore, StoreUnavailable, key_digest
 
 CLEANUP_ONE_IN = 200
@@ -59,23 +59,53 @@ class DatabaseStore(StateStore):
             return LockState(True, locked_until - now)
         return LockState(False)
 
-    def record_failure(self, key, *, threshold, lock_seconds, now):
+    def reserve_attempt(self, key, *, threshold, lock_seconds, now):
         digest = key_digest(key)
+        stale = LoginFailure.last_failure_at < now - lock_seconds
+        expired_lock = LoginFailure.locked_until > 0
         with self._transaction() as session:
             stmt = self._upsert(session, LoginFailure).values(
                 key=digest, failures=1, last_failure_at=now, locked_until=0)
-            # Failures older than the lock period no longer count as "in a row".
-            stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={
-                "failures": case((LoginFailure.last_failure_at < now - lock_seconds, 1),
-                                 else_=LoginFailure.failures + 1),
-                "last_failure_at": now,
-            }).returning(LoginFailure.failures)
-            failures = session.execute(stmt).scalar_one()
-            if failures < threshold:
-                return False
-            session.execute(update(LoginFailure).where(LoginFailure.key == digest)
-                            .values(failures=0, locked_until=now + lock_seconds))
-            return True
+            # One conditional upsert: the row lock (PostgreSQL) or the database lock (SQLite)
+            # makes "below the threshold, so count me" a single step for parallel attempts.
+            # Failures older than the lock period, or before an expired lock, start afresh.
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["key"],
+                set_={"failures": case((stale | expired_lock, 1),
+                                       else_=LoginFailure.failures + 1),
+                      "last_failure_at": now, "locked_until": 0},
+                where=(LoginFailure.locked_until <= now)
+                & (stale | expired_lock | (LoginFailure.failures < threshold)),
+            ).returning(LoginFailure.failures)
+            if session.execute(stmt).first() is not None:
+                return LockState(False)
+            locked_until, last_failure_at = session.execute(
+                select(LoginFailure.locked_until, LoginFailure.last_failure_at)
+                .where(LoginFailure.key == digest)).one()
+        if locked_until > now:
+            return LockState(True, locked_until - now)
+        # Full of attempts still running: refused until they settle (or, if their worker
+        # died, until they no longer count as "in a row").
+        return LockState(True, max(1, last_failure_at + lock_seconds - now))
+
+    def record_failure(self, key, *, threshold, lock_seconds, now):
+        with self._transaction() as session:
+            # The failure was counted when reserved; lock once the count reaches the
+            # threshold, and only the first settling attempt to see it does.
+            locked = session.execute(
+                update(LoginFailure)
+                .where(LoginFailure.key == key_digest(key), LoginFailure.failures >= threshold,
+                       LoginFailure.locked_until == 0)
+                .values(locked_until=now + lock_seconds, last_failure_at=now))
+            return locked.rowcount == 1
+
+    def release_attempt(self, key):
+        with self._transaction() as session:
+            session.execute(
+                update(LoginFailure)
+                .where(LoginFailure.key == key_digest(key), LoginFailure.failures > 0,
+                       LoginFailure.locked_until == 0)
+                .values(failures=LoginFailure.failures - 1))
 
     def clear_failures(self, key):
         with self._transaction() as session:
@@ -93,17 +123,6 @@ class DatabaseStore(StateStore):
             found = session.execute(
                 select(RevokedToken.jti).where(RevokedToken.jti == jti)).first()
         return found is not None
-
-    def claim_totp_step(self, user_id, step):
-        with self._transaction() as session:
-            stmt = self._upsert(session, TotpStep).values(user_id=user_id, step=step)
-            # Only a later step moves the mark: replays and older codes match no row.
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["user_id"], set_={"step": step},
-                where=TotpStep.step < step,
-            ).returning(TotpStep.step)
-            # RETURNING yields a row only when the insert or the guarded update happened.
-            return session.execute(stmt).first() is not None
 
     def ping(self):
         with self._transaction() as session:

@@ -5,11 +5,28 @@ import redis
 
 from .base import LockState, StateStore, StoreUnavailable, key_digest
 
-# Atomic "count a failure, lock at the threshold" so parallel failures never slip past it.
-_RECORD_FAILURE = """
-local failures = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+# Atomic "count me unless locked or full": at most `threshold` attempts get past it.
+# Returns the count, or minus the seconds to wait.
+_RESERVE = """
+local lock_ttl = redis.call('TTL', KEYS[2])
+if lock_ttl > 0 then
+  return -lock_ttl
+end
+local failures = tonumber(redis.call('GET', KEYS[1]) or '0')
 if failures >= tonumber(ARGV[1]) then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 1 then ttl = 1 end
+  return -ttl
+end
+failures = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return failures
+"""
+
+# Atomic "the reserved attempt failed: lock once the count reaches the threshold".
+_RECORD_FAILURE = """
+local failures = tonumber(redis.call('GET', KEYS[1]) or '0')
+if failures >= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
   redis.call('DEL', KEYS[1])
   return 1
@@ -17,17 +34,14 @@ end
 return 0
 """
 
-# Atomic "accept only a later step" for TOTP replay prevention.
-_CLAIM_STEP = """
-local current = redis.call('GET', KEYS[1])
-if current and tonumber(current) >= tonumber(ARGV[1]) then
-  return 0
+# Atomic "give the reserved attempt back", never below zero and never into a lock.
+_RELEASE = """
+local failures = tonumber(redis.call('GET', KEYS[1]) or '0')
+if failures > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DECR', KEYS[1])
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
+return 0
 """
-# Long past the drift window: an older step can never be valid again by then.
-TOTP_MARK_SECONDS = 600
 
 
 class RedisStore(StateStore):
@@ -36,8 +50,9 @@ class RedisStore(StateStore):
     def __init__(self, client: redis.Redis, *, prefix: str):
         self._redis = client
         self._prefix = prefix
+        self._reserve = client.register_script(_RESERVE)
         self._record_failure = client.register_script(_RECORD_FAILURE)
-        self._claim_step = client.register_script(_CLAIM_STEP)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str) -> RedisStore:
@@ -74,9 +89,20 @@ class RedisStore(StateStore):
             return LockState(True, ttl)
         return LockState(False)
 
+    def _lock_keys(self, key):
+        return [self._key("fail", key), self._key("lock", key)]
+
+    def reserve_attempt(self, key, *, threshold, lock_seconds, now):
+        result = int(self._call(self._reserve, keys=self._lock_keys(key),
+                                args=[threshold, lock_seconds]))
+        return LockState(True, -result) if result < 0 else LockState(False)
+
     def record_failure(self, key, *, threshold, lock_seconds, now):
-        keys = [self._key("fail", key), self._key("lock", key)]
-        return bool(self._call(self._record_failure, keys=keys, args=[threshold, lock_seconds]))
+        return bool(self._call(self._record_failure, keys=self._lock_keys(key),
+                               args=[threshold, lock_seconds]))
+
+    def release_attempt(self, key):
+        self._call(self._release, keys=self._lock_keys(key))
 
     def clear_failures(self, key):
         self._call(self._redis.delete, self._key("fail", key), self._key("lock", key))
@@ -86,10 +112,6 @@ class RedisStore(StateStore):
 
     def is_token_denied(self, jti, *, now):
         return bool(self._call(self._redis.exists, self._key("deny", jti)))
-
-    def claim_totp_step(self, user_id, step):
-        return bool(self._call(self._claim_step, keys=[self._key("totp", user_id)],
-                               args=[step, TOTP_MARK_SECONDS]))
 
     def ping(self):
         self._call(self._redis.ping)
