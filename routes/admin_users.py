@@ -170,8 +170,8 @@ def update_user(user_id: str):
     if not named:
         raise InvalidParams(code="missing_params", errors=[
             {"field": "(body)", "problem": "name at least one of role, subrole, email, active"}])
-    user = admin_users.update_user(db(), user_id=user_id, actor=_actor(), origin=origin(),
-                                   now=utcnow(), **named)
+    user = admin_users.update_user(db(), services(), user_id=user_id, actor=_actor(),
+                                   origin=origin(), now=utcnow(), **named)
     return envelope(None, user=user_json(user))
 
 
