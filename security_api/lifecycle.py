@@ -21,7 +21,7 @@ from .grants import Subject, decision_for
 from .models import AccessRequest, Approval, Permission, RequestApproverGroup, User
 from .policy import approver_matches
 from .provisioners import get_provisioner
-from .provisioning import finish_grant, finish_revoke
+from .provisioning import finish_grant, finish_revoke, recover_abandoned_grants
 from .services import Services
 
 MAX_JUSTIFICATION = 2000
@@ -139,6 +139,9 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     key = permission.key  # expire_due ends the transaction: `permission` would be loaded again
     expire_due(session, services, now=now, origin=origin, requester_id=subject.id,
                permission_key=key)
+    # A claim left by a crashed worker blocks only until its lease lapses, not until the reaper.
+    recover_abandoned_grants(session, services, origin=origin, now=now, requester_id=subject.id,
+                             permission_key=key)
     _refuse_open_request(session, subject.id, key, now)
     rule = decision.rule
     auto = rule.mode == PolicyMode.AUTO
