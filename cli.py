@@ -10,7 +10,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
 import cli_policy
-from security_api import accounts, audit, catalog
+from security_api import accounts, audit, catalog, grants
 from security_api.clock import utcnow
 from security_api.demo import seed_demo_organisation
 from security_api.enums import PolicyMode, UserKind
@@ -140,6 +140,8 @@ def create_rule_command(permission, role, subrole, mode, max_duration_minutes, a
                 mode=PolicyMode(mode), max_duration_minutes=max_duration_minutes,
                 approvers=list(approvers), approvals_required=approvals_required,
                 actor="cli", origin=_origin(), now=utcnow())
+            if rule.permission_key == grants.ADMIN_PERMISSION:
+                grants.refuse_admin_for_service_accounts(session, role=role, subrole=subrole)
         except ApiError as exc:
             _fail(exc)
         session.commit()

@@ -168,7 +168,9 @@ _TRANSITION_ERRORS = {200: schemas.RequestEnvelope, 403: E, 404: E, 409: E}
 @documented(summary="Approve (eligible approvers and admins, never the requester)",
             tag="requests", body=schemas.DecisionBody, responses=_TRANSITION_ERRORS,
             description="The last approval needed grants and provisions, exactly once. "
-                        "409 unless pending or when you already decided.")
+                        "409 unless pending or when you already decided; 409 "
+                        "`no_longer_eligible` when the requester was deactivated or their "
+                        "role's rules no longer let them ask for it (nothing is granted).")
 @require_token
 def approve(request_id: str):
     """Approve a pending request."""
@@ -205,7 +207,9 @@ def revoke(request_id: str):
 
 @bp.post("/requests/<request_id>/retry")
 @documented(summary="Provision a failed request again (approvers and admins)", tag="requests",
-            body=schemas.EmptyBody, responses=_TRANSITION_ERRORS)
+            body=schemas.EmptyBody, responses=_TRANSITION_ERRORS,
+            description="409 `request_not_failed` unless failed; 409 `no_longer_eligible` when "
+                        "the requester was deactivated or may no longer ask for it.")
 @require_token
 def retry(request_id: str):
     """Retry the provisioning of a failed request."""

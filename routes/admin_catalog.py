@@ -367,7 +367,11 @@ def policies_list():
 @bp.post("/policies")
 @documented(summary="Create a policy rule", tag="admin", body=PolicyCreateBody,
             responses={201: PolicyEnvelope, 403: E, 409: E},
-            description="409 when a rule for the same permission, role and subrole exists.")
+            description="409 when a rule for the same permission, role and subrole exists; "
+                        "409 `service_account_admin` when a rule for security-api.admin "
+                        "would let a service account hold it (service accounts never "
+                        "administer). 412 on `approvers` when they match only service "
+                        "accounts, which never approve.")
 @require_permission(ADMIN_PERMISSION)
 def policy_create():
     """Create a policy rule."""
@@ -408,8 +412,14 @@ def policy_detail(rule_id: str):
 
 @bp.patch("/policies/<rule_id:rule_id>")
 @documented(summary="Change a policy rule's terms", tag="admin", body=PolicyUpdateBody,
-            responses={200: PolicyEnvelope, 403: E, 404: E},
-            description="Requests already made keep their frozen terms.")
+            responses={200: PolicyEnvelope, 403: E, 404: E, 409: E},
+            description="Requests already made keep their frozen approvers, but an approval "
+                        "re-checks that the rules still let the requester ask (409 "
+                        "`no_longer_eligible`). 409 `builtin_rule` for the security/admin "
+                        "standing rule; "
+                        "409 `service_account_admin` when a rule for security-api.admin "
+                        "would let a service account hold it (service accounts never "
+                        "administer).")
 @require_permission(ADMIN_PERMISSION)
 def policy_update(rule_id: str):
     """Update the terms sent."""
@@ -420,7 +430,10 @@ def policy_update(rule_id: str):
 
 @bp.delete("/policies/<rule_id:rule_id>")
 @documented(summary="Delete a policy rule", tag="admin",
-            responses={200: schemas.Message, 403: E, 404: E})
+            responses={200: schemas.Message, 403: E, 404: E, 409: E},
+            description="409 `builtin_rule` for the security/admin standing rule; "
+                        "409 `service_account_admin` when a broader security-api.admin rule "
+                        "would then decide for a service account.")
 @require_permission(ADMIN_PERMISSION)
 def policy_delete(rule_id: str):
     """Delete a policy rule."""

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from . import audit, totp
 from .enums import AuditAction, UserKind
 from .errors import Conflict, InvalidParams
+from .grants import refuse_service_account_in_admin_role
 from .models import RecoveryCode, Role, Subrole, User
 from .passwords import generate_password, hash_password, policy_problems
 from .secretbox import SecretBox
@@ -83,6 +84,8 @@ def create_user(session: Session, *, username: str, role: str, subrole: str,
         raise InvalidParams.one("subrole", f"{role}/{subrole} does not exist")
     if session.scalar(select(func.count()).where(User.username == name)):
         raise Conflict(f"User {name} already exists.", code="user_exists")
+    if kind == UserKind.SERVICE:
+        refuse_service_account_in_admin_role(session, role=role, subrole=subrole)
     secret = password if password is not None else generate_password()
     problems = policy_problems(secret, user_inputs=(name, email or ""))
     if problems:

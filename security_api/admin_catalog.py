@@ -13,7 +13,7 @@ from .accounts import NAME_PATTERN, create_role, find_user
 from .clock import isoformat
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams, NotFound
-from .grants import Subject, as_rule, candidate_rules
+from .grants import ADMIN_PERMISSION, Subject, as_rule, candidate_rules, refuse_admin_for_service_accounts
 from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policy import Rule, decide, specificity
@@ -296,8 +296,14 @@ def create_rule(session: Session, *, permission: str, role: str, subrole: str, m
         session, permission=permission, role=role, subrole=subrole, mode=mode,
         max_duration_minutes=max_duration_minutes, approvers=approvers,
         approvals_required=approvals_required, actor=actor, origin=origin, now=now)
+    _refuse_service_admins(session, rule)
     _commit(session, f"A rule for {permission} and {role}/{subrole} exists.")
     return rule
+
+
+def _refuse_service_admins(session: Session, rule: PolicyRule) -> None:
+    if rule.permission_key == ADMIN_PERMISSION:
+        refuse_admin_for_service_accounts(session, role=rule.role, subrole=rule.subrole)
 
 
 def _refuse_lockout_of_admins(rule: PolicyRule) -> None:
@@ -328,6 +334,7 @@ def update_rule(session: Session, *, rule_id: str, changes: dict, actor: str,
                  origin=origin, now=now,
                  details={"permission": rule.permission_key, "role": rule.role,
                           "subrole": rule.subrole, "fields": sorted(changes)})
+    _refuse_service_admins(session, rule)
     session.commit()
     return rule
 
@@ -342,6 +349,8 @@ def delete_rule(session: Session, *, rule_id: str, actor: str, origin: audit.Ori
     session.delete(rule)
     audit.record(session, action=AuditAction.POLICY_DELETED, actor=actor, target=rule_id,
                  origin=origin, now=now, details=details)
+    # Removing a rule can let a broader standing rule decide instead.
+    _refuse_service_admins(session, rule)
     session.commit()
 
 

@@ -8,10 +8,11 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import accounts, audit, cursors
+from . import accounts, audit, cursors, lifecycle
 from .accounts import EMAIL_PATTERN, USERNAME_PATTERN, NewUser
 from .enums import AuditAction, UserKind
 from .errors import Conflict, InvalidParams, NotFound
+from .grants import refuse_service_account_in_admin_role
 from .models import RecoveryCode, Role, Subrole, User
 from .passwords import generate_password, hash_password
 from .services import Services
@@ -101,10 +102,12 @@ def _check_role(session: Session, role: str, subrole: str) -> None:
         raise InvalidParams.one("subrole", f"{role}/{subrole} does not exist")
 
 
-def update_user(session: Session, *, user_id: str, actor: str, origin: audit.Origin,
-                now: datetime, role: str | _Keep = KEEP, subrole: str | _Keep = KEEP,
-                email: str | None | _Keep = KEEP, active: bool | _Keep = KEEP) -> User:
-    """Change role, subrole, email or active; a new role or a deactivation kills every token."""
+def update_user(session: Session, services: Services, *, user_id: str, actor: str,
+                origin: audit.Origin, now: datetime, role: str | _Keep = KEEP,
+                subrole: str | _Keep = KEEP, email: str | None | _Keep = KEEP,
+                active: bool | _Keep = KEEP) -> User:
+    """Change role, subrole, email or active; a new role or a deactivation kills every token,
+    and takes back what the user may no longer have (pending requests, active grants)."""
     user = get_user(session, user_id=user_id, for_update=True)
     wanted = {"role": role, "subrole": subrole, "email": email, "active": active}
     changes = {field: {"from": getattr(user, field), "to": value}
@@ -122,15 +125,30 @@ def update_user(session: Session, *, user_id: str, actor: str, origin: audit.Ori
         _refuse_self(user, actor, "change your own role or deactivate yourself")
     if not changes:
         return user
+    arming = bool(changes.keys() & {"role", "subrole"}) \
+        or changes.get("active", {}).get("to") is True
+    if user.kind == UserKind.SERVICE and arming:
+        refuse_service_account_in_admin_role(session, role=changes.get("role", {}).get("to", user.role),
+                                             subrole=changes.get("subrole", {}).get("to", user.subrole))
     for field, change in changes.items():
         setattr(user, field, change["to"])
     user.updated_at = now
+    ended: tuple[list[str], list[str]] = ([], [])
     if demoting:
         reason = "deactivated" if user.active is False else "role_changed"
         invalidate_all_tokens(session, user=user, reason=reason, now=now)
+        session.flush()
+        # Same transaction as the change: nobody can approve in between and win.
+        ended = lifecycle.end_ineligible(session, user=user, reason=reason, actor=actor,
+                                         origin=origin, now=now)
     audit.record(session, action=AuditAction.USER_UPDATED, actor=actor, target=user.id,
                  origin=origin, now=now, details={"username": user.username, "changes": changes})
     session.commit()
+    if any(ended):
+        # The provisioner's revoke runs after the commit, never inside a transaction.
+        lifecycle.settle_ended(session, services, cancelled=ended[0], revoked=ended[1],
+                               origin=origin, now=now)
+        session.refresh(user)
     return user
 
 

@@ -45,3 +45,13 @@ def _approver_emails(session: Session, request: AccessRequest) -> list[str]:
         or_(*conditions), User.active.is_(True), User.email.is_not(None),
         User.id != request.requester_id))
     return sorted(set(rows))
+
+
+def announce_ended(session: Session, services: Services, request_ids: list[str]) -> None:
+    """Tell each requester that a request was cancelled or a grant revoked for them; never raises."""
+    for request_id in request_ids:
+        request = session.get(AccessRequest, request_id, populate_existing=True)
+        requester = session.get(User, request.requester_id)
+        services.notifier.request_decided(_rendered(session, request),
+                                          requester_email=requester.email)
+    session.rollback()

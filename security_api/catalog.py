@@ -5,13 +5,13 @@ import json
 import re
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from . import audit
-from .enums import AuditAction, PolicyMode
+from .enums import AuditAction, PolicyMode, UserKind
 from .errors import InvalidParams
-from .models import Permission, PolicyRule, Role, Subrole
+from .models import Permission, PolicyRule, Role, Subrole, User
 from .policy import WILDCARD
 from .provisioners import get_provisioner
 
@@ -113,3 +113,18 @@ def _check_rule(session: Session, *, permission: str, role: str, subrole: str, m
             else session.get(Role, entry_role)
         if known is None:
             raise InvalidParams.one("approvers", f"{entry!r} matches no role or subrole")
+    _refuse_service_only_approvers(session, approvers)
+
+
+def _refuse_service_only_approvers(session: Session, approvers: list[str]) -> None:
+    # Service accounts never decide requests: approvers that name only them name nobody.
+    conditions = []
+    for entry in approvers:
+        entry_role, _, entry_subrole = entry.partition("/")
+        conditions.append((User.role == entry_role) & (User.subrole == entry_subrole)
+                          if entry_subrole else User.role == entry_role)
+    if not conditions:
+        return
+    kinds = set(session.scalars(select(User.kind).distinct().where(or_(*conditions))))
+    if kinds == {str(UserKind.SERVICE)}:
+        raise InvalidParams.one("approvers", "match only service accounts, which never approve")

@@ -32,6 +32,16 @@ class ProvisioningState(StrEnum):
     REVOKE_FAILED = "revoke_failed"
 
 
+class ProvisioningAction(StrEnum):
+    """The outside calls, as recorded under a request's `provisioning` and in audit details."""
+
+    GRANT = "grant"
+    # Undo of a grant that failed, timed out or was abandoned by a crashed worker.
+    CLEANUP = "cleanup"
+    # End of a grant that was active (revoked or expired).
+    REVOKE = "revoke"
+
+
 class Decision(StrEnum):
     APPROVE = "approve"
     DENY = "deny"

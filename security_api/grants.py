@@ -5,12 +5,16 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from .enums import PolicyMode, RequestStatus, UserKind
-from .models import AccessRequest, Permission, PolicyRule
-from .policy import WILDCARD, Decision, Rule, decide
+from .errors import Conflict, InvalidParams
+from .models import AccessRequest, Permission, PolicyRule, User
+from .policy import WILDCARD, Decision, Rule, decide, specificity
+
+# The power that manages users, policy and every request: only people, signed in with 2FA.
+ADMIN_PERMISSION = "security-api.admin"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ def holding(session: Session, subject: Subject, *, permission: str, now: datetim
     row = session.get(Permission, permission)
     if row is None:
         return Holding(False)
+    # Defence in depth: whatever the rules say (even rules written before this was refused),
+    # a service account never administers: its secret alone would be a 2FA-free admin.
+    if subject.kind == UserKind.SERVICE and permission == ADMIN_PERMISSION:
+        return Holding(False)
     if decision_for(session, subject, row).mode == PolicyMode.STANDING:
         return Holding(True, "standing")
     if subject.kind == UserKind.SERVICE:
@@ -92,7 +100,8 @@ def held_permissions(session: Session, subject: Subject, *, now: datetime) -> li
         decision = decide(role=subject.role, subrole=subject.subrole, permission=key,
                           permission_max_minutes=permissions[key].max_duration_minutes,
                           candidates=rules)
-        if decision.mode == PolicyMode.STANDING:
+        if decision.mode == PolicyMode.STANDING and not (
+                subject.kind == UserKind.SERVICE and key == ADMIN_PERMISSION):
             held.append({"permission": key, "name": permissions[key].name, "source": "standing",
                          "expires_at": None, "request_id": None})
     if subject.kind != UserKind.SERVICE:
@@ -123,3 +132,48 @@ def requestable_catalog(session: Session, subject: Subject) -> list[tuple[Permis
         if decision.requestable:
             catalog.append((permission, decision))
     return catalog
+
+
+# ---- service accounts never administer --------------------------------------------------------
+def _admin_rules(session: Session) -> list[Rule]:
+    return [as_rule(row) for row in session.scalars(
+        select(PolicyRule).where(PolicyRule.permission_key == ADMIN_PERMISSION))]
+
+
+def gives_admin(session: Session, *, role: str, subrole: str) -> bool:
+    """Tell whether the rules as they stand now make role/subrole hold the admin permission."""
+    admin = session.get(Permission, ADMIN_PERMISSION)
+    if admin is None:
+        return False
+    return decide(role=role, subrole=subrole, permission=ADMIN_PERMISSION,
+                  permission_max_minutes=admin.max_duration_minutes,
+                  candidates=_admin_rules(session)).mode == PolicyMode.STANDING
+
+
+def refuse_service_account_in_admin_role(session: Session, *, role: str, subrole: str) -> None:
+    """Refuse (412 on `role`) to put a service account where the rules give security-api.admin."""
+    if gives_admin(session, role=role, subrole=subrole):
+        raise InvalidParams.one(
+            "role", f"{role}/{subrole} holds {ADMIN_PERMISSION}; a service account never may "
+                    "(its secret alone, without a second factor, would administer everything)")
+
+
+def refuse_admin_for_service_accounts(session: Session, *, role: str, subrole: str) -> None:
+    """After a change to the rules (flushed, not committed): 409 if a service account it names
+    would now hold security-api.admin. Deactivated accounts count: reactivation must not arm them.
+    """
+    session.flush()
+    pattern = Rule(id="", permission=ADMIN_PERMISSION, role=role, subrole=subrole,
+                   mode=PolicyMode.STANDING)
+    pairs = session.execute(select(User.role, User.subrole).distinct()
+                            .where(User.kind == str(UserKind.SERVICE))).all()
+    armed = [(r, s) for r, s in pairs
+             if specificity(pattern, role=r, subrole=s) is not None
+             and gives_admin(session, role=r, subrole=s)]
+    names = sorted(session.scalars(select(User.username).where(
+        User.kind == str(UserKind.SERVICE),
+        or_(*[(User.role == r) & (User.subrole == s) for r, s in armed])))) if armed else []
+    if names:
+        raise Conflict(f"This would give {ADMIN_PERMISSION} to the service account(s) "
+                       f"{', '.join(names[:10])}; service accounts never administer. "
+                       "Move them to another role first.", code="service_account_admin")

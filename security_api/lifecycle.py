@@ -19,10 +19,10 @@ from .enums import AuditAction, Decision, PolicyMode, ProvisioningState, Request
 from .errors import Conflict, Forbidden, InvalidParams, NotFound
 from .grants import Subject, decision_for
 from .jsontext import loads_stored
-from .models import AccessRequest, Approval, Permission, RequestApproverGroup
+from .models import AccessRequest, Approval, Permission, RequestApproverGroup, User
 from .policy import approver_matches
 from .provisioners import get_provisioner
-from .provisioning import finish_grant, finish_revoke
+from .provisioning import finish_grant, finish_revoke, recover_abandoned_grants
 from .services import Services
 
 MAX_JUSTIFICATION = 2000
@@ -140,6 +140,9 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     key = permission.key  # expire_due ends the transaction: `permission` would be loaded again
     expire_due(session, services, now=now, origin=origin, requester_id=subject.id,
                permission_key=key)
+    # A claim left by a crashed worker blocks only until its lease lapses, not until the reaper.
+    recover_abandoned_grants(session, services, origin=origin, now=now, requester_id=subject.id,
+                             permission_key=key)
     _refuse_open_request(session, subject.id, key, now)
     rule = decision.rule
     auto = rule.mode == PolicyMode.AUTO
@@ -167,7 +170,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
                           "duration_minutes": duration})
     session.commit()
     if auto:
-        finish_grant(session, services, request.id, origin=origin, now=now)
+        _grant_and_recheck(session, services, request.id, origin=origin, now=now)
     return _reloaded(session, request.id)
 
 
@@ -232,6 +235,7 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
     """Record an approval; the last one needed grants and provisions, once."""
     request = visible_request(session, request_id, actor)
     _require_decider(session, request, actor)
+    _require_eligible_requester(session, request)
     _lock_pending(session, request.id)
     _record_decision(session, request, actor, Decision.APPROVE, comment, now)
     audit.record(session, action=AuditAction.REQUEST_APPROVED, actor=actor.subject.username,
@@ -243,7 +247,7 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
         _start_grant(session, request, source=RequestStatus.PENDING, now=now)
     session.commit()
     if granting:
-        finish_grant(session, services, request.id, origin=origin, now=now)
+        _grant_and_recheck(session, services, request.id, origin=origin, now=now)
     return _reloaded(session, request.id)
 
 
@@ -304,6 +308,8 @@ def retry(session: Session, services: Services, *, request_id: str, actor: Actor
     request = visible_request(session, request_id, actor)
     if not (actor.is_admin or is_eligible_approver(session, request, actor)):
         raise Forbidden("Only an approver or an administrator can retry a request.")
+    if request.status == RequestStatus.FAILED:
+        _require_eligible_requester(session, request)
     try:
         _start_grant(session, request, source=RequestStatus.FAILED, now=now)
     except Conflict:
@@ -311,7 +317,7 @@ def retry(session: Session, services: Services, *, request_id: str, actor: Actor
     audit.record(session, action=AuditAction.REQUEST_RETRIED, actor=actor.subject.username,
                  target=request.id, origin=origin, now=now)
     session.commit()
-    finish_grant(session, services, request.id, origin=origin, now=now)
+    _grant_and_recheck(session, services, request.id, origin=origin, now=now)
     return _reloaded(session, request.id)
 
 
@@ -338,3 +344,101 @@ def expire_due(session: Session, services: Services, *, now: datetime, origin: a
         finish_revoke(session, services, request_id, origin=origin, now=now)
         expired += 1
     return expired
+
+
+# ---- eligibility: deactivation and role changes -------------------------------------------------
+def ineligibility(session: Session, *, user: User, permission_key: str) -> str | None:
+    """Say why the user could not make this request now (`deactivated`, `role_changed`), or None.
+
+    Re-decided by the policy engine for the user's current role and subrole, exactly as
+    create_request decides: only a rule that makes it requestable (auto or approval) keeps it.
+    """
+    if not user.active:
+        return "deactivated"
+    permission = session.get(Permission, permission_key)
+    subject = Subject(id=user.id, username=user.username, role=user.role, subrole=user.subrole,
+                      kind=user.kind)
+    if user.kind != UserKind.PERSON or permission is None \
+            or not decision_for(session, subject, permission).requestable:
+        return "role_changed"
+    return None
+
+
+def _require_eligible_requester(session: Session, request: AccessRequest) -> None:
+    # Approving for someone who has left, or has moved to a role without this permission,
+    # would hand the access straight to them: decided again now, not when they asked.
+    user = session.get(User, request.requester_id, populate_existing=True)
+    reason = ineligibility(session, user=user, permission_key=request.permission_key)
+    if reason is not None:
+        session.rollback()
+        what = "deactivated" if reason == "deactivated" else \
+            "no longer allowed this permission by their role's policy"
+        raise Conflict(f"The requester is {what}; the request cannot be granted.",
+                       code="no_longer_eligible")
+
+
+def end_ineligible(session: Session, *, user: User, reason: str, actor: str,
+                   origin: audit.Origin, now: datetime) -> tuple[list[str], list[str]]:
+    """Inside the caller's transaction (user already changed): cancel the pending requests and
+    end the active grants the user could not make now; return (cancelled, revoked) ids.
+
+    The caller commits, then runs `settle_ended` for the revokes owed and the notifications.
+    """
+    cancelled, revoked = [], []
+    rows = session.execute(select(AccessRequest.id, AccessRequest.status,
+                                  AccessRequest.permission_key).where(
+        AccessRequest.requester_id == user.id,
+        AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.ACTIVE]))).all()
+    for request_id, status, permission_key in rows:
+        why = ineligibility(session, user=user, permission_key=permission_key)
+        if why is None:
+            continue
+        details = {"reason": reason}
+        if status == RequestStatus.PENDING:
+            if _claim(session, request_id, source=RequestStatus.PENDING,
+                      target=RequestStatus.CANCELLED, decided_at=now):
+                audit.record(session, action=AuditAction.REQUEST_CANCELLED, actor=actor,
+                             target=request_id, origin=origin, now=now, details=details)
+                cancelled.append(request_id)
+        elif _end_grant(session, request_id, target=RequestStatus.REVOKED, now=now,
+                        extra_where=(AccessRequest.expires_at > now,)):
+            audit.record(session, action=AuditAction.REQUEST_REVOKED, actor=actor,
+                         target=request_id, origin=origin, now=now, details=details)
+            revoked.append(request_id)
+    return cancelled, revoked
+
+
+def settle_ended(session: Session, services: Services, *, cancelled: list[str],
+                 revoked: list[str], origin: audit.Origin, now: datetime) -> None:
+    """After the commit: run each owed revoke (no transaction open) and tell the requesters."""
+    for request_id in revoked:
+        finish_revoke(session, services, request_id, origin=origin, now=now)
+    # Imported here: announce renders requests, and rendering imports this module.
+    from .announce import announce_ended
+    announce_ended(session, services, [*cancelled, *revoked])
+
+
+def _grant_and_recheck(session: Session, services: Services, request_id: str, *,
+                       origin: audit.Origin, now: datetime) -> None:
+    """Provision a claimed grant; if the requester stopped being eligible meanwhile, end it.
+
+    A deactivation or role change that commits while the provisioner runs finds the request
+    `granting` and cannot end it; this second look, after the grant landed, does. The requester's
+    row is read with a share lock, so a deactivation still in flight is waited for.
+    """
+    finish_grant(session, services, request_id, origin=origin, now=now)
+    request = _reloaded(session, request_id)
+    if request.status != RequestStatus.ACTIVE:
+        session.rollback()
+        return
+    user = session.scalar(select(User).where(User.id == request.requester_id)
+                          .with_for_update(read=True).execution_options(populate_existing=True))
+    reason = ineligibility(session, user=user, permission_key=request.permission_key)
+    if reason is None or not _end_grant(session, request_id, target=RequestStatus.REVOKED,
+                                        now=now):
+        session.rollback()
+        return
+    audit.record(session, action=AuditAction.REQUEST_REVOKED, actor="system", target=request_id,
+                 origin=origin, now=now, details={"reason": reason})
+    session.commit()
+    settle_ended(session, services, cancelled=[], revoked=[request_id], origin=origin, now=now)

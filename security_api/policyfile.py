@@ -39,6 +39,7 @@ from .accounts import NAME_PATTERN
 from .catalog import BUILTIN_PERMISSIONS, KEY_PATTERN, MAX_MINUTES
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams
+from .grants import ADMIN_PERMISSION, refuse_admin_for_service_accounts
 from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policy import WILDCARD
@@ -727,6 +728,11 @@ def apply(session: Session, diff: Diff, *, actor: str, origin: audit.Origin, now
             # Flush per change: without ORM relationships the unit of work cannot order
             # deletes after the rows that refer to them.
             session.flush()
+        for change in diff.changes:
+            if change.kind == "rule" and change.ident[0] == ADMIN_PERMISSION:
+                # Refused as in the admin API: no service account may end up an admin.
+                refuse_admin_for_service_accounts(session, role=change.ident[1],
+                                                  subrole=change.ident[2])
         counts = diff.counts()
         audit.record(session, action=AuditAction.POLICY_FILE_APPLIED, actor=actor, target=source,
                      origin=origin, now=now, details={**counts, "sha256": diff.sha256})

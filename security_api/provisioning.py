@@ -4,11 +4,22 @@ A provisioner talks to the outside world and may take seconds. No database lock 
 request's row, the audit chain head, SQLite's write lock) is ever held while it runs: the
 transition is committed first (a claim), the call happens, then the outcome is recorded
 with a second conditional update. A crash in between leaves a claim the reaper finishes.
+
+While a grant's outside call runs, a heartbeat thread of the worker refreshes the claim's
+timestamp (`provisioning_started_at`) every HEARTBEAT_SECONDS. A claim whose heartbeat is
+older than CLAIM_LEASE_SECONDS belongs to a worker that is gone: the reaper (or the
+requester's next request for the same permission) fails it and has the provisioner undo it
+(`cleanup`) within seconds, instead of waiting out the longest call a live worker might make.
+A live worker heartbeats for at most `stuck_after` (4 x timeout + 60 s), so a call that hangs
+past every timeout is also taken over, as before.
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
@@ -16,20 +27,60 @@ from sqlalchemy.orm import Session
 
 from . import audit, metrics
 from .clock import isoformat, utcnow
-from .enums import AuditAction, ProvisioningState, RequestStatus
+from .enums import AuditAction, ProvisioningAction, ProvisioningState, RequestStatus
 from .jsontext import loads_stored
 from .models import AccessRequest, Permission, User
 from .provisioners import GrantContext, ProvisioningError, get_provisioner
 from .services import Services
 
 log = logging.getLogger(__name__)
+GRANT, CLEANUP, REVOKE = ProvisioningAction.GRANT, ProvisioningAction.CLEANUP, ProvisioningAction.REVOKE
 # A failed revoke is tried again this long after the last attempt.
 REVOKE_RETRY_SECONDS = 300
+# A worker running a grant refreshes its claim this often ...
+HEARTBEAT_SECONDS = 2
+# ... and a grant claim not refreshed for this long was left by a worker that is gone.
+CLAIM_LEASE_SECONDS = 12
 
 
 def stuck_after(services: Services) -> timedelta:
-    """Return how old a claim must be before it counts as abandoned by a crashed worker."""
+    """Return the longest a live worker may hold a claim (beyond every provisioner timeout)."""
     return timedelta(seconds=services.settings.provisioner_timeout_seconds * 4 + 60)
+
+
+def claim_lease() -> timedelta:
+    """Return how long a grant claim lives without a heartbeat."""
+    return timedelta(seconds=CLAIM_LEASE_SECONDS)
+
+
+@contextmanager
+def _heartbeat(services: Services, request_id: str) -> Iterator[None]:
+    """Keep refreshing the grant claim while the block runs (at most `stuck_after`)."""
+    stop = threading.Event()
+    until = utcnow() + stuck_after(services)
+
+    def beat():
+        with services.session_factory() as session:
+            while not stop.wait(HEARTBEAT_SECONDS) and utcnow() < until:
+                try:
+                    session.execute(
+                        update(AccessRequest)
+                        .where(AccessRequest.id == request_id,
+                               AccessRequest.status == RequestStatus.GRANTING)
+                        .values(provisioning_started_at=utcnow()))
+                    session.commit()
+                except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
+                    session.rollback()
+                    log.warning("could not refresh the grant claim of %s", request_id,
+                                exc_info=True)
+
+    thread = threading.Thread(target=beat, name="security-api-claim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _load(session: Session, services: Services, request_id: str):
@@ -51,7 +102,8 @@ def _load(session: Session, services: Services, request_id: str):
 def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, action: str) -> dict:
     provisioner = get_provisioner(provisioner_name, services.settings)
     try:
-        result = provisioner.grant(ctx) if action == "grant" else provisioner.revoke(ctx)
+        # A cleanup is a revoke to the provisioner; only the record tells them apart.
+        result = provisioner.grant(ctx) if action == GRANT else provisioner.revoke(ctx)
         return {"ok": True, "result": result, "error": None, "at": isoformat(utcnow())}
     except ProvisioningError as exc:
         metrics.count_provisioning_failure(provisioner=provisioner_name, action=action)
@@ -81,11 +133,12 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
     # Read before the rollback: touching an expired attribute would open a transaction again.
     provisioner_name = permission.provisioner
     session.rollback()  # no transaction stays open during the outside call
-    outcomes = {"grant": _call(services, provisioner_name, ctx, action="grant")}
-    if not outcomes["grant"]["ok"]:
-        # A webhook that timed out may still have granted: ask it to undo.
-        outcomes["cleanup"] = _call(services, provisioner_name, ctx, action="cleanup")
-    ok = outcomes["grant"]["ok"]
+    with _heartbeat(services, request_id):
+        outcomes = {GRANT: _call(services, provisioner_name, ctx, action=GRANT)}
+        if not outcomes[GRANT]["ok"]:
+            # A webhook that timed out may still have granted: ask it to undo.
+            outcomes[CLEANUP] = _call(services, provisioner_name, ctx, action=CLEANUP)
+    ok = outcomes[GRANT]["ok"]
     request, permission, _ = _load(session, services, request_id)
     values = {"status": RequestStatus.ACTIVE, "expires_at": now + timedelta(
         minutes=request.duration_minutes)} if ok else {"status": RequestStatus.FAILED,
@@ -97,6 +150,10 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
                 provisioning_state=None, **values))
     if claimed.rowcount != 1:
         session.rollback()  # the reaper declared it abandoned meanwhile
+        if ok:
+            # Its cleanup may have reached the target before this grant did: undo once more.
+            _late_cleanup(session, services, request_id, provisioner_name, ctx,
+                          origin=origin, now=now)
         return
     metrics.stage_request_status(session, values["status"])
     audit.record(session, action=AuditAction.REQUEST_ACTIVATED if ok
@@ -106,22 +163,36 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
     session.commit()
 
 
+def _late_cleanup(session: Session, services: Services, request_id: str,
+                  provisioner_name: str, ctx: GrantContext, *, origin: audit.Origin,
+                  now: datetime) -> None:
+    outcome = _call(services, provisioner_name, ctx, action=CLEANUP)
+    request, permission, _ = _load(session, services, request_id)
+    session.execute(update(AccessRequest).where(AccessRequest.id == request_id).values(
+        provisioning=_record(session, request, permission, {CLEANUP: outcome},
+                             origin=origin, now=now)))
+    session.commit()
+
+
 def finish_revoke(session: Session, services: Services, request_id: str, *,
                   origin: audit.Origin, now: datetime) -> None:
-    """Run the revoke of an ended grant and record it; a failure is retried by the reaper."""
+    """Run the revoke of an ended grant (or the cleanup of a failed one) and record it;
+    a failure is retried by the reaper."""
     request, permission, ctx = _load(session, services, request_id)
     if request.provisioning_state not in (ProvisioningState.REVOKING,
                                           ProvisioningState.REVOKE_FAILED):
         session.rollback()
         return
+    # A grant that never became active is undone (cleanup); one that was active is revoked.
+    action = CLEANUP if request.status == RequestStatus.FAILED else REVOKE
     provisioner_name = permission.provisioner  # read before the rollback, as in finish_grant
     session.rollback()
-    outcome = _call(services, provisioner_name, ctx, action="revoke")
+    outcome = _call(services, provisioner_name, ctx, action=action)
     request, permission, _ = _load(session, services, request_id)
     state = None if outcome["ok"] else ProvisioningState.REVOKE_FAILED
     session.execute(
         update(AccessRequest).where(AccessRequest.id == request_id)
-        .values(provisioning=_record(session, request, permission, {"revoke": outcome},
+        .values(provisioning=_record(session, request, permission, {action: outcome},
                                      origin=origin, now=now),
                 provisioning_state=state, provisioning_started_at=now))
     session.commit()
@@ -130,17 +201,30 @@ def finish_revoke(session: Session, services: Services, request_id: str, *,
 def recover(session: Session, services: Services, *, origin: audit.Origin, now: datetime,
             limit: int = 100) -> int:
     """Finish what crashed workers left: abandoned grants fail, unfinished revokes run again."""
-    stale = now - stuck_after(services)
+    done = recover_abandoned_grants(session, services, origin=origin, now=now, limit=limit)
+    return done + _retry_revokes(session, services, origin=origin, now=now, limit=limit)
+
+
+def recover_abandoned_grants(session: Session, services: Services, *, origin: audit.Origin,
+                             now: datetime, limit: int = 100, requester_id: str | None = None,
+                             permission_key: str | None = None) -> int:
+    """Fail and undo grant claims whose worker stopped heartbeating (of one requester and
+    permission when named); return how many."""
+    # The heartbeat moves provisioning_started_at; a claim it stopped moving is abandoned.
+    lapsed = now - claim_lease()
     done = 0
-    abandoned = list(session.scalars(select(AccessRequest.id).where(
-        AccessRequest.status == RequestStatus.GRANTING,
-        AccessRequest.provisioning_started_at < stale).limit(limit)))
+    stmt = select(AccessRequest.id).where(AccessRequest.status == RequestStatus.GRANTING,
+                                          AccessRequest.provisioning_started_at < lapsed)
+    if requester_id is not None:
+        stmt = stmt.where(AccessRequest.requester_id == requester_id,
+                          AccessRequest.permission_key == permission_key)
+    abandoned = list(session.scalars(stmt.limit(limit)))
     session.rollback()
     for request_id in abandoned:
         failed = session.execute(
             update(AccessRequest)
             .where(AccessRequest.id == request_id, AccessRequest.status == RequestStatus.GRANTING,
-                   AccessRequest.provisioning_started_at < stale)
+                   AccessRequest.provisioning_started_at < lapsed)
             .values(status=RequestStatus.FAILED, provisioning_state=ProvisioningState.REVOKING,
                     provisioning_started_at=now))
         if failed.rowcount == 1:
@@ -149,11 +233,18 @@ def recover(session: Session, services: Services, *, origin: audit.Origin, now: 
                          target=request_id, origin=origin, now=now,
                          details={"reason": "provisioning interrupted; retry it"})
             session.commit()
-            # Whatever the interrupted grant did outside is undone by a revoke.
+            # Whatever the interrupted grant did outside is undone (recorded as cleanup).
             finish_revoke(session, services, request_id, origin=origin, now=now)
             done += 1
         else:
             session.rollback()
+    return done
+
+
+def _retry_revokes(session: Session, services: Services, *, origin: audit.Origin,
+                   now: datetime, limit: int) -> int:
+    stale = now - stuck_after(services)
+    done = 0
     retry_before = now - timedelta(seconds=REVOKE_RETRY_SECONDS)
     due = list(session.execute(select(AccessRequest.id, AccessRequest.provisioning_started_at).where(or_(
         and_(AccessRequest.provisioning_state == ProvisioningState.REVOKING,

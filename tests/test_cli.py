@@ -32,8 +32,11 @@ def test_create_user_reads_the_password_from_stdin(runner, db_session):
 
 
 def test_create_service_account(runner, client):
-    result = runner.invoke(args=["create-user", "ci-bot", "--role", "security", "--subrole",
-                                 "admin", "--service"])
+    # Not in security/admin: a service account never holds security-api.admin
+    # (tests/test_service_admin.py).
+    assert runner.invoke(args=["create-role", "tools", "--subrole", "ci"]).exit_code == 0
+    result = runner.invoke(args=["create-user", "ci-bot", "--role", "tools", "--subrole",
+                                 "ci", "--service"])
     assert result.exit_code == 0, result.output
     secret = re.search(r"Service secret \(shown once\): (\S+)", result.output).group(1)
     assert client.post("/v1/login", headers=basic("ci-bot", secret), json={}).status_code == 200

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import select, text
 
 from security_api import audit
-from security_api.clock import utcnow
+from security_api.clock import as_utc, utcnow
 from security_api.enums import AuditAction, PolicyMode, RequestStatus
-from security_api.models import AccessRequest, AuditChainHead
-from security_api.provisioning import recover
+from security_api.models import AccessRequest, AuditChainHead, AuditEvent
+from security_api.provisioning import claim_lease, recover
 from tests import test_concurrency as kit
 from tests.conftest import TEST_DATABASE_URL
 from tests.servers import basic_header, call, start_gunicorn
@@ -113,11 +113,126 @@ def test_worker_killed_inside_the_provisioner_leaves_no_half_written_grant(
     assert row.status == RequestStatus.FAILED and row.provisioning_state is None
     assert receiver.count("revoke", row.id) == 1
     assert audit_count(app, AuditAction.REQUEST_FAILED, row.id) == 1
+    # The undo of a grant that never became active is a cleanup, as README names it.
+    record = json.loads(row.provisioning)
+    assert record["cleanup"]["ok"] is True and "revoke" not in record
+    assert _provisioning_actions(app, row.id) == ["cleanup"]
     status, shown, _ = call(server.base, "GET", f"/v1/requests/{row.id}", headers=bearer)
     assert status == 200 and shown["request"]["status"] == "failed"
     status, report, _ = call(server.base, "GET", "/v1/audit/verify",
                              headers=_admin_bearer(server, make_user))
     assert status == 200 and report["ok"] is True, report
+
+
+def _provisioning_actions(app, request_id: str) -> list[str]:
+    with app.extensions["security_api"].session_factory() as session:
+        return [json.loads(details)["action"] for details in session.scalars(
+            select(AuditEvent.details).where(
+                AuditEvent.target == request_id,
+                AuditEvent.action.in_([AuditAction.PROVISIONING_SUCCEEDED,
+                                       AuditAction.PROVISIONING_FAILED]))
+            .order_by(AuditEvent.id))]
+
+
+def _sign_in(server, user) -> dict:
+    status, tokens, _ = call(server.base, "POST", "/v1/login",
+                             headers=basic_header(user.username, user.password),
+                             body={"totp": user.next_code()})
+    assert status == 200, tokens
+    return {"Authorization": "Bearer " + tokens["token"]}
+
+
+def test_a_live_worker_keeps_its_claim_and_a_dead_ones_claim_is_undone_within_its_lease(
+        app, server, make_user, receiver):
+    alice = make_user("alice")
+    add_webhook_permission(app, receiver, "vpn", mode=PolicyMode.AUTO)
+    receiver.delay = WAIT_SECONDS * 4
+    bearer = _sign_in(server, alice)
+    body = {"permission": "vpn", "justification": "crash test"}
+    outcome: dict = {}
+
+    def ask():
+        try:
+            outcome["answer"] = call(server.base, "POST", "/v1/requests", headers=bearer,
+                                     body=body, timeout=WAIT_SECONDS * 2)
+        except OSError as exc:
+            outcome["error"] = exc
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    assert receiver.arrived.wait(WAIT_SECONDS), "the grant never reached the provisioner"
+    claimed_at = _only_request(app).provisioning_started_at
+    services = app.extensions["security_api"]
+    # Alive and inside its provisioner timeout, past a whole lease: heartbeats keep the claim.
+    _until(lambda: utcnow() - as_utc(claimed_at) > claim_lease() + timedelta(seconds=1),
+           "a whole lease to pass")
+    with services.session_factory() as session:
+        assert recover(session, services, origin=audit.Origin(ip="reaper"), now=utcnow()) == 0
+    assert _only_request(app).status == RequestStatus.GRANTING
+    assert as_utc(_only_request(app).provisioning_started_at) > as_utc(claimed_at)
+
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    asking.join(WAIT_SECONDS)
+    assert not asking.is_alive() and "answer" not in outcome, outcome
+    receiver.delay = 0
+    receiver.release.set()
+    _until(lambda: server.worker_pids() - {worker}, "a new worker")
+    _until(lambda: _ping(server.base), "the new worker to answer")
+
+    # Meanwhile the user sees `pending`, and asking again is 409 already_requested, until the
+    # lease lapses; then asking again fails and undoes the abandoned claim, and grants anew.
+    first = _only_request(app)
+    status, shown, _ = call(server.base, "GET", f"/v1/requests/{first.id}", headers=bearer)
+    assert status == 200 and shown["request"]["status"] == "pending"
+
+    def ask_again():
+        status, answer, _ = call(server.base, "POST", "/v1/requests", headers=bearer, body=body)
+        if status == 409:
+            assert answer["error"] == "already_requested", answer
+            return None
+        assert status == 201, answer
+        return answer["request"]
+
+    again = _until(ask_again, "the abandoned claim to be undone (a lease, not minutes)")
+    assert again["status"] == "active" and again["id"] != first.id
+    with services.session_factory() as session:
+        row = session.get(AccessRequest, first.id)
+        assert row.status == RequestStatus.FAILED and row.provisioning_state is None
+        assert json.loads(row.provisioning)["cleanup"]["ok"] is True
+    assert receiver.count("revoke", first.id) == 1
+    assert _provisioning_actions(app, first.id) == ["cleanup"]
+
+
+def test_the_reaper_undoes_a_dead_workers_claim_once_its_lease_lapsed(app, server, make_user,
+                                                                       receiver):
+    alice = make_user("alice")
+    add_webhook_permission(app, receiver, "vpn", mode=PolicyMode.AUTO)
+    receiver.delay = WAIT_SECONDS * 4
+    bearer = _sign_in(server, alice)
+    asking = threading.Thread(target=_swallow, args=(server.base, bearer))
+    asking.start()
+    assert receiver.arrived.wait(WAIT_SECONDS), "the grant never reached the provisioner"
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    asking.join(WAIT_SECONDS)
+    receiver.delay = 0
+    receiver.release.set()
+    services = app.extensions["security_api"]
+    # One lease after the last possible heartbeat, far less than 4 x timeout + 60 s (540 s).
+    with services.session_factory() as session:
+        assert recover(session, services, origin=audit.Origin(ip="reaper"),
+                       now=utcnow() + claim_lease() + timedelta(seconds=1)) == 1
+    row = _only_request(app)
+    assert row.status == RequestStatus.FAILED and receiver.count("revoke", row.id) == 1
+
+
+def _swallow(base: str, bearer: dict) -> None:
+    try:
+        call(base, "POST", "/v1/requests", headers=bearer,
+             body={"permission": "vpn", "justification": "crash test"}, timeout=WAIT_SECONDS * 2)
+    except OSError:
+        pass  # the worker died with the connection open
 
 
 def _ping(base: str) -> bool:
