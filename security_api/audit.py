@@ -1,13 +1,21 @@
-"""Hash-chained audit events, written in the caller's transaction."""
+"""Hash-chained audit events, written in the caller's transaction.
+
+The chain is keyed: each event's hash is an HMAC-SHA256 over the previous hash and the event,
+with a key (AUDIT_CHAIN_KEY) that never reaches the database, and the head row carries a
+checkpoint signed with that key. Whoever can write the database but lacks the key can neither
+re-hash a changed history nor move the head back over events removed from the end.
+"""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import event as orm_event
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .models import AuditChainHead, AuditEvent, new_id
@@ -15,6 +23,60 @@ from .models import AuditChainHead, AuditEvent, new_id
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 _STAGED_EVENTS = "audit_staged_events"
+# The session factory carries the chain keys in `Session.info` under this name (see services).
+KEYS_INFO = "audit_chain_keys"
+REKEY_HINT = "run `flask --app flask_api audit rekey`"
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """One AUDIT_CHAIN_KEY: its public id (recorded on rows) and its secret (never stored)."""
+
+    id: str
+    secret: bytes = field(repr=False)
+
+    def sign(self, message: str) -> str:
+        """Return the hex HMAC-SHA256 of `message` under this key."""
+        return hmac.new(self.secret, message.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def chain_key(secret: str) -> ChainKey:
+    """Return the key for a secret; its id is an HMAC of a constant, which reveals nothing."""
+    raw = secret.encode("utf-8")
+    key_id = hmac.new(raw, b"security-api audit chain key id", hashlib.sha256).hexdigest()[:16]
+    return ChainKey(id=key_id, secret=raw)
+
+
+@dataclass(frozen=True)
+class ChainKeys:
+    """The configured keys: the first signs new events and checkpoints, all of them verify."""
+
+    keys: tuple[ChainKey, ...]
+
+    @classmethod
+    def from_secrets(cls, secrets: Sequence[str]) -> ChainKeys:
+        """Build from AUDIT_CHAIN_KEY's comma-separated values, newest first."""
+        if not secrets:
+            raise ValueError("the audit chain needs at least one key")
+        return cls(tuple(chain_key(secret) for secret in secrets))
+
+    @property
+    def signing(self) -> ChainKey:
+        """Return the key that signs from now on."""
+        return self.keys[0]
+
+    def get(self, key_id: str | None) -> ChainKey | None:
+        """Return the key with this id, or None when it is not configured."""
+        return next((key for key in self.keys if key.id == key_id), None)
+
+
+def session_keys(session: Session) -> ChainKeys:
+    """Return the chain keys the session's factory was given."""
+    keys = session.info.get(KEYS_INFO)
+    if keys is None:
+        raise RuntimeError("this session has no audit chain keys (make it with the service's "
+                           "session factory)")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -29,14 +91,38 @@ def _canonical_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def event_hash(event: AuditEvent) -> str:
-    """Return the hash of an event, chained to the hash before it."""
+def _chained_text(event: AuditEvent) -> str:
     body = json.dumps({
         "seq": event.seq, "id": event.id, "at": _canonical_time(event.at),
         "actor": event.actor, "action": event.action, "target": event.target,
         "ip": event.ip, "request_id": event.request_id, "details": event.details,
     }, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(f"{event.prev_hash}\n{body}".encode("ascii")).hexdigest()
+    return f"{event.prev_hash}\n{body}"
+
+
+def event_hash(event: AuditEvent, key: ChainKey) -> str:
+    """Return the keyed hash (HMAC-SHA256) of an event, chained to the hash before it."""
+    return key.sign(_chained_text(event))
+
+
+def legacy_event_hash(event: AuditEvent) -> str:
+    """Return the plain SHA-256 the chain used before it was keyed (rows up to the seal)."""
+    return hashlib.sha256(_chained_text(event).encode("ascii")).hexdigest()
+
+
+def _checkpoint_message(seq: int, last_hash: str) -> str:
+    # Distinct prefixes: an event hash can never pass for a checkpoint or a seal, nor back.
+    return f"audit-checkpoint\n{seq}\n{last_hash}"
+
+
+def _seal_message(seq: int, last_hash: str) -> str:
+    return f"audit-legacy-seal\n{seq}\n{last_hash}"
+
+
+def _signed_by(keys: ChainKeys, key_id: str | None, signature: str | None, message: str) -> bool:
+    key = keys.get(key_id)
+    return key is not None and signature is not None and hmac.compare_digest(
+        key.sign(message), signature)
 
 
 def _printable(value: str | None, limit: int) -> str | None:
@@ -85,17 +171,20 @@ def _append_staged(session: Session) -> None:
     staged = session.info.pop(_STAGED_EVENTS, None)
     if not staged:
         return
+    key = session_keys(session).signing
     last_seq, prev_hash = session.execute(
         update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
         .values(seq=AuditChainHead.seq + len(staged))
         .returning(AuditChainHead.seq, AuditChainHead.last_hash)
     ).one()
     for seq, staged_event in enumerate(staged, start=last_seq - len(staged) + 1):
-        staged_event.seq, staged_event.prev_hash = seq, prev_hash
-        staged_event.hash = prev_hash = event_hash(staged_event)
+        staged_event.seq, staged_event.prev_hash, staged_event.key_id = seq, prev_hash, key.id
+        staged_event.hash = prev_hash = event_hash(staged_event, key)
     session.add_all(staged)
-    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
-                    .values(last_hash=prev_hash))
+    # The head is the signed checkpoint: (last seq, last hash) under the key, in the same write.
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(
+        last_hash=prev_hash, key_id=key.id,
+        signature=key.sign(_checkpoint_message(last_seq, prev_hash))))
 
 
 @orm_event.listens_for(Session, "after_transaction_end")
@@ -115,30 +204,165 @@ class ChainReport:
     problem: str | None = None
 
 
-def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
-    """Walk every event in order and report the first one changed, removed or inserted."""
-    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
+def _walk(session: Session, batch: int):
+    """Yield every event oldest first, `batch` rows per query."""
     last_seen = 0
-    head = session.get(AuditChainHead, HEAD_ID)
-    head_seq = head.seq if head is not None else None
     while True:
         rows = session.execute(
             select(AuditEvent).where(AuditEvent.seq > last_seen)
             .order_by(AuditEvent.seq).limit(batch)).scalars().all()
         if not rows:
-            break
-        for event in rows:
-            if head_seq is not None and event.seq > head_seq:
-                # The head is written with every real event: a row past it was slipped in.
-                return ChainReport(False, count, event.seq, "event inserted after the last one")
-            if event.seq != expected_seq:
-                return ChainReport(False, count, expected_seq, "missing event")
-            if event.prev_hash != expected_prev:
-                return ChainReport(False, count, event.seq, "link to previous event broken")
-            if event_hash(event) != event.hash:
-                return ChainReport(False, count, event.seq, "event content changed")
-            expected_prev, expected_seq, count = event.hash, event.seq + 1, count + 1
-            last_seen = event.seq
-    if head is not None and (head.seq != count or head.last_hash != expected_prev):
+            return
+        yield from rows
+        last_seen = rows[-1].seq
+
+
+def _computed_hash(event: AuditEvent, keys: ChainKeys) -> str | None:
+    """Return what the event's hash must be, or None when no key can tell (unknown key id)."""
+    if event.key_id is None:
+        return legacy_event_hash(event)
+    key = keys.get(event.key_id)
+    return None if key is None else event_hash(event, key)
+
+
+def _event_problem(event: AuditEvent, keys: ChainKeys, head: AuditChainHead) -> str | None:
+    """Return what is wrong with one event read in its place in the chain, if anything."""
+    sealed_seq = head.sealed_seq or 0
+    if event.key_id is None and event.seq > sealed_seq:
+        # Plain SHA-256 is anyone's to compute: it is trusted only up to the signed seal.
+        return ("unkeyed event after the sealed legacy events" if head.sealed_seq is not None
+                else f"legacy unkeyed events are not sealed yet ({REKEY_HINT})")
+    computed = _computed_hash(event, keys)
+    if computed is None:
+        return "event hashed with a key that is not configured (AUDIT_CHAIN_KEY)"
+    if not hmac.compare_digest(computed, event.hash):
+        return "event content changed"
+    if event.seq == head.sealed_seq and event.hash != head.sealed_hash:
+        # Legacy rows re-hashed consistently: only the seal, signed with the key, knows.
+        return "legacy events changed before the seal"
+    return None
+
+
+def verify_chain(session: Session, *, keys: ChainKeys | None = None,
+                 batch: int = 1000) -> ChainReport:
+    """Walk every event in order and report the first one changed, removed or inserted.
+
+    Every hash is recomputed with the keys (plain SHA-256 only for legacy rows up to the signed
+    seal), and the end of the chain must equal the head's checkpoint signed with a key.
+    """
+    keys = keys or session_keys(session)
+    head = session.get(AuditChainHead, HEAD_ID)
+    if head is None:
+        return ChainReport(False, 0, 1, "the chain head is missing")
+    if head.sealed_seq is not None and not _signed_by(
+            keys, head.seal_key_id, head.seal_signature,
+            _seal_message(head.sealed_seq, head.sealed_hash or "")):
+        return ChainReport(False, 0, 1, "the legacy seal is not signed by the chain key")
+    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
+    for event in _walk(session, batch):
+        if event.seq > head.seq:
+            # The head is written with every real event: a row past it was slipped in.
+            return ChainReport(False, count, event.seq, "event inserted after the last one")
+        if event.seq != expected_seq:
+            return ChainReport(False, count, expected_seq, "missing event")
+        if event.prev_hash != expected_prev:
+            return ChainReport(False, count, event.seq, "link to previous event broken")
+        problem = _event_problem(event, keys, head)
+        if problem is not None:
+            return ChainReport(False, count, event.seq, problem)
+        expected_prev, expected_seq, count = event.hash, event.seq + 1, count + 1
+    if head.seq != count or head.last_hash != expected_prev:
         return ChainReport(False, count, expected_seq, "events after the last one were removed")
+    if not _signed_by(keys, head.key_id, head.signature,
+                      _checkpoint_message(head.seq, head.last_hash)):
+        # Rows removed from the end and the head moved back to the new last row: the rows
+        # left all verify, but only the key could have signed the earlier checkpoint.
+        return ChainReport(False, count, expected_seq, "events after the last one were removed "
+                                                       "(the head's checkpoint is not signed "
+                                                       "by the chain key)")
     return ChainReport(True, count)
+
+
+@dataclass(frozen=True)
+class SealReport:
+    """What `seal_legacy_events` found and did."""
+
+    ok: bool
+    sealed_seq: int | None
+    message: str
+    first_broken_seq: int | None = None
+
+
+def _legacy_segment(session: Session, batch: int) -> tuple[int, str, ChainReport | None]:
+    """Verify the unkeyed rows at the start of the chain; return their last seq and hash."""
+    expected_prev, expected_seq = GENESIS_HASH, 1
+    for event in _walk(session, batch):
+        if event.key_id is not None:
+            break
+        if event.seq != expected_seq:
+            return 0, "", ChainReport(False, expected_seq - 1, expected_seq, "missing event")
+        if event.prev_hash != expected_prev:
+            return 0, "", ChainReport(False, expected_seq - 1, event.seq,
+                                      "link to previous event broken")
+        if not hmac.compare_digest(legacy_event_hash(event), event.hash):
+            return 0, "", ChainReport(False, expected_seq - 1, event.seq, "event content changed")
+        expected_prev, expected_seq = event.hash, event.seq + 1
+    last_seq = expected_seq - 1
+    stray = session.scalar(select(func.min(AuditEvent.seq))
+                           .where(AuditEvent.key_id.is_(None), AuditEvent.seq > last_seq))
+    if stray is not None:
+        return 0, "", ChainReport(False, last_seq, stray, "unkeyed event after keyed ones")
+    return last_seq, expected_prev, None
+
+
+def seal_legacy_events(session: Session, *, keys: ChainKeys | None = None,
+                       batch: int = 1000) -> SealReport:
+    """Verify the chain's unkeyed (pre-HMAC) events, then seal them under the signing key.
+
+    The seal records the legacy segment's last seq and hash, signed, on the head row: those
+    rows stay verifiable by their plain hashes up to it and everything after is keyed. A broken
+    legacy segment is refused and nothing is written. Idempotent.
+    """
+    keys = keys or session_keys(session)
+    head = session.get(AuditChainHead, HEAD_ID)
+    if head is None:
+        return SealReport(False, None, "the chain head is missing", 1)
+    if head.sealed_seq is not None:
+        return SealReport(True, head.sealed_seq, f"Legacy events already sealed up to event "
+                                                 f"{head.sealed_seq}.")
+    last_seq, last_hash, broken = _legacy_segment(session, batch)
+    session.rollback()  # the walk's reads; writers are not held up while it runs
+    if broken is not None:
+        return SealReport(False, None, f"Legacy audit chain broken at event "
+                                       f"{broken.first_broken_seq}: {broken.problem}; not sealed.",
+                          broken.first_broken_seq)
+    key = keys.signing
+    # Lock the head (as writers do) only for the short write.
+    seq, head_hash, signature, sealed = session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+        .values(seq=AuditChainHead.seq)
+        .returning(AuditChainHead.seq, AuditChainHead.last_hash, AuditChainHead.signature,
+                   AuditChainHead.sealed_seq)).one()
+    if sealed is not None:
+        session.rollback()
+        return SealReport(True, sealed, f"Legacy events already sealed up to event {sealed}.")
+    values = {}
+    if last_seq:
+        values.update(sealed_seq=last_seq, sealed_hash=last_hash, seal_key_id=key.id,
+                      seal_signature=key.sign(_seal_message(last_seq, last_hash)))
+    if signature is None:
+        # Only a head that ends the verified legacy rows may be signed here: signing any other
+        # unsigned head would bless a truncation made by whoever erased its signature.
+        if seq != last_seq or head_hash != last_hash:
+            session.rollback()
+            return SealReport(False, None, "the head is not signed and does not end the legacy "
+                                           "events; not sealed.", last_seq + 1)
+        values.update(key_id=key.id, signature=key.sign(_checkpoint_message(seq, head_hash)))
+    if not values:
+        session.rollback()
+        return SealReport(True, None, "Nothing to seal: every event is keyed.")
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(**values))
+    session.commit()
+    return SealReport(True, last_seq or None,
+                      f"Sealed {last_seq} legacy events under key {key.id}." if last_seq else
+                      "Signed the head checkpoint; there were no legacy events.")

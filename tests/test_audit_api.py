@@ -290,13 +290,15 @@ def test_verify_reports_an_intact_chain(app, client, world, db_session):
 
 
 def _forged_row(db_session, *, seq: int, prev_hash: str, correct_hash: bool) -> dict:
+    """A row hashed, when `correct_hash`, with the real key: the worst case, a forger holding it."""
+    key = audit.session_keys(db_session).signing
     forged = AuditEvent(id=new_id(), seq=seq, at=utcnow().replace(microsecond=0), actor="mallory",
                         action="login.succeeded", target="mallory", ip="10.6.6.6", request_id=None,
-                        details="{}", prev_hash=prev_hash)
-    forged.hash = audit.event_hash(forged) if correct_hash else secrets.token_hex(32)
+                        details="{}", prev_hash=prev_hash, key_id=key.id)
+    forged.hash = audit.event_hash(forged, key) if correct_hash else secrets.token_hex(32)
     return {column: getattr(forged, column) for column in
             ("id", "seq", "at", "actor", "action", "target", "ip", "request_id", "details",
-             "prev_hash", "hash")}
+             "prev_hash", "hash", "key_id")}
 
 
 def _update_actor(db_session, mid, last):
@@ -316,11 +318,11 @@ def _update_time(db_session, mid, last):
 
 
 def _relink(db_session, mid, last):
-    """Change a row and recompute its hash: the next row's link to it breaks."""
+    """Change a row and recompute its hash (even with the key): the next row's link breaks."""
     event = db_session.scalar(select(AuditEvent).where(AuditEvent.seq == mid))
     event.actor = "mallory"
     db_session.execute(update(AuditEvent).where(AuditEvent.seq == mid).values(
-        actor="mallory", hash=audit.event_hash(event)))
+        actor="mallory", hash=audit.event_hash(event, audit.session_keys(db_session).signing)))
     db_session.expunge(event)
     return mid + 1, "link to previous event broken"
 
