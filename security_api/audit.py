@@ -110,12 +110,14 @@ def legacy_event_hash(event: AuditEvent) -> str:
     return hashlib.sha256(_chained_text(event).encode("ascii")).hexdigest()
 
 
-def _checkpoint_message(seq: int, last_hash: str) -> str:
+def checkpoint_message(seq: int, last_hash: str) -> str:
+    """Return the text the head's checkpoint signature covers."""
     # Distinct prefixes: an event hash can never pass for a checkpoint or a seal, nor back.
     return f"audit-checkpoint\n{seq}\n{last_hash}"
 
 
-def _seal_message(seq: int, last_hash: str) -> str:
+def seal_message(seq: int, last_hash: str) -> str:
+    """Return the text the legacy seal's signature covers."""
     return f"audit-legacy-seal\n{seq}\n{last_hash}"
 
 
@@ -184,7 +186,7 @@ def _append_staged(session: Session) -> None:
     # The head is the signed checkpoint: (last seq, last hash) under the key, in the same write.
     session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(
         last_hash=prev_hash, key_id=key.id,
-        signature=key.sign(_checkpoint_message(last_seq, prev_hash))))
+        signature=key.sign(checkpoint_message(last_seq, prev_hash))))
 
 
 @orm_event.listens_for(Session, "after_transaction_end")
@@ -256,7 +258,7 @@ def verify_chain(session: Session, *, keys: ChainKeys | None = None,
         return ChainReport(False, 0, 1, "the chain head is missing")
     if head.sealed_seq is not None and not _signed_by(
             keys, head.seal_key_id, head.seal_signature,
-            _seal_message(head.sealed_seq, head.sealed_hash or "")):
+            seal_message(head.sealed_seq, head.sealed_hash or "")):
         return ChainReport(False, 0, 1, "the legacy seal is not signed by the chain key")
     expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
     for event in _walk(session, batch):
@@ -274,7 +276,7 @@ def verify_chain(session: Session, *, keys: ChainKeys | None = None,
     if head.seq != count or head.last_hash != expected_prev:
         return ChainReport(False, count, expected_seq, "events after the last one were removed")
     if not _signed_by(keys, head.key_id, head.signature,
-                      _checkpoint_message(head.seq, head.last_hash)):
+                      checkpoint_message(head.seq, head.last_hash)):
         # Rows removed from the end and the head moved back to the new last row: the rows
         # left all verify, but only the key could have signed the earlier checkpoint.
         return ChainReport(False, count, expected_seq, "events after the last one were removed "
@@ -349,7 +351,7 @@ def seal_legacy_events(session: Session, *, keys: ChainKeys | None = None,
     values = {}
     if last_seq:
         values.update(sealed_seq=last_seq, sealed_hash=last_hash, seal_key_id=key.id,
-                      seal_signature=key.sign(_seal_message(last_seq, last_hash)))
+                      seal_signature=key.sign(seal_message(last_seq, last_hash)))
     if signature is None:
         # Only a head that ends the verified legacy rows may be signed here: signing any other
         # unsigned head would bless a truncation made by whoever erased its signature.
@@ -357,7 +359,7 @@ def seal_legacy_events(session: Session, *, keys: ChainKeys | None = None,
             session.rollback()
             return SealReport(False, None, "the head is not signed and does not end the legacy "
                                            "events; not sealed.", last_seq + 1)
-        values.update(key_id=key.id, signature=key.sign(_checkpoint_message(seq, head_hash)))
+        values.update(key_id=key.id, signature=key.sign(checkpoint_message(seq, head_hash)))
     if not values:
         session.rollback()
         return SealReport(True, None, "Nothing to seal: every event is keyed.")
