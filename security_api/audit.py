@@ -293,6 +293,7 @@ class SealReport:
     sealed_seq: int | None
     message: str
     first_broken_seq: int | None = None
+    wrote: bool = False
 
 
 def _legacy_segment(session: Session, batch: int) -> tuple[int, str, ChainReport | None]:
@@ -367,4 +368,4 @@ def seal_legacy_events(session: Session, *, keys: ChainKeys | None = None,
     session.commit()
     return SealReport(True, last_seq or None,
                       f"Sealed {last_seq} legacy events under key {key.id}." if last_seq else
-                      "Signed the head checkpoint; there were no legacy events.")
+                      "Signed the head checkpoint; there were no legacy events.", wrote=True)

@@ -265,3 +265,28 @@ def test_rekey_refuses_a_broken_legacy_chain_and_seals_nothing(make_app, legacy_
     with factory() as session:
         head = session.get(AuditChainHead, audit.HEAD_ID)
         assert head.sealed_seq is None and head.signature is None
+
+
+def test_rekey_on_a_keyed_chain_writes_nothing(app, runner, db_session):
+    _events(app, 2)
+    head = db_session.get(AuditChainHead, audit.HEAD_ID)
+    before = (head.seq, head.last_hash, head.signature, head.sealed_seq)
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 0 and "Nothing to seal" in result.output
+    db_session.expire_all()
+    head = db_session.get(AuditChainHead, audit.HEAD_ID)
+    assert (head.seq, head.last_hash, head.signature, head.sealed_seq) == before
+
+
+def test_rekey_never_signs_a_truncated_head_whose_signature_was_erased(app, runner, db_session):
+    _events(app, 4)
+    last = db_session.scalar(select(AuditChainHead.seq))
+    db_session.execute(delete(AuditEvent).where(AuditEvent.seq == last))
+    db_session.execute(update(AuditChainHead).values(
+        seq=last - 1, signature=None, key_id=None,
+        last_hash=select(AuditEvent.hash).where(AuditEvent.seq == last - 1).scalar_subquery()))
+    db_session.commit()
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 1 and "not signed" in result.output
+    report = audit.verify_chain(db_session)
+    assert not report.ok and report.first_broken_seq == last and "removed" in report.problem
