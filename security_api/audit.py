@@ -296,76 +296,117 @@ class SealReport:
     wrote: bool = False
 
 
-def _legacy_segment(session: Session, batch: int) -> tuple[int, str, ChainReport | None]:
-    """Verify the unkeyed rows at the start of the chain; return their last seq and hash."""
-    expected_prev, expected_seq = GENESIS_HASH, 1
+@dataclass
+class _Walked:
+    """The chain as rekey found it: where it ends, its last keyed event, any unkeyed ones."""
+
+    seq: int = 0
+    last_hash: str = GENESIS_HASH
+    last_keyed: tuple[int, str] | None = None
+    unkeyed: int = 0
+    broken: ChainReport | None = None
+
+
+def _walk_for_seal(session: Session, keys: ChainKeys, head_seq: int, batch: int) -> _Walked:
+    """Verify every event by its own kind (keyed: HMAC; unkeyed: plain SHA-256), in order."""
+    walked = _Walked()
     for event in _walk(session, batch):
-        if event.key_id is not None:
-            break
-        if event.seq != expected_seq:
-            return 0, "", ChainReport(False, expected_seq - 1, expected_seq, "missing event")
-        if event.prev_hash != expected_prev:
-            return 0, "", ChainReport(False, expected_seq - 1, event.seq,
-                                      "link to previous event broken")
-        if not hmac.compare_digest(legacy_event_hash(event), event.hash):
-            return 0, "", ChainReport(False, expected_seq - 1, event.seq, "event content changed")
-        expected_prev, expected_seq = event.hash, event.seq + 1
-    last_seq = expected_seq - 1
-    stray = session.scalar(select(func.min(AuditEvent.seq))
-                           .where(AuditEvent.key_id.is_(None), AuditEvent.seq > last_seq))
-    if stray is not None:
-        return 0, "", ChainReport(False, last_seq, stray, "unkeyed event after keyed ones")
-    return last_seq, expected_prev, None
+        expected = walked.seq + 1
+        problem, at = None, event.seq
+        if event.seq > head_seq:
+            problem = "event inserted after the last one"
+        elif event.seq != expected:
+            problem, at = "missing event", expected
+        elif event.prev_hash != walked.last_hash:
+            problem = "link to previous event broken"
+        else:
+            computed = _computed_hash(event, keys)
+            if computed is None:
+                problem = "event hashed with a key that is not configured (AUDIT_CHAIN_KEY)"
+            elif not hmac.compare_digest(computed, event.hash):
+                problem = "event content changed"
+        if problem is not None:
+            walked.broken = ChainReport(False, walked.seq, at, problem)
+            return walked
+        walked.seq, walked.last_hash = event.seq, event.hash
+        if event.key_id is None:
+            walked.unkeyed += 1
+        else:
+            walked.last_keyed = (event.seq, event.hash)
+    return walked
+
+
+def _head_explained(keys: ChainKeys, head: AuditChainHead, walked: _Walked) -> bool:
+    """Tell whether the head's checkpoint is one the key made for these very events.
+
+    Either it signs their end; or nothing keyed was ever written (a chain from before the key,
+    whose head was never signed); or it signs the last keyed event and only unkeyed events,
+    written by instances of the old version during the upgrade, follow. Anything else is a head
+    moved without the key (events removed from the end): sealing must not bless it.
+    """
+    def signs(seq: int, last_hash: str) -> bool:
+        return _signed_by(keys, head.key_id, head.signature, checkpoint_message(seq, last_hash))
+
+    if signs(walked.seq, walked.last_hash):
+        return True
+    if walked.last_keyed is None:
+        return head.signature is None
+    return signs(*walked.last_keyed)
+
+
+def _refused(message: str, first_broken_seq: int | None) -> SealReport:
+    return SealReport(False, None, f"{message}; not sealed.", first_broken_seq)
 
 
 def seal_legacy_events(session: Session, *, keys: ChainKeys | None = None,
                        batch: int = 1000) -> SealReport:
-    """Verify the chain's unkeyed (pre-HMAC) events, then seal them under the signing key.
+    """Verify the events written before the chain was keyed, then seal them under the key.
 
-    The seal records the legacy segment's last seq and hash, signed, on the head row: those
-    rows stay verifiable by their plain hashes up to it and everything after is keyed. A broken
-    legacy segment is refused and nothing is written. Idempotent.
+    Run once, after every instance runs the keyed version (during a rolling upgrade old
+    instances still append unkeyed events). Every event up to the head is verified by its own
+    kind and the head's checkpoint must be one the key made for them (`_head_explained`);
+    anything broken is refused and nothing is written. The seal is the head's last seq and hash
+    signed with the key: unkeyed events stay verifiable by their plain hashes up to it, and
+    everything after must be keyed. Sealing happens once; running it again changes nothing.
     """
     keys = keys or session_keys(session)
     head = session.get(AuditChainHead, HEAD_ID)
     if head is None:
-        return SealReport(False, None, "the chain head is missing", 1)
+        return _refused("the chain head is missing", 1)
     if head.sealed_seq is not None:
-        return SealReport(True, head.sealed_seq, f"Legacy events already sealed up to event "
-                                                 f"{head.sealed_seq}.")
-    last_seq, last_hash, broken = _legacy_segment(session, batch)
-    session.rollback()  # the walk's reads; writers are not held up while it runs
-    if broken is not None:
-        return SealReport(False, None, f"Legacy audit chain broken at event "
-                                       f"{broken.first_broken_seq}: {broken.problem}; not sealed.",
-                          broken.first_broken_seq)
+        stray = session.scalar(select(func.min(AuditEvent.seq)).where(
+            AuditEvent.key_id.is_(None), AuditEvent.seq > head.sealed_seq))
+        if stray is not None:
+            return _refused(f"unkeyed event {stray} after the seal at {head.sealed_seq} "
+                            "(an instance of the old version, or forged)", stray)
+        return SealReport(True, head.sealed_seq,
+                          f"Legacy events already sealed up to event {head.sealed_seq}.")
+    walked = _walk_for_seal(session, keys, head.seq, batch)
+    if walked.broken is not None:
+        return _refused(f"audit chain broken at event {walked.broken.first_broken_seq}: "
+                        f"{walked.broken.problem}", walked.broken.first_broken_seq)
+    if head.seq != walked.seq or head.last_hash != walked.last_hash:
+        return _refused("the head does not end the events (events after the last one removed?)",
+                        walked.seq + 1)
+    if not _head_explained(keys, head, walked):
+        return _refused("the head's checkpoint is not signed by the key for these events "
+                        "(events after the last one removed?)", walked.seq + 1)
+    if not walked.unkeyed:
+        return SealReport(True, None, "Nothing to seal: every event is keyed.")
+    session.rollback()  # the walk's reads: writers were not held up while it ran
     key = keys.signing
-    # Lock the head (as writers do) only for the short write.
-    seq, head_hash, signature, sealed = session.execute(
+    # Lock the head as writers do, only for this short write, and seal exactly what was walked.
+    seq, last_hash, sealed = session.execute(
         update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
         .values(seq=AuditChainHead.seq)
-        .returning(AuditChainHead.seq, AuditChainHead.last_hash, AuditChainHead.signature,
-                   AuditChainHead.sealed_seq)).one()
-    if sealed is not None:
+        .returning(AuditChainHead.seq, AuditChainHead.last_hash, AuditChainHead.sealed_seq)).one()
+    if (seq, last_hash, sealed) != (walked.seq, walked.last_hash, None):
         session.rollback()
-        return SealReport(True, sealed, f"Legacy events already sealed up to event {sealed}.")
-    values = {}
-    if last_seq:
-        values.update(sealed_seq=last_seq, sealed_hash=last_hash, seal_key_id=key.id,
-                      seal_signature=key.sign(seal_message(last_seq, last_hash)))
-    if signature is None:
-        # Only a head that ends the verified legacy rows may be signed here: signing any other
-        # unsigned head would bless a truncation made by whoever erased its signature.
-        if seq != last_seq or head_hash != last_hash:
-            session.rollback()
-            return SealReport(False, None, "the head is not signed and does not end the legacy "
-                                           "events; not sealed.", last_seq + 1)
-        values.update(key_id=key.id, signature=key.sign(checkpoint_message(seq, head_hash)))
-    if not values:
-        session.rollback()
-        return SealReport(True, None, "Nothing to seal: every event is keyed.")
-    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(**values))
+        return _refused("events were written while verifying: run it again", None)
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(
+        sealed_seq=seq, sealed_hash=last_hash, seal_key_id=key.id,
+        seal_signature=key.sign(seal_message(seq, last_hash)),
+        key_id=key.id, signature=key.sign(checkpoint_message(seq, last_hash))))
     session.commit()
-    return SealReport(True, last_seq or None,
-                      f"Sealed {last_seq} legacy events under key {key.id}." if last_seq else
-                      "Signed the head checkpoint; there were no legacy events.", wrote=True)
+    return SealReport(True, seq, f"Sealed {walked.unkeyed} legacy events (the chain up to event "
+                                 f"{seq}) under key {key.id}.", wrote=True)

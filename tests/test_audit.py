@@ -164,6 +164,22 @@ def _old_style_hash(row: dict) -> str:
     return hashlib.sha256(f"{row['prev_hash']}\n{body}".encode("ascii")).hexdigest()
 
 
+def _write_as_the_old_version(engine, count: int) -> None:
+    """Append events exactly as the code before 0003 did: plain hashes, head seq and hash only."""
+    with engine.begin() as connection:
+        last, prev = connection.execute(text(
+            "UPDATE audit_chain_head SET seq = seq + :n WHERE id = 1 RETURNING seq, last_hash"),
+            {"n": count}).one()
+        for seq in range(last - count + 1, last + 1):
+            row = {"id": new_id(), "seq": seq, "at": utcnow(), "actor": f"user{seq}",
+                   "action": "legacy.event", "target": None, "ip": "10.0.0.1",
+                   "request_id": None, "details": json.dumps({"seq": seq}), "prev_hash": prev}
+            row["hash"] = prev = _old_style_hash(row)
+            connection.execute(insert(AuditEvent.__table__).values(**row))
+        connection.execute(text("UPDATE audit_chain_head SET last_hash = :h WHERE id = 1"),
+                           {"h": prev})
+
+
 @pytest.fixture
 def legacy_database_url(tmp_path):
     """A database of its own migrated to 0002 (before the key) holding an old-style chain."""
@@ -181,16 +197,7 @@ def legacy_database_url(tmp_path):
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "0002")
-    with engine.begin() as connection:
-        prev = audit.GENESIS_HASH
-        for seq in range(1, LEGACY_EVENTS + 1):
-            row = {"id": new_id(), "seq": seq, "at": utcnow(), "actor": f"user{seq}",
-                   "action": "legacy.event", "target": None, "ip": "10.0.0.1",
-                   "request_id": None, "details": json.dumps({"seq": seq}), "prev_hash": prev}
-            row["hash"] = prev = _old_style_hash(row)
-            connection.execute(insert(AuditEvent.__table__).values(**row))
-        connection.execute(text("UPDATE audit_chain_head SET seq = :s, last_hash = :h"),
-                           {"s": LEGACY_EVENTS, "h": prev})
+    _write_as_the_old_version(engine, LEGACY_EVENTS)
     migrate(engine)
     engine.dispose()
     yield url
@@ -223,7 +230,7 @@ def test_an_old_unkeyed_chain_is_sealed_by_rekey_then_verifies(make_app, legacy_
     assert again.exit_code == 0 and "already sealed" in again.output
     with factory() as session:
         head = session.get(AuditChainHead, audit.HEAD_ID)
-        assert head.sealed_seq == LEGACY_EVENTS
+        assert head.sealed_seq == LEGACY_EVENTS + 2  # the keyed events written meanwhile too
         assert session.scalar(select(func.count()).where(AuditEvent.key_id.is_(None))) == LEGACY_EVENTS
 
         session.execute(update(AuditEvent).where(AuditEvent.seq == 2).values(actor="mallory"))
@@ -232,6 +239,30 @@ def test_an_old_unkeyed_chain_is_sealed_by_rekey_then_verifies(make_app, legacy_
     assert not report.ok and report.first_broken_seq == 2 and "content changed" in report.problem
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 1 and "broken at event 2" in result.output
+
+
+def test_a_rolling_upgrade_old_and_new_instances_writing_together_is_sealed(
+        make_app, legacy_database_url):
+    app = make_app(database_url=legacy_database_url)
+    engine = app.extensions["security_api"].engine
+    _events(app, 2)                       # a new instance: keyed, signs the head
+    _write_as_the_old_version(engine, 2)  # an old one still running: unkeyed, head unsigned
+    _events(app, 1)
+    _write_as_the_old_version(engine, 1)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 0, result.output
+    assert f"Sealed {LEGACY_EVENTS + 3} legacy events" in result.output and "intact" in result.output
+    assert _events(app, 1).ok
+    # An unkeyed event after the seal (an old instance left running, or a forger) is reported,
+    # and rekey does not seal it away.
+    _write_as_the_old_version(engine, 1)
+    with app.extensions["security_api"].session_factory() as session:
+        report = audit.verify_chain(session)
+    assert not report.ok and "unkeyed event after the sealed" in report.problem
+    again = runner.invoke(args=["audit", "rekey"])
+    assert again.exit_code == 1 and f"unkeyed event {report.first_broken_seq} after the seal" \
+        in again.output
 
 
 def test_sealed_legacy_rows_rehashed_with_plain_sha256_are_found(make_app, legacy_database_url):
