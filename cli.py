@@ -212,6 +212,25 @@ def audit_verify_command():
     sys.exit(1)
 
 
+@audit_group.command("rekey")
+def audit_rekey_command():
+    """Seal the events written before the chain was keyed; exit 1 if they do not verify."""
+    with _services().session_factory() as session:
+        sealed = audit.seal_legacy_events(session)
+        if not sealed.ok:
+            click.echo(f"Refused: {sealed.message}", err=True)
+            sys.exit(1)
+        click.echo(sealed.message)
+        if not sealed.wrote:
+            return  # idempotent: a deploy step may run it every time
+        report = audit.verify_chain(session)
+    if report.ok:
+        click.echo(f"Audit chain intact: {report.events} events.")
+        return
+    click.echo(f"Audit chain broken at event {report.first_broken_seq}: {report.problem}.", err=True)
+    sys.exit(1)
+
+
 def init_app(app: Flask) -> None:
     """Register every command on the app."""
     cli_policy.init_app(app)

@@ -1,6 +1,8 @@
 """Settings from the environment: the only place configuration is read."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
@@ -36,6 +38,8 @@ class Settings:
     jwt_issuer: str = "security-api"
     jwt_audience: str = "security-api"
     data_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    # HMAC keys of the audit chain, newest first: the first signs, all verify (rotation).
+    audit_chain_keys: tuple[str, ...] = field(default=(), repr=False)
     jwt_leeway_seconds: int = 10
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 28800
@@ -114,6 +118,7 @@ ENV_VARIABLES = {
     "JWT_ISSUER": ("jwt_issuer", str),
     "JWT_AUDIENCE": ("jwt_audience", str),
     "DATA_ENCRYPTION_KEYS": ("data_encryption_keys", _origins),
+    "AUDIT_CHAIN_KEY": ("audit_chain_keys", _origins),
     "JWT_LEEWAY_SECONDS": ("jwt_leeway_seconds", _int),
     "ACCESS_TOKEN_TTL_SECONDS": ("access_token_ttl_seconds", _int),
     "REFRESH_TOKEN_TTL_SECONDS": ("refresh_token_ttl_seconds", _int),
@@ -195,13 +200,26 @@ def _fill_defaults(settings: Settings) -> Settings:
         material = changes.get("jwt_secret") or settings.jwt_secret or settings.jwt_private_key
         if material:
             changes["data_encryption_keys"] = (derived_key(material),)
+    if not settings.audit_chain_keys:
+        if settings.env == "development":
+            changes["audit_chain_keys"] = (_development_secret("audit-chain-key"),)
+        elif settings.env == "testing":
+            # Derived from the JWT key material, random per process when that is: processes
+            # given one JWT_SECRET (a gunicorn's workers, its CLI) share one chain key too.
+            material = changes.get("jwt_secret") or settings.jwt_secret or settings.jwt_private_key
+            changes["audit_chain_keys"] = (_derived_secret(material, "audit chain key")
+                                           if material else secrets.token_urlsafe(48),)
     return replace(settings, **changes) if changes else settings
 
 
-def _development_secret() -> str:
+def _derived_secret(material: str, purpose: str) -> str:
+    return hmac.new(material.encode("utf-8"), purpose.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def _development_secret(name: str = "jwt-secret") -> str:
     """Keep one random secret per checkout so every local worker signs alike."""
     INSTANCE_DIR.mkdir(exist_ok=True)
-    path = INSTANCE_DIR / "jwt-secret"
+    path = INSTANCE_DIR / name
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -224,6 +242,7 @@ def validate(settings: Settings) -> None:
         if not settings.jwt_private_key or not settings.jwt_key_id:
             raise ConfigError("EdDSA needs JWT_PRIVATE_KEY (PEM) and JWT_KEY_ID")
     _check_encryption_keys(settings)
+    _check_audit_chain_keys(settings)
     if not 0 <= settings.jwt_leeway_seconds <= 30:
         raise ConfigError("JWT_LEEWAY_SECONDS must be between 0 and 30")
     if not 4 <= settings.bcrypt_rounds <= 16:
@@ -284,12 +303,21 @@ def _check_encryption_keys(settings: Settings) -> None:
             raise ConfigError("DATA_ENCRYPTION_KEYS holds a value that is not a Fernet key")
 
 
-def _check_secret(secret: str) -> None:
+def _check_audit_chain_keys(settings: Settings) -> None:
+    # Whoever holds this key can rewrite the audit history unnoticed: never a weak one.
+    if not settings.audit_chain_keys:
+        raise ConfigError("AUDIT_CHAIN_KEY is required (at least 32 random bytes; "
+                          "comma-separated, newest first, to rotate)")
+    for key in settings.audit_chain_keys:
+        _check_secret(key, "AUDIT_CHAIN_KEY")
+
+
+def _check_secret(secret: str, name: str = "JWT_SECRET") -> None:
     if not secret:
-        raise ConfigError("JWT_SECRET is required (at least 32 random bytes)")
+        raise ConfigError(f"{name} is required (at least 32 random bytes)")
     raw = secret.encode("utf-8")
     if len(raw) < MIN_SECRET_BYTES:
-        raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes")
     if secret.lower() in KNOWN_WEAK_SECRETS or len(set(raw)) < 8:
-        raise ConfigError("JWT_SECRET is too weak: use e.g. "
+        raise ConfigError(f"{name} is too weak: use e.g. "
                           "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")

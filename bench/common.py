@@ -92,6 +92,7 @@ def service_environment(workdir: Path, *, bcrypt_rounds: int, workers: int, port
         env["REDIS_PREFIX"] = f"bench:{secrets.token_hex(4)}:"  # keep clear of a live service
     env.update({
         "JWT_SECRET": secrets.token_urlsafe(48),
+        "AUDIT_CHAIN_KEY": secrets.token_urlsafe(48),
         "SECURITY_API_ENV": "testing",
         "AUTH_RATE_LIMIT": "1000000",
         "BCRYPT_ROUNDS": str(bcrypt_rounds),

@@ -55,7 +55,9 @@ class AuditEventOut(BaseModel):
     ip: str | None
     request_id: str | None
     details: Any = Field(description="The event's JSON details (the stored text if it is not JSON).")
-    hash: str
+    hash: str = Field(description="HMAC-SHA256 with the chain key (AUDIT_CHAIN_KEY, never stored) "
+                                  "over prev_hash and the event; plain SHA-256 for events "
+                                  "sealed from before the chain was keyed.")
     prev_hash: str
 
 
@@ -179,7 +181,11 @@ audit_export.serves_assets = True
 @documented(summary="Walk the audit hash chain and report the first broken event",
             tag="audit", responses={200: AuditVerification, 403: E},
             description="200 either way: `ok` false names the first event that was changed, "
-                        "removed or inserted (`first_broken_seq`) and the `problem`.")
+                        "removed or inserted (`first_broken_seq`) and the `problem`. Every "
+                        "hash is recomputed with the chain key, and the end of the chain must "
+                        "equal the head's checkpoint signed with it, so rows re-hashed or "
+                        "removed from the end by someone without the key are found (events "
+                        "removed from the end: `first_broken_seq` is the first missing one).")
 @require_audit_reader
 def audit_verify():
     """Verify the whole chain, like `flask --app flask_api audit verify`."""

@@ -34,8 +34,9 @@ WSGI_PATH = "flask_api:application"
 HEALTH_PATH = "/v1/health"
 BASE_IMAGE = "python:3.11-slim"
 # Settings that are secrets: they come from the environment's own properties or secrets.
-SECRET_SETTINGS = {"JWT_SECRET", "JWT_PRIVATE_KEY", "DATA_ENCRYPTION_KEYS", "DATABASE_URL",
-                   "REDIS_URL", "SMTP_PASSWORD", "WEBHOOK_SIGNING_SECRET", "NOTIFY_WEBHOOK_URL"}
+SECRET_SETTINGS = {"JWT_SECRET", "JWT_PRIVATE_KEY", "DATA_ENCRYPTION_KEYS", "AUDIT_CHAIN_KEY",
+                   "DATABASE_URL", "REDIS_URL", "SMTP_PASSWORD", "WEBHOOK_SIGNING_SECRET",
+                   "NOTIFY_WEBHOOK_URL"}
 DOCKERIGNORED = {".git", ".venv", "node_modules", "instance", "tests", ".env"}
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 30
@@ -199,6 +200,7 @@ def smoke_run(root: Path = ROOT) -> None:
                    DATABASE_URL=f"sqlite:///{tmp}/deploy.sqlite3",
                    JWT_SECRET=secrets.token_urlsafe(48),
                    DATA_ENCRYPTION_KEYS=Fernet.generate_key().decode("ascii"),
+                   AUDIT_CHAIN_KEY=secrets.token_urlsafe(48),
                    GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2",
                    REAPER_INTERVAL_SECONDS="0", GUNICORN_ACCESSLOG="-")
         subprocess.run([os.path.join(bin_dir, "flask"), "--app", "flask_api", "init-db"],  # noqa: S603

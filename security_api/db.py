@@ -114,9 +114,12 @@ def without_query_timeout(connection: Connection) -> Iterator[None]:
         raw.answer_timeout = saved
 
 
-def make_session_factory(engine: Engine) -> sessionmaker:
-    """Return a factory of sessions that keep objects usable after commit."""
-    return sessionmaker(bind=engine, expire_on_commit=False)
+def make_session_factory(engine: Engine, *, info: dict | None = None) -> sessionmaker:
+    """Return a factory of sessions that keep objects usable after commit.
+
+    `info` is copied into every session's `Session.info` (the audit chain keys travel so).
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False, info=dict(info or {}))
 
 
 class ReadOnlyQuery:

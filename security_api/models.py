@@ -122,16 +122,30 @@ class AuditEvent(Base):
     details: Mapped[str] = mapped_column(Text, default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Which AUDIT_CHAIN_KEY made `hash` (an HMAC); NULL for plain SHA-256 rows written before
+    # the chain was keyed, valid only up to the head's signed seal.
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class AuditChainHead(Base):
-    """A single row locked by every audit write, so the chain never forks."""
+    """A single row locked by every audit write, so the chain never forks.
+
+    It is also the chain's signed checkpoint, kept outside the events table: `signature` is an
+    HMAC over (`seq`, `last_hash`) with the key `key_id`, so moving the head back (to hide rows
+    removed from the end) needs the key. `sealed_*` close the legacy unkeyed segment.
+    """
 
     __tablename__ = "audit_chain_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    signature: Mapped[str | None] = mapped_column(String(64))
+    sealed_seq: Mapped[int | None] = mapped_column(BigInteger)
+    sealed_hash: Mapped[str | None] = mapped_column(String(64))
+    seal_key_id: Mapped[str | None] = mapped_column(String(16))
+    seal_signature: Mapped[str | None] = mapped_column(String(64))
 
 
 class LoginFailure(Base):

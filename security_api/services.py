@@ -8,6 +8,7 @@ from sqlalchemy.orm import sessionmaker
 
 from config import Settings
 
+from .audit import KEYS_INFO, ChainKeys
 from .db import ReadOnlyQuery, make_engine, make_session_factory
 from .notify import Notifier
 from .passwords import dummy_hash
@@ -32,13 +33,16 @@ class Services:
     dummy_password_hash: str
     secret_box: SecretBox
     notifier: Notifier
+    audit_keys: ChainKeys
 
 
 def build_services(settings: Settings) -> Services:
     """Wire the collaborators described by the settings."""
     engine = make_engine(settings.database_url,
                          query_timeout_seconds=settings.database_query_timeout_seconds)
-    session_factory = make_session_factory(engine)
+    audit_keys = ChainKeys.from_secrets(settings.audit_chain_keys)
+    # Every session chains and verifies audit events with these keys (`audit.session_keys`).
+    session_factory = make_session_factory(engine, info={KEYS_INFO: audit_keys})
     if settings.jwt_algorithm == "EdDSA":
         keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)
     else:
@@ -58,4 +62,5 @@ def build_services(settings: Settings) -> Services:
         dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
         secret_box=SecretBox(list(settings.data_encryption_keys)),
         notifier=Notifier(settings),
+        audit_keys=audit_keys,
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
 DEFAULT_PASSWORD = "violet-harbour-kettle-42"
 # One data key for the whole run, so a gunicorn started by a test reads what fixtures wrote.
 TEST_DATA_KEY = Fernet.generate_key().decode("ascii")
+# Likewise one audit chain key, so the chain a gunicorn writes verifies in the test process.
+TEST_AUDIT_KEY = secrets.token_urlsafe(48)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +78,8 @@ def make_app(database_url):
     def _make(**overrides):
         settings = {"database_url": database_url, "bcrypt_rounds": 4,
                     "redis_url": TEST_REDIS_URL, "redis_prefix": f"test:{uuid.uuid4().hex}:",
-                    "auth_rate_limit": 10_000, "data_encryption_keys": (TEST_DATA_KEY,)}
+                    "auth_rate_limit": 10_000, "data_encryption_keys": (TEST_DATA_KEY,),
+                    "audit_chain_keys": (TEST_AUDIT_KEY,)}
         settings.update(overrides)
         app = create_app(settings)
         if not built and "database_url" not in overrides:

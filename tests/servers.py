@@ -29,7 +29,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import TEST_DATA_KEY, TEST_REDIS_URL
+from tests.conftest import TEST_AUDIT_KEY, TEST_DATA_KEY, TEST_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
@@ -98,7 +98,8 @@ def server_env(database_url: str, port: int, *, workers: int = 2, jwt_secret: st
     """The environment of a testing service on `database_url` bound to `port`; `extra` wins."""
     variables = {**os.environ, "SECURITY_API_ENV": "testing", "DATABASE_URL": database_url,
                  "JWT_SECRET": jwt_secret or "gunicorn-test-" + uuid.uuid4().hex + uuid.uuid4().hex,
-                 "DATA_ENCRYPTION_KEYS": TEST_DATA_KEY, "BCRYPT_ROUNDS": "4",
+                 "DATA_ENCRYPTION_KEYS": TEST_DATA_KEY, "AUDIT_CHAIN_KEY": TEST_AUDIT_KEY,
+                 "BCRYPT_ROUNDS": "4",
                  "AUTH_RATE_LIMIT": "100000", "WEB_CONCURRENCY": str(workers),
                  "REAPER_INTERVAL_SECONDS": "0", "GUNICORN_BIND": f"127.0.0.1:{port}"}
     variables.pop("REDIS_URL", None)

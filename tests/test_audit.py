@@ -1,13 +1,19 @@
 """The hash-chained audit log: intact chains verify, any tampering is found."""
+import hashlib
+import json
+import secrets
 import threading
+import uuid
 
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from alembic import command
+from sqlalchemy import create_engine, delete, func, insert, make_url, select, text, update
 
 from security_api import audit
 from security_api.clock import utcnow
-from security_api.models import AuditChainHead, AuditEvent
-from tests.conftest import basic
+from security_api.models import AuditChainHead, AuditEvent, new_id
+from security_api.schema import alembic_config, migrate
+from tests.conftest import TEST_AUDIT_KEY, TEST_DATABASE_URL, basic
 from tests.test_query_counts import counted
 
 
@@ -110,3 +116,208 @@ def test_events_of_a_rolled_back_transaction_never_join_the_chain(app):
         assert session.scalar(select(AuditChainHead.seq)) == before + 2
         report = audit.verify_chain(session)
         assert report.ok, report
+
+
+# ---- keys: the right one verifies, a wrong one does not, an old one still does --------------
+def test_a_chain_verified_with_another_key_is_not_intact(app):
+    assert _events(app, 3).ok
+    stranger = audit.ChainKeys.from_secrets([secrets.token_urlsafe(48)])
+    with app.extensions["security_api"].session_factory() as session:
+        report = audit.verify_chain(session, keys=stranger)
+    assert not report.ok and report.first_broken_seq == 1
+    assert "not configured" in report.problem
+
+
+def test_rotated_key_new_first_old_after_still_verifies(app, make_app):
+    old_key = TEST_AUDIT_KEY
+    _events(app, 2)
+    new_key = secrets.token_urlsafe(48)
+    rotated = make_app(audit_chain_keys=(new_key, old_key))
+    report = _events(rotated, 2)
+    assert report.ok, report
+    factory = rotated.extensions["security_api"].session_factory
+    with factory() as session:
+        key_ids = set(session.scalars(select(AuditEvent.key_id)))
+        head = session.get(AuditChainHead, audit.HEAD_ID)
+        assert key_ids == {audit.chain_key(old_key).id, audit.chain_key(new_key).id}
+        assert head.key_id == audit.chain_key(new_key).id  # the first key signs
+        # Without the old key the events it signed cannot be told from forgeries.
+        without_old = audit.verify_chain(session, keys=audit.ChainKeys.from_secrets([new_key]))
+        assert not without_old.ok and without_old.first_broken_seq == 1
+
+
+def test_the_key_is_never_written_to_the_database(app, db_session):
+    _events(app, 2)
+    rows = [" ".join(str(value) for value in row) for table in ("audit_events", "audit_chain_head")
+            for row in db_session.execute(text(f"SELECT * FROM {table}"))]  # noqa: S608
+    assert rows and not any(TEST_AUDIT_KEY in row for row in rows)
+
+
+# ---- migrating an unkeyed chain: verify it, then seal it ---------------------------------------
+def _old_style_hash(row: dict) -> str:
+    """The chain's hash before 0003, as that code wrote it: plain SHA-256, no key."""
+    body = json.dumps({
+        "seq": row["seq"], "id": row["id"], "at": row["at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "actor": row["actor"], "action": row["action"], "target": row["target"],
+        "ip": row["ip"], "request_id": row["request_id"], "details": row["details"],
+    }, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{row['prev_hash']}\n{body}".encode("ascii")).hexdigest()
+
+
+def _write_as_the_old_version(engine, count: int) -> None:
+    """Append events exactly as the code before 0003 did: plain hashes, head seq and hash only."""
+    with engine.begin() as connection:
+        last, prev = connection.execute(text(
+            "UPDATE audit_chain_head SET seq = seq + :n WHERE id = 1 RETURNING seq, last_hash"),
+            {"n": count}).one()
+        for seq in range(last - count + 1, last + 1):
+            row = {"id": new_id(), "seq": seq, "at": utcnow(), "actor": f"user{seq}",
+                   "action": "legacy.event", "target": None, "ip": "10.0.0.1",
+                   "request_id": None, "details": json.dumps({"seq": seq}), "prev_hash": prev}
+            row["hash"] = prev = _old_style_hash(row)
+            connection.execute(insert(AuditEvent.__table__).values(**row))
+        connection.execute(text("UPDATE audit_chain_head SET last_hash = :h WHERE id = 1"),
+                           {"h": prev})
+
+
+@pytest.fixture
+def legacy_database_url(tmp_path):
+    """A database of its own migrated to 0002 (before the key) holding an old-style chain."""
+    if TEST_DATABASE_URL:
+        schema = f"test_legacy_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(TEST_DATABASE_URL)
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        url = make_url(TEST_DATABASE_URL).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
+    engine = create_engine(url)
+    cfg = alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0002")
+    _write_as_the_old_version(engine, LEGACY_EVENTS)
+    migrate(engine)
+    engine.dispose()
+    yield url
+    if TEST_DATABASE_URL:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+LEGACY_EVENTS = 4
+
+
+def test_an_old_unkeyed_chain_is_sealed_by_rekey_then_verifies(make_app, legacy_database_url):
+    app = make_app(database_url=legacy_database_url)
+    runner = app.test_cli_runner()
+    factory = app.extensions["security_api"].session_factory
+    with factory() as session:
+        report = audit.verify_chain(session)
+        assert not report.ok and report.first_broken_seq == 1
+        assert "audit rekey" in report.problem
+    # The service keeps writing (keyed) between the upgrade and the rekey.
+    _events(app, 2)
+
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 0, result.output
+    assert f"Sealed {LEGACY_EVENTS} legacy events" in result.output
+    assert f"intact: {LEGACY_EVENTS + 2} events" in result.output
+    assert _events(app, 1).ok
+    again = runner.invoke(args=["audit", "rekey"])
+    assert again.exit_code == 0 and "already sealed" in again.output
+    with factory() as session:
+        head = session.get(AuditChainHead, audit.HEAD_ID)
+        assert head.sealed_seq == LEGACY_EVENTS + 2  # the keyed events written meanwhile too
+        assert session.scalar(select(func.count()).where(AuditEvent.key_id.is_(None))) == LEGACY_EVENTS
+
+        session.execute(update(AuditEvent).where(AuditEvent.seq == 2).values(actor="mallory"))
+        session.commit()
+        report = audit.verify_chain(session)
+    assert not report.ok and report.first_broken_seq == 2 and "content changed" in report.problem
+    result = runner.invoke(args=["audit", "verify"])
+    assert result.exit_code == 1 and "broken at event 2" in result.output
+
+
+def test_a_rolling_upgrade_old_and_new_instances_writing_together_is_sealed(
+        make_app, legacy_database_url):
+    app = make_app(database_url=legacy_database_url)
+    engine = app.extensions["security_api"].engine
+    _events(app, 2)                       # a new instance: keyed, signs the head
+    _write_as_the_old_version(engine, 2)  # an old one still running: unkeyed, head unsigned
+    _events(app, 1)
+    _write_as_the_old_version(engine, 1)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 0, result.output
+    assert f"Sealed {LEGACY_EVENTS + 3} legacy events" in result.output and "intact" in result.output
+    assert _events(app, 1).ok
+    # An unkeyed event after the seal (an old instance left running, or a forger) is reported,
+    # and rekey does not seal it away.
+    _write_as_the_old_version(engine, 1)
+    with app.extensions["security_api"].session_factory() as session:
+        report = audit.verify_chain(session)
+    assert not report.ok and "unkeyed event after the sealed" in report.problem
+    again = runner.invoke(args=["audit", "rekey"])
+    assert again.exit_code == 1 and f"unkeyed event {report.first_broken_seq} after the seal" \
+        in again.output
+
+
+def test_sealed_legacy_rows_rehashed_with_plain_sha256_are_found(make_app, legacy_database_url):
+    app = make_app(database_url=legacy_database_url)
+    assert app.test_cli_runner().invoke(args=["audit", "rekey"]).exit_code == 0
+    factory = app.extensions["security_api"].session_factory
+    with factory() as session:
+        assert audit.verify_chain(session).ok
+        rows = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+        prev = audit.GENESIS_HASH
+        for row in rows:  # every legacy row re-hashed consistently after a change to the first
+            row.actor = "mallory" if row.seq == 1 else row.actor
+            row.prev_hash = prev
+            row.hash = prev = audit.legacy_event_hash(row)
+        session.execute(update(AuditChainHead).values(last_hash=prev))
+        session.commit()
+        report = audit.verify_chain(session)
+    assert not report.ok and report.first_broken_seq == LEGACY_EVENTS
+    assert "changed before the seal" in report.problem
+
+
+def test_rekey_refuses_a_broken_legacy_chain_and_seals_nothing(make_app, legacy_database_url):
+    app = make_app(database_url=legacy_database_url)
+    factory = app.extensions["security_api"].session_factory
+    with factory() as session:
+        session.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(ip="10.6.6.6"))
+        session.commit()
+    result = app.test_cli_runner().invoke(args=["audit", "rekey"])
+    assert result.exit_code == 1
+    assert "broken at event 3" in result.output and "not sealed" in result.output
+    with factory() as session:
+        head = session.get(AuditChainHead, audit.HEAD_ID)
+        assert head.sealed_seq is None and head.signature is None
+
+
+def test_rekey_on_a_keyed_chain_writes_nothing(app, runner, db_session):
+    _events(app, 2)
+    head = db_session.get(AuditChainHead, audit.HEAD_ID)
+    before = (head.seq, head.last_hash, head.signature, head.sealed_seq)
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 0 and "Nothing to seal" in result.output
+    db_session.expire_all()
+    head = db_session.get(AuditChainHead, audit.HEAD_ID)
+    assert (head.seq, head.last_hash, head.signature, head.sealed_seq) == before
+
+
+def test_rekey_never_signs_a_truncated_head_whose_signature_was_erased(app, runner, db_session):
+    _events(app, 4)
+    last = db_session.scalar(select(AuditChainHead.seq))
+    db_session.execute(delete(AuditEvent).where(AuditEvent.seq == last))
+    db_session.execute(update(AuditChainHead).values(
+        seq=last - 1, signature=None, key_id=None,
+        last_hash=select(AuditEvent.hash).where(AuditEvent.seq == last - 1).scalar_subquery()))
+    db_session.commit()
+    result = runner.invoke(args=["audit", "rekey"])
+    assert result.exit_code == 1 and "not signed" in result.output
+    report = audit.verify_chain(db_session)
+    assert not report.ok and report.first_broken_seq == last and "removed" in report.problem

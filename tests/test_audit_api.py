@@ -290,13 +290,15 @@ def test_verify_reports_an_intact_chain(app, client, world, db_session):
 
 
 def _forged_row(db_session, *, seq: int, prev_hash: str, correct_hash: bool) -> dict:
+    """A row hashed, when `correct_hash`, with the real key: the worst case, a forger holding it."""
+    key = audit.session_keys(db_session).signing
     forged = AuditEvent(id=new_id(), seq=seq, at=utcnow().replace(microsecond=0), actor="mallory",
                         action="login.succeeded", target="mallory", ip="10.6.6.6", request_id=None,
-                        details="{}", prev_hash=prev_hash)
-    forged.hash = audit.event_hash(forged) if correct_hash else secrets.token_hex(32)
+                        details="{}", prev_hash=prev_hash, key_id=key.id)
+    forged.hash = audit.event_hash(forged, key) if correct_hash else secrets.token_hex(32)
     return {column: getattr(forged, column) for column in
             ("id", "seq", "at", "actor", "action", "target", "ip", "request_id", "details",
-             "prev_hash", "hash")}
+             "prev_hash", "hash", "key_id")}
 
 
 def _update_actor(db_session, mid, last):
@@ -316,11 +318,11 @@ def _update_time(db_session, mid, last):
 
 
 def _relink(db_session, mid, last):
-    """Change a row and recompute its hash: the next row's link to it breaks."""
+    """Change a row and recompute its hash (even with the key): the next row's link breaks."""
     event = db_session.scalar(select(AuditEvent).where(AuditEvent.seq == mid))
     event.actor = "mallory"
     db_session.execute(update(AuditEvent).where(AuditEvent.seq == mid).values(
-        actor="mallory", hash=audit.event_hash(event)))
+        actor="mallory", hash=audit.event_hash(event, audit.session_keys(db_session).signing)))
     db_session.expunge(event)
     return mid + 1, "link to previous event broken"
 
@@ -360,8 +362,88 @@ def _insert_in_the_middle(db_session, mid, last):
     return mid + 2, "link to previous event broken"
 
 
+# ---- an attacker who can write the database but lacks AUDIT_CHAIN_KEY ---------------------------
+WRONG_KEY = audit.chain_key(secrets.token_urlsafe(48))
+
+
+def _rehash_from(db_session, mid, *, hasher, key_id="keep", actor="mallory"):
+    """Change row `mid`, re-hash it and every row after it, and move the head to the new end."""
+    db_session.expire_all()
+    rows = list(db_session.scalars(select(AuditEvent).where(AuditEvent.seq >= mid)
+                                   .order_by(AuditEvent.seq)))
+    prev = rows[0].prev_hash
+    for row in rows:
+        if row.seq == mid:
+            row.actor = actor
+        if key_id != "keep":
+            row.key_id = key_id
+        row.prev_hash = prev
+        row.hash = prev = hasher(row)
+    db_session.flush()
+    head = db_session.get(AuditChainHead, audit.HEAD_ID)
+    head.last_hash = prev
+    return head
+
+
+def _rehash_with_plain_sha256(db_session, mid, last):
+    """What the unkeyed chain could not see: a changed row, every hash after it recomputed."""
+    _rehash_from(db_session, mid, hasher=audit.legacy_event_hash)
+    return mid, "event content changed"
+
+
+def _rehash_as_legacy_rows(db_session, mid, last):
+    """The same, claiming the rows predate the key (key id cleared): no seal covers them."""
+    _rehash_from(db_session, mid, hasher=audit.legacy_event_hash, key_id=None)
+    return mid, "legacy unkeyed events are not sealed"
+
+
+def _rehash_with_a_wrong_key(db_session, mid, last):
+    """Re-hash with a key of the attacker's own under the real key id, and sign the head."""
+    head = _rehash_from(db_session, mid, hasher=lambda row: audit.event_hash(row, WRONG_KEY))
+    head.signature = WRONG_KEY.sign(audit.checkpoint_message(head.seq, head.last_hash))
+    return mid, "event content changed"
+
+
+def _rehash_under_a_key_id_of_its_own(db_session, mid, last):
+    head = _rehash_from(db_session, mid, hasher=lambda row: audit.event_hash(row, WRONG_KEY),
+                        key_id=WRONG_KEY.id)
+    head.key_id = WRONG_KEY.id
+    head.signature = WRONG_KEY.sign(audit.checkpoint_message(head.seq, head.last_hash))
+    return mid, "not configured"
+
+
+def _truncate(db_session, last, removed, *, sign=None):
+    """Delete the last `removed` events and move the head back to the new last one."""
+    db_session.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": last - removed})
+    new_last = db_session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == last - removed))
+    values = {"seq": last - removed, "last_hash": new_last}
+    if sign is not None:
+        values.update(key_id=sign.id, signature=sign.sign(audit.checkpoint_message(
+            last - removed, new_last)))
+    db_session.execute(update(AuditChainHead).where(AuditChainHead.id == audit.HEAD_ID)
+                       .values(**values))
+    return last - removed + 1, "events after the last one were removed"
+
+
+def _truncate_and_move_the_head_back(db_session, mid, last):
+    return _truncate(db_session, last, 2)
+
+
+def _truncate_and_sign_the_head_with_a_wrong_key(db_session, mid, last):
+    return _truncate(db_session, last, 3, sign=WRONG_KEY)
+
+
+def _truncate_and_erase_the_signature(db_session, mid, last):
+    broken = _truncate(db_session, last, 1)
+    db_session.execute(update(AuditChainHead).values(signature=None, key_id=None))
+    return broken
+
+
 TAMPERING = [_update_actor, _update_details, _update_time, _relink, _delete_middle, _delete_last,
-             _delete_first, _insert_plausible, _insert_in_the_middle]
+             _delete_first, _insert_plausible, _insert_in_the_middle,
+             _rehash_with_plain_sha256, _rehash_as_legacy_rows, _rehash_with_a_wrong_key,
+             _rehash_under_a_key_id_of_its_own, _truncate_and_move_the_head_back,
+             _truncate_and_sign_the_head_with_a_wrong_key, _truncate_and_erase_the_signature]
 
 
 @pytest.mark.parametrize("tamper", TAMPERING, ids=lambda f: f.__name__.lstrip("_"))

@@ -196,7 +196,8 @@ def _production(**extra) -> dict:
     from cryptography.fernet import Fernet
     return {"SECURITY_API_ENV": "production", "JWT_SECRET": secrets.token_urlsafe(48),
             "DATABASE_URL": "sqlite:///x.sqlite3",
-            "DATA_ENCRYPTION_KEYS": Fernet.generate_key().decode(), **extra}
+            "DATA_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "AUDIT_CHAIN_KEY": secrets.token_urlsafe(48), **extra}
 
 
 def test_production_refuses_open_metrics():

@@ -101,6 +101,9 @@ service_configure() {
     # Likewise one key for the secrets kept encrypted at rest (TOTP seeds): a Fernet key.
     DATA_ENCRYPTION_KEYS=$("$PYTHON" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
     export DATA_ENCRYPTION_KEYS
+    # And one audit chain key: the CLI's events and the workers' must verify as one chain.
+    AUDIT_CHAIN_KEY=$(random token_urlsafe 48)
+    export AUDIT_CHAIN_KEY
     export DATABASE_URL=${DATABASE_URL:-"sqlite:///$workdir/db.sqlite3"}
     if [[ "$DATABASE_URL" == postgresql* ]]; then
         # A schema of its own, dropped at the end: no leftovers from other runs can interfere.
