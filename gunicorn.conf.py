@@ -9,10 +9,21 @@ import gunicorn_refusals
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:16381")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
-worker_class = "sync"
+# Threads, so /v1/ping and /v1/health do not queue behind requests waiting on the database (a
+# locked table, a slow query): with sync workers one such request per worker stalled them for
+# up to the query timeout, and a load balancer would kill a healthy instance. Per-process state
+# is thread-safe: a session per request (Flask's g), SQLAlchemy's pools (5 + 5 overflow: keep
+# GUNICORN_THREADS <= 8, the reaper takes one), the token cache's lock, the reaper's own
+# thread, prometheus_client's locked multiprocess values.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# A worker takes no more connections than it has threads: one whose threads all wait stops
+# accepting, and the next connection goes to a worker with a free thread instead of queueing
+# behind the waits. So no keep-alive (the sync workers had none either).
+worker_connections = threads
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
-keepalive = 5
+keepalive = 0
 # Requests are small JSON; big headers are an attack, not a client.
 limit_request_line = 4094
 limit_request_field_size = 8190
