@@ -127,6 +127,11 @@ def _register_error_handlers(app: Flask) -> None:
                         error="internal_error", request_id=g.get("request_id"))
 
 
+# Index entries a browser cannot open (POST only), with what the HTML page says about them.
+INDEX_POST_ONLY = {"/v1/login": "sign in: POST with Basic auth (username:password) and a JSON "
+                                "body {\"totp\": \"123456\"}; see /v1/docs"}
+
+
 def _index_payload() -> dict:
     return {"name": "Security API", "version": VERSION,
             "links": {"ping": "/v1/ping", "health": "/v1/health", "login": "/v1/login",
@@ -142,7 +147,13 @@ def index():
     """Point people and tools to the documentation."""
     accepts = request.accept_mimetypes
     if accepts.accept_html and accepts["text/html"] > accepts["application/json"]:
-        html = render_template("index.html", **_index_payload())
+        payload = _index_payload()
+        # A browser can open GET pages only: POST endpoints are described, not linked (a link
+        # to /v1/login showed a 405).
+        links = {label: href for label, href in payload["links"].items()
+                 if href not in INDEX_POST_ONLY}
+        html = render_template("index.html", **{**payload, "links": links},
+                               post_only=INDEX_POST_ONLY)
         return Response(html, mimetype="text/html")
     return envelope("Security API. Documentation: /v1/docs", **_index_payload())
 
