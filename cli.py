@@ -17,7 +17,7 @@ from security_api.enums import PolicyMode, UserKind
 from security_api.errors import ApiError
 from security_api.models import User
 from security_api.reaper import reap_once
-from security_api.schema import init_database
+from security_api.schema import describe_migration, init_database
 from security_api.startup import RequiredTaskFailed, run_startup_tasks
 
 
@@ -39,8 +39,8 @@ def _fail(exc: ApiError) -> None:
 def init_db_command():
     """Create or upgrade the schema and the built-in rows (idempotent)."""
     services = _services()
-    init_database(services.session_factory.kw["bind"], services.session_factory)
-    click.echo("Database is at the newest schema.")
+    revisions = init_database(services.session_factory.kw["bind"], services.session_factory)
+    click.echo(describe_migration(*revisions))
 
 
 @click.command("create-role")

@@ -5,7 +5,6 @@ import logging
 
 from flask import Blueprint, Flask, Response, g, render_template, request
 from flask_cors import CORS
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -17,6 +16,7 @@ import structured_logging
 from flask_api_functions import envelope, error_response
 from routes import access, admin_catalog, admin_users, audit, auth, docs, metrics, schemas
 from routes.openapi import documented
+from security_api.db import probe_database
 from security_api.errors import ApiError, ServiceUnavailable
 from security_api.services import build_services
 from security_api.stores import StoreUnavailable
@@ -127,6 +127,11 @@ def _register_error_handlers(app: Flask) -> None:
                         error="internal_error", request_id=g.get("request_id"))
 
 
+# Index entries a browser cannot open (POST only), with what the HTML page says about them.
+INDEX_POST_ONLY = {"/v1/login": "sign in: POST with Basic auth (username:password) and a JSON "
+                                "body {\"totp\": \"123456\"}; see /v1/docs"}
+
+
 def _index_payload() -> dict:
     return {"name": "Security API", "version": VERSION,
             "links": {"ping": "/v1/ping", "health": "/v1/health", "login": "/v1/login",
@@ -142,7 +147,13 @@ def index():
     """Point people and tools to the documentation."""
     accepts = request.accept_mimetypes
     if accepts.accept_html and accepts["text/html"] > accepts["application/json"]:
-        html = render_template("index.html", **_index_payload())
+        payload = _index_payload()
+        # A browser can open GET pages only: POST endpoints are described, not linked (a link
+        # to /v1/login showed a 405).
+        links = {label: href for label, href in payload["links"].items()
+                 if href not in INDEX_POST_ONLY}
+        html = render_template("index.html", **{**payload, "links": links},
+                               post_only=INDEX_POST_ONLY)
         return Response(html, mimetype="text/html")
     return envelope("Security API. Documentation: /v1/docs", **_index_payload())
 
@@ -157,17 +168,20 @@ def ping():
     return envelope("pong")
 
 
+HEALTH_DATABASE_SECONDS = 2  # health's own bound on the database check (PostgreSQL)
+
+
 @service_bp.get("/v1/health")
 @documented(summary="Database (and Redis) status", tag="service",
             responses={200: schemas.Health, 503: schemas.Health})
 def health():
-    """Check each dependency; 503 when one is down."""
+    """Check each dependency; 503 when one is down, 200 "degraded" when the database is slow."""
     services = helpers.services()
     checks = {}
     try:
         with services.session_factory() as session:
-            session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+            checks["database"] = probe_database(session.connection(),
+                                                seconds=HEALTH_DATABASE_SECONDS)
     except (OperationalError, DBAPIError):
         checks["database"] = "down"
     if services.settings.redis_url:
@@ -176,9 +190,12 @@ def health():
             checks["redis"] = "ok"
         except StoreUnavailable:
             checks["redis"] = "down"
+    # A slow database is not a dead instance: every instance shares it, and taking them out of
+    # the load balancer would not make it faster. 200, "degraded"; 503 only for "down".
+    if any(value == "down" for value in checks.values()):
+        return envelope("unhealthy", status=503, checks=checks)
     healthy = all(value == "ok" for value in checks.values())
-    return envelope("healthy" if healthy else "unhealthy", status=200 if healthy else 503,
-                    checks=checks)
+    return envelope("healthy" if healthy else "degraded", checks=checks)
 
 
 application = create_app()

@@ -1,18 +1,29 @@
 """gunicorn settings for every environment; override with environment variables."""
-import json
 import multiprocessing
 import os
-import re
+import tempfile
 
 import gunicorn.http.wsgi
-import gunicorn.util
+
+import gunicorn_refusals
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:16381")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
-worker_class = "sync"
+# Threads, so /v1/ping and /v1/health do not queue behind requests waiting on the database (a
+# locked table, a slow query): with sync workers one such request per worker stalled them for
+# up to the query timeout, and a load balancer would kill a healthy instance. Per-process state
+# is thread-safe: a session per request (Flask's g), SQLAlchemy's pools (5 + 5 overflow: keep
+# GUNICORN_THREADS <= 8, the reaper takes one), the token cache's lock, the reaper's own
+# thread, prometheus_client's locked multiprocess values.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# A worker takes no more connections than it has threads: one whose threads all wait stops
+# accepting, and the next connection goes to a worker with a free thread instead of queueing
+# behind the waits. So no keep-alive (the sync workers had none either).
+worker_connections = threads
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
-keepalive = 5
+keepalive = 0
 # Requests are small JSON; big headers are an attack, not a client.
 limit_request_line = 4094
 limit_request_field_size = 8190
@@ -20,7 +31,14 @@ limit_request_field_size = 8190
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
-
+# gunicorn >= 25.1 opens a control socket (reload, shutdown, worker count) at one path per
+# user ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl): a second instance on the host takes it
+# over and deletes it when it stops. Off unless GUNICORN_CONTROL_SOCKET names a path of this
+# service's own.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+control_socket_disable = not control_socket
+if control_socket_disable:
+    del control_socket
 
 
 def post_worker_init(worker):
@@ -76,8 +94,6 @@ if os.environ.get("METRICS_ENABLED", "").strip().lower() in ("1", "true", "yes",
     # Every worker writes its metrics under this directory; /metrics adds them up. It must be
     # set before prometheus_client is imported, which happens in the workers after this file.
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
-
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="security-api-metrics-")
         os.environ["SECURITY_API_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
@@ -109,22 +125,6 @@ def on_exit(server):
         shutil.rmtree(own, ignore_errors=True)
 
 
-def _write_json_error(sock, status_int, reason, mesg):
-    """gunicorn's own refusals (request line too long, bad headers) in the contract's envelope.
-
-    gunicorn answers these before the app sees the request, with an HTML page; the contract
-    says never a framework HTML page. `mesg` echoes the request, so it is left out.
-    """
-    from flask_api_functions import JSON_CSP, SECURITY_HEADERS
-
-    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
-    body = json.dumps({"message": f"{reason}.", "error": code}).encode()
-    headers = {**SECURITY_HEADERS, "Content-Security-Policy": JSON_CSP, "Connection": "close",
-               "Content-Type": "application/json", "Content-Length": str(len(body)),
-               "Server": gunicorn.http.wsgi.SERVER}
-    head = f"HTTP/1.1 {status_int} {reason}\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
-    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
-
-
-gunicorn.util.write_error = _write_json_error
+# gunicorn's own refusals (414, 431, 400, 501) in the JSON envelope with our headers and a
+# request id: the one monkeypatch, see gunicorn_refusals.py.
+gunicorn_refusals.install()

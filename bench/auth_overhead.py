@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     client = common.choose_client(args.client)
     username, secret = f"bench-bot-{secrets.token_hex(3)}", secrets.token_urlsafe(24)
     settings = [
-        f"settings: {args.workers} gunicorn workers (sync), {cores} cores, bcrypt rounds "
+        f"settings: {args.workers} gunicorn workers (gthread, "
+        f"{os.environ.get('GUNICORN_THREADS', '4')} threads each), {cores} cores, bcrypt rounds "
         f"{args.bcrypt_rounds}, database: {common.database_kind(dict(os.environ))}",
         f"load: {client}" + (" (wrk not used: Python fallback, slower; compare ratios only)"
                              if client == "python" else f", {args.threads} threads")

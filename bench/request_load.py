@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     client = common.choose_client(args.client)
     settings = [
-        f"settings: {args.workers} gunicorn workers (sync), {common.cpu_cores()} cores, "
+        f"settings: {args.workers} gunicorn workers (gthread, "
+        f"{os.environ.get('GUNICORN_THREADS', '4')} threads each), {common.cpu_cores()} cores, "
         f"database: {common.database_kind(dict(os.environ))}",
         f"load: {client}, {args.threads} threads, {args.connections} connections, "
         f"{args.duration} s per run, {args.rounds} rounds alternated, {args.warmup} s warm-up, "

@@ -106,8 +106,10 @@ class Profile(BaseModel):
 
 
 class Health(BaseModel):
-    message: str | None = Field(description="healthy or unhealthy")
-    checks: dict[str, str] = Field(description="Each dependency: ok or down.")
+    message: str | None = Field(description="healthy, degraded (200) or unhealthy (503)")
+    checks: dict[str, str] = Field(
+        description="Each dependency: ok or down; the database also slow (no answer within "
+                    "health's own 2 s bound: 200, degraded).")
 
 
 class Jwks(BaseModel):

@@ -2,7 +2,11 @@
 # Run postman_collection.json with newman against the live service under gunicorn.
 #
 #   scripts/postman.sh [extra newman options, e.g. --reporters cli,junit]
+#   scripts/postman.sh --serve   # set up the same service, write a Postman environment file
+#                                # for the Postman app, and serve until Ctrl-C (no newman)
 #
+# The collection is written for the service set up here (its catalog, users, /metrics behind
+# a token), not for `make run`'s demo organisation (other durations, /metrics off).
 # Uses DATABASE_URL and REDIS_URL from the environment when set (e.g. PostgreSQL + Redis in
 # CI), else a temporary SQLite file. Users get a random suffix, so a shared database with rows
 # from earlier runs (or from the test suite) never collides. The exit code is newman's.
@@ -15,7 +19,13 @@ service_name=postman
 source scripts/lib/service.sh
 NEWMAN=node_modules/.bin/newman
 
-if [[ ! -x "$NEWMAN" ]]; then
+serve_only=false
+if [[ "${1:-}" == "--serve" ]]; then
+    serve_only=true
+    shift
+fi
+
+if [[ "$serve_only" == false && ! -x "$NEWMAN" ]]; then
     echo "postman.sh: installing newman (npm ci)"
     npm ci --no-audit --no-fund
 fi
@@ -61,24 +71,41 @@ service_catalog security/lead
 service_start
 
 # ---- collection ------------------------------------------------------------------------------
+variables=(
+    "baseUrl=$base_url"
+    "person_username=$person_username" "person_password=$person_password"
+    "changer_username=$changer_username" "changer_password=$changer_password"
+    "changer_new_password=$changer_new_password"
+    "service_username=$service_username" "service_password=$service_password"
+    "approver_username=$approver_username" "approver_password=$approver_password"
+    "admin_username=$admin_username" "admin_password=$admin_password"
+    "run_id=$run_id" "metrics_token=$METRICS_TOKEN" "redis_configured=$redis_configured"
+)
+
+if [[ "$serve_only" == true ]]; then
+    environment="$workdir/security-api.postman_environment.json"
+    "$PYTHON" - "$environment" "${variables[@]}" <<'EOF'
+import json, sys
+path, pairs = sys.argv[1], [pair.split("=", 1) for pair in sys.argv[2:]]
+with open(path, "w") as out:
+    json.dump({"name": "security-api (postman.sh --serve)", "values": [
+        {"key": key, "value": value, "enabled": True} for key, value in pairs]}, out, indent=2)
+EOF
+    echo "postman.sh: serving $base_url; import postman_collection.json and the environment"
+    echo "postman.sh:   $environment"
+    echo "postman.sh: into the Postman app and run the collection once; Ctrl-C stops the service"
+    echo "postman.sh: (and deletes the environment file and the database)."
+    wait "$server_pid" || true   # interrupted by Ctrl-C (the trap stops the service)
+    exit 0
+fi
+
+env_args=()
+for pair in "${variables[@]}"; do
+    env_args+=(--env-var "$pair")
+done
 started=$SECONDS
 newman_status=0
-run_client "$NEWMAN" run postman_collection.json \
-    --env-var "baseUrl=$base_url" \
-    --env-var "person_username=$person_username" \
-    --env-var "person_password=$person_password" \
-    --env-var "changer_username=$changer_username" \
-    --env-var "changer_password=$changer_password" \
-    --env-var "changer_new_password=$changer_new_password" \
-    --env-var "service_username=$service_username" \
-    --env-var "service_password=$service_password" \
-    --env-var "approver_username=$approver_username" \
-    --env-var "approver_password=$approver_password" \
-    --env-var "admin_username=$admin_username" \
-    --env-var "admin_password=$admin_password" \
-    --env-var "run_id=$run_id" \
-    --env-var "metrics_token=$METRICS_TOKEN" \
-    --env-var "redis_configured=$redis_configured" \
+run_client "$NEWMAN" run postman_collection.json "${env_args[@]}" \
     --timeout-request 15000 \
     --timeout 150000 \
     "$@" || newman_status=$?

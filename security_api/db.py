@@ -114,6 +114,32 @@ def without_query_timeout(connection: Connection) -> Iterator[None]:
         raw.answer_timeout = saved
 
 
+def probe_database(connection: Connection, *, seconds: float) -> str:
+    """Read the schema's version row within `seconds`: "ok", "slow" (cancelled) or raise.
+
+    For /v1/health, which must answer promptly while the database is slow: on PostgreSQL the
+    statement gets a `statement_timeout` of `seconds` and the wait for the answer a deadline
+    one second later (a server that stopped answering still raises, as "down"). The row is
+    read from `alembic_version`, so the check also says the schema is there; a lock held on
+    it (a migration) reads as "slow".
+    """
+    raw = connection.connection.dbapi_connection
+    bounded = hasattr(raw, "answer_timeout")
+    if bounded:
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(seconds * 1000)}")
+        saved, raw.answer_timeout = raw.answer_timeout, seconds + 1
+    try:
+        connection.exec_driver_sql("SELECT version_num FROM alembic_version LIMIT 1")
+    except exc_module.OperationalError as exc:
+        if type(exc.orig).__name__ == "QueryCanceled":
+            return "slow"
+        raise
+    finally:
+        if bounded and not raw.closed:
+            raw.answer_timeout = saved
+    return "ok"
+
+
 def make_session_factory(engine: Engine, *, info: dict | None = None) -> sessionmaker:
     """Return a factory of sessions that keep objects usable after commit.
 

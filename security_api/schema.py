@@ -5,6 +5,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -25,12 +26,18 @@ def alembic_config() -> Config:
     return Config(str(ROOT / "alembic.ini"))
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+def migrate(engine: Engine) -> tuple[str | None, str | None]:
+    """Bring the schema to the newest revision (idempotent); return (revision before, after).
+
+    The revision before is None on an empty database.
+    """
     cfg = alembic_config()
     with engine.begin() as connection, without_query_timeout(connection):
+        before = MigrationContext.configure(connection).get_current_revision()
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+        after = MigrationContext.configure(connection).get_current_revision()
+    return before, after
 
 
 def bootstrap(session: Session) -> None:
@@ -47,8 +54,18 @@ def bootstrap(session: Session) -> None:
     session.commit()
 
 
-def init_database(engine: Engine, session_factory) -> None:
-    """Migrate, then bootstrap: what `flask init-db` does."""
-    migrate(engine)
+def init_database(engine: Engine, session_factory) -> tuple[str | None, str | None]:
+    """Migrate, then bootstrap: what `flask init-db` does; return what `migrate` returns."""
+    revisions = migrate(engine)
     with session_factory() as session:
         bootstrap(session)
+    return revisions
+
+
+def describe_migration(before: str | None, after: str | None) -> str:
+    """Say what `init_database` did, for people: created, upgraded, or already current."""
+    if before is None:
+        return f"Database created at the newest schema (revision {after})."
+    if before != after:
+        return f"Database upgraded from schema revision {before} to {after} (the newest)."
+    return f"Database already at the newest schema (revision {after}); nothing to do."

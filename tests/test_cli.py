@@ -105,3 +105,37 @@ def test_has_users(runner):
     assert runner.invoke(args=["has-users"]).exit_code == 1
     runner.invoke(args=["create-user", "ivy", "--role", "security", "--subrole", "admin"])
     assert runner.invoke(args=["has-users"]).exit_code == 0
+
+
+def test_init_db_says_what_it_did(tmp_path):
+    """Created on an empty database, upgraded from an older revision, else already current."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from security_api.schema import alembic_config
+
+    root = Path(__file__).resolve().parent.parent
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    env = {**os.environ, "DATABASE_URL": url, "SECURITY_API_ENV": "testing"}
+
+    def init_db() -> str:
+        done = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "flask_api",
+                               "init-db"], cwd=root, env=env, capture_output=True, text=True,
+                              check=True, timeout=60)
+        return done.stdout
+
+    assert re.search(r"^Database created at the newest schema \(revision \w+\)\.$",
+                     init_db(), re.M)
+    assert "already at the newest schema" in init_db()
+    cfg = alembic_config()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "0001")
+    engine.dispose()
+    assert re.search(r"^Database upgraded from schema revision 0001 to \w+", init_db(), re.M)

@@ -64,6 +64,11 @@ def test_index_json_by_default_and_html_for_browsers(client, path):
     as_html = client.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert as_html.mimetype == "text/html"
     assert b"/v1/docs" in as_html.data
+    # Only what a browser can open is a link: login is POST-only (a link showed a 405).
+    hrefs = re.findall(r'href="([^"]+)"', as_html.get_data(as_text=True))
+    assert "/v1/login" not in hrefs and "/v1/docs" in hrefs
+    assert all(client.get(href).status_code == 200 for href in hrefs)
+    assert b"<code>/v1/login</code>" in as_html.data
 
 
 def test_accept_excluding_json_is_406(client):
