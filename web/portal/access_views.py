@@ -1,0 +1,1 @@
+"""Requests: catalog, create, my requests, one request with its timeline, approvals."""

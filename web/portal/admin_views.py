@@ -1,0 +1,1 @@
+"""Administration pages: users, audit log, policy explain."""
