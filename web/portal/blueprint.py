@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
@@ -27,6 +27,10 @@ PORTAL_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 
 def _load_signed_in() -> Response | None:
     """Set the page's CSP and, for a signed-in session, the principal the API's guards read."""
     g.csp = PORTAL_CSP
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # WTF_CSRF_CHECK_DEFAULT is off (the JSON API has no forms): every portal POST is
+        # checked here, so a form without its csrf_token gets the 400 page and changes nothing.
+        current_app.extensions["csrf"].protect()
     user_id, family_id = session.get("user_id"), session.get("family_id")
     if not user_id or not family_id:
         return None
