@@ -116,7 +116,29 @@ def server(browser_database_url, domain, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("browser-gunicorn")
     with start_gunicorn(browser_database_url, log_dir=log_dir, workers=2,
                         name="portal") as running:
+        _SERVERS.append(running)
         yield running
+        _SERVERS.remove(running)
+
+
+_SERVERS: list = []
+_LOG_START = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing browser test shows the server errors logged during it (tracebacks of 500s)."""
+    if _SERVERS and _LOG_START not in item.stash:
+        item.stash[_LOG_START] = _SERVERS[0].error_log.stat().st_size
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _SERVERS:
+        with open(_SERVERS[0].error_log, "rb") as log:
+            log.seek(item.stash.get(_LOG_START, 0))
+            lines = log.read().decode(errors="replace").splitlines()
+        errors = [line[:4000] for line in lines if '"level":"ERROR"' in line]
+        if errors:
+            report.sections.append(("gunicorn errors during the test", "\n".join(errors[-3:])))
 
 
 @pytest.fixture(scope="session")
