@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app flask_api
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean translations
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: venv
+# The portal's catalogs (translations/*/LC_MESSAGES/messages.po) compiled to .mo, never committed.
+translations: venv
+	$(BIN)/pybabel -q compile -d translations
+
+run: venv translations
 	$(FLASK) init-db
 	$(FLASK) has-users || $(FLASK) seed-demo
 	$(BIN)/gunicorn -c gunicorn.conf.py flask_api:application
@@ -23,7 +27,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint
+test: lint translations
 	$(BIN)/pytest
 
 clean:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import sessionmaker
 
 from .clock import as_utc, utcnow
@@ -121,12 +121,10 @@ class DatabasePortalSessions(PortalSessionStore):
 
     def purge(self, *, now):
         with self._session_factory() as session:
-            dead = session.scalars(select(PortalSession.id_hash)
-                                   .where(PortalSession.expires_at <= now)).all()
-            if dead:
-                session.execute(delete(PortalSession).where(PortalSession.id_hash.in_(dead)))
+            removed = session.execute(delete(PortalSession)
+                                      .where(PortalSession.expires_at <= now)).rowcount
             session.commit()
-            return len(dead)
+            return removed
 
 
 class RedisPortalSessions(PortalSessionStore):

@@ -10,9 +10,22 @@ BASE_URL = "https://localhost"
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+class HttpsClient(FlaskClient):
+    """A test client whose requests go to https://localhost, so Secure cookies travel."""
+
+    def open(self, *args, **kwargs):
+        if not args or isinstance(args[0], str):
+            kwargs.setdefault("base_url", BASE_URL)
+        return super().open(*args, **kwargs)
+
+
 def portal_client(app) -> FlaskClient:
     """Return a test client that sends the portal's cookies (HTTPS, as a browser must)."""
-    return app.test_client(base_url=BASE_URL)
+    app.test_client_class = HttpsClient
+    try:
+        return app.test_client()
+    finally:
+        app.test_client_class = None
 
 
 def csrf_token(client: FlaskClient, path: str = "/portal/sign-in") -> str:

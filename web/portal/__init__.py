@@ -45,6 +45,9 @@ def error_page(status: int):
     """Answer a portal path that matches no page (or not with this method) in HTML."""
     from flask_babel import gettext as _
 
-    from .blueprint import render
+    from flask import g
+
+    from .blueprint import PORTAL_CSP, render
+    g.csp = PORTAL_CSP
     return render("portal/error.html", status=status, title=_("Page not found"),
                   message=_("There is no such page. Use the menu to find your way."))

@@ -9,7 +9,7 @@ from flask_babel import gettext as _
 
 from flask_api_functions import db, origin, services
 from routes.auth import _qr_data_uri, login_outcome
-from security_api import accounts, metrics, portal_signin, signin
+from security_api import accounts, metrics, portal_signin, signin, totp
 from security_api.accounts import find_user
 from security_api.clock import epoch, utcnow
 from security_api.errors import Forbidden, Throttled, Unauthenticated
@@ -87,6 +87,7 @@ def _start_enrollment(username: str) -> Response:
     session.clear()
     session.regenerate()
     session["enroll_user_id"], session["enroll_since"] = user.id, epoch(utcnow())
+    session["enroll_secret_issued"] = False
     return redirect(url_for("portal.enroll"))
 
 
@@ -110,9 +111,16 @@ def enroll() -> Response:
     user = _enrolling_user()
     if user is None:
         return _enrollment_expired()
-    secret, uri = accounts.start_totp_enrollment(
-        db(), user=user, issuer=services().settings.totp_issuer,
-        secret_box=services().secret_box, origin=origin(), now=utcnow())
+    issuer = services().settings.totp_issuer
+    if session.get("enroll_secret_issued") and user.totp_secret:
+        # A reload shows the secret already scanned, not a new one that would undo the scan.
+        secret = services().secret_box.decrypt(user.totp_secret)
+        uri = totp.provisioning_uri(secret, account=user.username, issuer=issuer)
+    else:
+        secret, uri = accounts.start_totp_enrollment(
+            db(), user=user, issuer=issuer, secret_box=services().secret_box, origin=origin(),
+            now=utcnow())
+        session["enroll_secret_issued"] = True
     return render("portal/enroll.html", secret=secret, qr_png=_qr_data_uri(uri))
 
 

@@ -89,7 +89,7 @@ def admin_required(view):
 @bp.app_context_processor
 def _layout_context() -> dict:
     """What every page's layout needs: who is signed in, their powers, the languages."""
-    if request.blueprint != "portal":
+    if not request.path.startswith("/portal"):
         return {}
     account = g.principal.account if "principal" in g else None
     return {"account": account, "page_lang": str(get_locale()), "is_admin": bool(account) and current_actor().is_admin,

@@ -75,6 +75,8 @@ class ServerSessionInterface(SessionInterface):
             if session.session_id:
                 self.store.end(session.session_id)
             session.session_id, created_at = new_session_id(), now
+            # Sessions are born here, so dead ones are swept here: one indexed delete.
+            self.store.purge(now=now)
         else:
             created_at = session.stored.created_at
         self.store.save(session.session_id, StoredSession(dict(session), created_at, now))
