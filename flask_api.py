@@ -142,7 +142,9 @@ def _index_payload() -> dict:
 @service_bp.get("/")
 @service_bp.get("/v1")
 @documented(summary="Index: HTML for browsers, JSON otherwise", tag="service",
-            responses={200: schemas.Index})
+            responses={200: schemas.Index},
+            description="`GET /` from a browser (text/html preferred) answers 302 to the "
+                        "portal at `/portal/`; `GET /v1` shows the HTML index.")
 def index():
     """Point people and tools to the documentation."""
     accepts = request.accept_mimetypes

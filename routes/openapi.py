@@ -168,7 +168,10 @@ def build_document(app: Flask, *, version: str) -> dict:
             "title": "Security API", "version": version,
             "description": "Sign-in with password + TOTP, short-lived JWTs, and access requests. "
                            "Every response is JSON with a `message`; errors add `error` "
-                           "(stable code) and, for parameters, `errors`.",
+                           "(stable code) and, for parameters, `errors`. People use the same "
+                           "service through the portal's HTML pages under `/portal/` (a browser "
+                           "asking for `/` is redirected there); they call the same domain "
+                           "operations and are not part of this JSON contract.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,

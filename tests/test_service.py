@@ -62,6 +62,9 @@ def test_index_json_by_default_and_html_for_browsers(client, path):
     assert as_json.status_code == 200
     assert as_json.json["links"]["docs"] == "/v1/docs"
     as_html = client.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    if path == "/":  # API.md part 2: a browser at the root goes to the portal
+        assert as_html.status_code == 302 and as_html.headers["Location"] == "/portal/"
+        return
     assert as_html.mimetype == "text/html"
     assert b"/v1/docs" in as_html.data
 
