@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app flask_api
 
-.PHONY: run test lint venv clean translations
+.PHONY: run test lint venv clean translations translations-update
 
 venv: $(VENV)/.installed
 
@@ -18,6 +18,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # The portal's catalogs (translations/*/LC_MESSAGES/messages.po) compiled to .mo, never committed.
 translations: venv
 	$(BIN)/pybabel -q compile -d translations
+
+# After changing portal texts: collect them, then translate the new entries in the .po files.
+translations-update: venv
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header \
+		-o translations/messages.pot .
+	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching \
+		--omit-header --no-location
 
 run: venv translations
 	$(FLASK) init-db
