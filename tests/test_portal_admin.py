@@ -152,6 +152,24 @@ def test_filters_by_role_and_status(admin, make_user):
     assert 'id="user-root"' not in text(admin.get("/portal/admin/users?role=developer"))
 
 
+def test_users_page_with_a_more_link_keeping_the_filters(admin, make_user):
+    for i in range(52):
+        make_user(f"dev{i:02d}")
+    first = text(admin.get("/portal/admin/users?q=dev&active=true"))
+    assert first.count('<tr id="user-dev') == 50
+    more = re.search(r'href="([^"]+)">More<', first).group(1).replace("&amp;", "&")
+    assert "q=dev" in more and "active=true" in more and "cursor=" in more
+    second = text(admin.get(more))
+    assert 'id="user-dev50"' in second and 'id="user-dev51"' in second
+    assert second.count('<tr id="user-dev') == 2 and ">More<" not in second
+
+
+def test_service_accounts_have_no_second_factor_to_reset(admin, make_user):
+    make_user("robot", kind="service")
+    row = user_row(text(admin.get("/portal/admin/users?q=robot")), "robot")
+    assert "Service" in row and "n/a" in row and "reset-totp" not in row
+
+
 def test_a_bad_filter_is_a_412_page(admin):
     response = admin.get("/portal/admin/users?active=maybe")
     assert response.status_code == 412
@@ -343,6 +361,17 @@ def test_explain_shows_the_matched_rule_and_every_rule_considered(admin, make_us
     assert "2: role and subrole" in body and "0: everyone" in body
     assert body.count("<strong>Matched</strong>") == 1 and "Less specific" in body
     assert '<label for="user">' in body and '<label for="permission">' in body
+
+
+def test_explain_names_the_approvers(admin, make_user, db_session, prod_db):
+    make_user("alice")
+    ensure_rule(db_session, permission="prod-db", role="developer", subrole="*",
+                mode=PolicyMode.APPROVAL, approvers=["security"], approvals_required=2, **prod_db)
+    db_session.commit()
+    body = text(admin.get("/portal/admin/explain?user=ALICE&permission=prod-db"))
+    assert "Needs approval" in body and "2 approvals needed" in body
+    assert "120 minutes" in body  # the permission's own maximum, the rule names none
+    assert "role developer, subrole *" in body and "1: role, any subrole" in body
 
 
 def test_explain_when_nothing_matches(admin, make_user, prod_db):
