@@ -68,7 +68,9 @@ def sign_in_submit() -> Response:
         return response
     except Unauthenticated as exc:
         metrics.count_login(login_outcome(exc))
-        return _sign_in_page(status=401, error=exc.message)
+        # The contract's one failure message, in the page's language.
+        return _sign_in_page(status=401, error=_(
+            "(d'oh!) Wrong user, password, totp value or maybe user is not active."))
     metrics.count_login("success")
     _open(user.id, issued.claims["sid"])
     return redirect(safe_next(request.form.get("next")))
