@@ -18,26 +18,16 @@ from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AuditEvent, User
 from tests.conftest import basic, bearer
-from tests.portal_support import BASE_URL, csrf_token, post_form, sign_in
+from tests.portal_support import csrf_token, portal_client, post_form, signed_in_client
 
 ADMIN_PAGES = ("/portal/admin/users", "/portal/admin/audit", "/portal/admin/explain")
 # Pages the layout links that other parts of the portal provide; stand-ins while they are built.
 NAV_ENDPOINTS = ("portal.catalog", "portal.my_requests", "portal.approvals", "portal.password")
 
 
-class HttpsClient(FlaskClient):
-    """A test client that speaks HTTPS like a browser, as the Secure session cookie needs."""
-
-    def open(self, *args, **kwargs):
-        if not (args and not isinstance(args[0], str)):
-            kwargs.setdefault("base_url", BASE_URL)
-        return super().open(*args, **kwargs)
-
-
 @pytest.fixture
 def app(make_app):
     built = make_app()
-    built.test_client_class = HttpsClient
     for endpoint in NAV_ENDPOINTS:
         if endpoint not in built.view_functions:
             built.add_url_rule(f"/portal/_stand-in/{endpoint}", endpoint=endpoint,
@@ -47,11 +37,7 @@ def app(make_app):
 
 def browser(app, user=None) -> FlaskClient:
     """A portal client, signed in as the user when one is given."""
-    client = app.test_client()
-    if user is not None:
-        response = sign_in(client, user)
-        assert response.status_code == 302, response.get_data(as_text=True)[:500]
-    return client
+    return portal_client(app) if user is None else signed_in_client(app, user)
 
 
 @pytest.fixture
