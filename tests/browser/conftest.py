@@ -29,7 +29,7 @@ from security_api import accounts, audit, policyfile
 from security_api.clock import utcnow
 from security_api.enums import UserKind
 from security_api.models import Subrole
-from security_api.schema import migrate
+from security_api.schema import bootstrap, migrate
 from tests.conftest import DEFAULT_PASSWORD, TEST_DATA_KEY, TEST_DATABASE_URL, TestUser
 from tests.servers import start_gunicorn
 
@@ -100,6 +100,7 @@ def domain(browser_database_url):
                       "redis_url": None, "data_encryption_keys": (TEST_DATA_KEY,)})
     services = app.extensions["security_api"]
     with services.session_factory() as session:
+        bootstrap(session)  # what `flask init-db` adds to the migrated schema: the admin role
         desired = policyfile.parse(POLICY_FILE.read_text(encoding="utf-8"),
                                    settings=services.settings)
         policyfile.apply(session, policyfile.plan(session, desired), actor="browser-tests",

@@ -5,6 +5,7 @@ The page contract is /work/wt/portal-spec.md (and API.md part 2, "The portal").
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pyotp
 
@@ -66,7 +67,7 @@ def test_enroll_then_request_an_auto_permission_then_revoke_it(page, make_user):
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download").click()
     download = download_info.value
-    downloaded = open(download.path(), encoding="utf-8").read()
+    downloaded = Path(download.path()).read_text(encoding="utf-8")
     assert all(code in downloaded for code in codes), downloaded
     with page.expect_navigation():
         page.get_by_role("link", name="Continue").or_(
@@ -83,18 +84,18 @@ def test_enroll_then_request_an_auto_permission_then_revoke_it(page, make_user):
     assert page.locator(".badge-active").count() >= 1, main_text(page)
     page.goto("/portal/")
     grants = section(page, "Active grants")
-    row = grants.locator("li, tr", has=page.locator(f"a[href$='/portal/requests/{request_id}']"))
+    row = grants.locator("li, tr", has=page.locator(f"a[href*='/portal/requests/{request_id}']"))
     assert row.count() == 1, f"grant {request_id} not under Active grants: {main_text(page)}"
     assert re.search(r"\b4[0-5] min left\b", row.inner_text()), row.inner_text()
     screenshot(page, "my-access-with-grant")
 
-    revoke = row.locator(f"form[action$='/portal/requests/{request_id}/revoke']")
+    revoke = row.locator(f"form[action*='/portal/requests/{request_id}/revoke']")
     assert revoke.count() == 1, row.inner_html()
     with page.expect_navigation():
         submit(revoke)
     page.goto("/portal/")
     assert section(page, "Active grants").locator(
-        f"a[href$='/portal/requests/{request_id}']").count() == 0
+        f"a[href*='/portal/requests/{request_id}']").count() == 0
     page.goto(f"/portal/requests/{request_id}")
     assert page.locator(".badge-revoked").count() >= 1, main_text(page)
 
@@ -109,25 +110,25 @@ def test_a_request_approved_by_the_approver_becomes_active(new_context, make_use
     assert mine.locator("ol.timeline > li").count() >= 1
     mine.goto("/portal/")
     assert section(mine, "Pending requests").locator(
-        f"a[href$='/portal/requests/{request_id}']").count() == 1, main_text(mine)
+        f"a[href*='/portal/requests/{request_id}']").count() == 1, main_text(mine)
 
     theirs = new_context().new_page()
     sign_in(theirs, approver)
     theirs.goto("/portal/approvals")
-    approve = theirs.locator(f"form[action$='/portal/requests/{request_id}/approve']")
+    approve = theirs.locator(f"form[action*='/portal/requests/{request_id}/approve']")
     assert approve.count() == 1, main_text(theirs)
     approve.locator("[name=comment]").fill("ok for the incident")
     with theirs.expect_navigation():
         submit(approve)
     theirs.goto("/portal/approvals")
-    assert theirs.locator(f"form[action$='/portal/requests/{request_id}/approve']").count() == 0
+    assert theirs.locator(f"form[action*='/portal/requests/{request_id}/approve']").count() == 0
 
     mine.goto(f"/portal/requests/{request_id}")
     assert mine.locator(".badge-active").count() >= 1, main_text(mine)
     assert "ok for the incident" in main_text(mine)
     mine.goto("/portal/")
     assert section(mine, "Active grants").locator(
-        f"a[href$='/portal/requests/{request_id}']").count() == 1, main_text(mine)
+        f"a[href*='/portal/requests/{request_id}']").count() == 1, main_text(mine)
 
 
 def test_five_wrong_codes_lock_the_account(page, console, make_user):
@@ -144,9 +145,9 @@ def test_five_wrong_codes_lock_the_account(page, console, make_user):
     assert response.status == 429, response.status
     alert = page.locator(".flash-error[role=alert]")
     assert "locked" in alert.inner_text().lower(), main_text(page)
-    assert page.context.cookies() == [] or all(
-        cookie["name"] != "__Host-session" for cookie in page.context.cookies())
     screenshot(page, "sign-in-locked")
+    page.goto("/portal/")
+    assert path_of(page).startswith("/portal/sign-in"), "locked, yet signed in"
 
 
 def test_sign_out_in_one_tab_ends_the_other_tabs_session(new_context, make_user):
@@ -159,7 +160,7 @@ def test_sign_out_in_one_tab_ends_the_other_tabs_session(new_context, make_user)
     [session] = [c for c in context.cookies() if c["name"] == "__Host-session"]
 
     with first.expect_navigation():
-        submit(first.locator("form[action$='/portal/sign-out']"))
+        submit(first.locator("form[action*='/portal/sign-out']"))
     assert path_of(first) == "/portal/sign-in"
     assert first.locator(".flash[role=status]").inner_text().strip() == "You are signed out."
 
@@ -247,7 +248,7 @@ def test_a_deactivated_user_is_signed_out_at_the_next_page(new_context, make_use
     mine = new_context().new_page()
     sign_in(mine, admin)
     mine.goto(f"/portal/admin/users?q={user.username}")
-    deactivate = mine.locator(f"form[action$='/portal/admin/users/{user.id}/deactivate']")
+    deactivate = mine.locator(f"form[action*='/portal/admin/users/{user.id}/deactivate']")
     assert deactivate.count() == 1, main_text(mine)
     with mine.expect_navigation():
         submit(deactivate)
@@ -264,14 +265,14 @@ def test_back_after_sign_out_shows_nothing_of_the_session(page, make_user):
     assert "no-store" in response.headers.get("cache-control", "")
     assert path_of(page) == "/portal/requests"
     with page.expect_navigation():
-        submit(page.locator("form[action$='/portal/sign-out']"))
+        submit(page.locator("form[action*='/portal/sign-out']"))
     assert path_of(page) == "/portal/sign-in"
 
     page.go_back()
     page.wait_for_load_state()
     assert path_of(page).startswith("/portal/sign-in"), path_of(page)
     assert user.username not in page.content()
-    assert page.locator("form[action$='/portal/sign-out']").count() == 0
+    assert page.locator("form[action*='/portal/sign-out']").count() == 0
 
 
 def test_a_totp_code_is_used_once(new_context, console, make_user):

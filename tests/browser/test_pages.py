@@ -150,14 +150,14 @@ def test_request_page_as_requester_and_approver(pages, pending_request):
     assert pages["person"].locator(".badge-pending").count() >= 1
     visit(pages["approver"], "/portal/approvals", "approver-approvals")
     assert pages["approver"].locator(
-        f"form[action$='/portal/requests/{pending_request}/approve']").count() == 1
+        f"form[action*='/portal/requests/{pending_request}/approve']").count() == 1
     visit(pages["approver"], f"/portal/requests/{pending_request}", "approver-request")
 
 
 def test_admin_pages_with_queries(pages, people):
     person = people["person"]
     visit(pages["admin"], f"/portal/admin/users?q={person.username}", "admin-users-found")
-    assert person.username in main_text(pages["admin"])
+    assert person.username in pages["admin"].locator("main").text_content()
     visit(pages["admin"], f"/portal/admin/explain?user={person.username}&permission=vpn",
           "admin-explain")
 
