@@ -378,3 +378,14 @@ def test_explain_unknown_or_missing_names_are_clear(admin, make_user, prod_db):
     response = admin.get("/portal/admin/explain?user=alice&permission=")
     assert response.status_code == 412
     assert "permission: is required" in " ".join(flashes(response, "flash flash-error"))
+
+
+# ---- languages ---------------------------------------------------------------------------------
+def test_admin_pages_in_spanish(admin, make_user, prod_db):
+    make_user("alice")
+    admin.get("/portal/lang/es?next=/portal/admin/users")
+    users = text(admin.get("/portal/admin/users"))
+    assert '<html lang="es">' in users and "Buscar usuarios" in users
+    assert "Registro de auditoría" in text(admin.get("/portal/admin/audit"))
+    explain = text(admin.get("/portal/admin/explain?user=alice&permission=prod-db"))
+    assert "Por qué alice no puede solicitar prod-db" in explain
