@@ -180,3 +180,23 @@ def test_the_session_cookie_as_the_browser_keeps_it(pages):
     assert session["path"] == "/"
     assert session["domain"] == urlsplit(pages["person"].url).hostname  # host-only, no Domain
     assert pages["person"].evaluate("() => document.cookie").find("__Host-session") == -1
+
+
+def test_the_checks_themselves_catch_a_csp_violation_and_an_axe_violation(pages, watch):
+    """The harness is not blind: inline script is refused and reported, axe sees a bad image."""
+    page = pages["signed-out"]
+    page.goto("/portal/sign-in")
+    page.evaluate("""() => {
+        const script = document.createElement('script');
+        script.textContent = 'window.inlineRan = true';
+        document.body.append(script);
+        const img = document.createElement('img');
+        img.src = 'data:image/gif;base64,R0lGODlhAQABAAAAACw=';
+        document.querySelector('main').append(img);
+    }""")
+    assert page.evaluate("() => window.inlineRan") is None, "inline script ran despite the CSP"
+    page.wait_for_timeout(200)
+    assert any("Content Security Policy" in error for error in watch.unexpected()), watch.errors
+    watch.errors.clear()
+    with pytest.raises(AssertionError, match="image-alt"):
+        axe_check(page)
