@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import update
@@ -11,7 +12,7 @@ from security_api.models import PortalSession
 from security_api.portal_sessions import id_hash
 
 from .conftest import basic, bearer
-from .portal_support import portal_client, post_form, sign_in, signed_in_client
+from .portal_support import csrf_token, portal_client, post_form, sign_in, signed_in_client
 
 ONE_ANSWER = "(d&#39;oh!) Wrong user, password, totp value or maybe user is not active."
 
@@ -273,3 +274,19 @@ def test_dead_sessions_are_swept_when_new_ones_begin(app, db_session):
     db_session.expire_all()
     assert db_session.scalar(select(func.count()).select_from(PortalSession)
                              .where(PortalSession.id_hash == "0" * 64)) == 0
+
+
+@pytest.mark.parametrize("field", ["username", "password", "code"])
+@pytest.mark.parametrize("junk", ["a\x00b", "x" * 5000, "ｘ１２３４５６", "%ED%B0%80"])
+def test_sign_in_junk_in_any_field_is_the_one_answer_never_a_500(app, make_user, field, junk):
+    user = make_user()
+    fields = {"username": user.username, "password": user.password, "code": "123456", field: junk}
+    client = portal_client(app)
+    fields["csrf_token"] = csrf_token(client)
+    # Sent as a browser would, percent-encoded; "%ED%B0%80" is a lone surrogate's UTF-8 form,
+    # which no browser sends but a script can.
+    body = "&".join(f"{name}={value if value.startswith('%') else quote(value)}"
+                    for name, value in fields.items())
+    response = client.post("/portal/sign-in", data=body.encode("ascii"),
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code in (400, 401), response.status_code

@@ -43,9 +43,8 @@ def init_app(app: Flask) -> None:
 
 def error_page(status: int):
     """Answer a portal path that matches no page (or not with this method) in HTML."""
-    from flask_babel import gettext as _
-
     from flask import g
+    from flask_babel import gettext as _
 
     from .blueprint import PORTAL_CSP, render
     g.csp = PORTAL_CSP

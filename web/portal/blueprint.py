@@ -92,7 +92,10 @@ def _layout_context() -> dict:
     if not request.path.startswith("/portal"):
         return {}
     account = g.principal.account if "principal" in g else None
-    return {"account": account, "page_lang": str(get_locale()), "is_admin": bool(account) and current_actor().is_admin,
+    actor = current_actor() if account else None
+    return {"account": account, "page_lang": str(get_locale()),
+            "is_admin": bool(actor and actor.is_admin),
+            "is_auditor": bool(actor and (actor.is_admin or actor.is_auditor)),
             "languages": LANGUAGES, "current_path": request.full_path.rstrip("?")}
 
 

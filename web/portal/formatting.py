@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask_babel import format_datetime, lazy_gettext as _l, ngettext
+from flask_babel import format_datetime, ngettext
+from flask_babel import lazy_gettext as _l
 
 from security_api.clock import as_utc
 
