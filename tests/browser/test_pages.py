@@ -97,6 +97,9 @@ def visit(page, path: str, name: str, *, status: int = 200):
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": HEIGHT})
         axe_check(page)
+        # Reflow (WCAG 1.4.10): wide parts scroll in their own box, never the whole page.
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {width}px"
     screenshot(page, name)
     return response
 
