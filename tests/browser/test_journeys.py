@@ -56,10 +56,11 @@ def test_enroll_then_request_an_auto_permission_then_revoke_it(page, make_user):
     axe_check(page)
     newcomer.totp_secret = secret
     page.locator("input[name=totp]").fill(newcomer.next_code())
-    with page.expect_navigation():
+    with page.expect_navigation() as navigation:
         page.get_by_role("button", name="Confirm").click()
 
     assert path_of(page) == "/portal/recovery-codes"
+    assert "no-store" in navigation.value.headers.get("cache-control", ""), "codes may be cached"
     codes = [code.strip() for code in page.locator("ul#recovery-codes > li").all_inner_texts()]
     assert len(codes) == 10 and len(set(codes)) == 10, codes
     screenshot(page, "recovery-codes")
@@ -195,6 +196,8 @@ def test_a_form_without_its_csrf_token_changes_nothing(page, console, make_user)
     with page.expect_navigation() as navigation:
         submit(card)
     assert navigation.value.status == 400
+    axe_check(page)
+    screenshot(page, "csrf-refused")
 
     page.goto("/portal/requests")
     assert "VPN access" not in main_text(page)
@@ -300,3 +303,23 @@ def test_a_recovery_code_signs_in_once(new_context, make_user):
     fresh = new_context().new_page()
     sign_in(fresh, newcomer, code=codes[0])
     assert path_of(fresh) == "/portal/"
+
+
+def test_a_password_change_ends_every_session(new_context, make_user):
+    user = make_user("rotate")
+    here, elsewhere = new_context().new_page(), new_context().new_page()
+    sign_in(here, user)
+    sign_in(elsewhere, user)
+    here.goto("/portal/password")
+    form = here.locator("form:has(input[name=new_password])")
+    form.locator("input[name=current_password]").fill(user.password)
+    form.locator("input[name=new_password]").fill("quartz-lantern-meadow-77")
+    form.locator("input[name=confirm_password]").fill("quartz-lantern-meadow-77")
+    with here.expect_navigation():
+        submit(form)
+    assert path_of(here).startswith("/portal/sign-in"), main_text(here)
+    assert here.locator(".flash[role=status]").count() == 1, main_text(here)
+    here.goto("/portal/")
+    assert path_of(here).startswith("/portal/sign-in"), "this session survived"
+    elsewhere.goto("/portal/")
+    assert path_of(elsewhere).startswith("/portal/sign-in"), "the other session survived"
