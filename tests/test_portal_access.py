@@ -569,3 +569,22 @@ def test_password_change_is_rate_limited_per_address(make_app, make_user):
     assert "wait" in alerts(text(response))[0]
     with app.extensions["security_api"].session_factory() as session:
         assert verify_password(user.password, session.get(User, user.id).password_hash)
+
+
+def test_the_pages_speak_spanish(world):
+    """Every page of this module renders in Spanish (the placeholders fit the translations)."""
+    request_id = world.open("alice", "prod", justification="deploy")
+    world.act("lead", request_id, "approve", comment="uno")
+    alice, lead2 = world.client("alice"), world.client("lead2")
+    for client in (alice, lead2):
+        client.set_cookie("lang", "es", domain="localhost")
+    for client, path in ((alice, "/portal/catalog"), (alice, "/portal/requests"),
+                         (alice, f"/portal/requests/{request_id}"), (alice, "/portal/password"),
+                         (lead2, "/portal/approvals"), (lead2, f"/portal/requests/{request_id}")):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        page = text(response)
+        assert '<html lang="es">' in page, path
+        assert "Request access</h1>" not in page and ">Approve</button>" not in page, path
+    refused = world.request("alice", "vpn", duration_minutes="61")
+    assert refused.status_code == 412 and alerts(text(refused))
