@@ -81,6 +81,13 @@ def test_enroll_then_request_an_auto_permission_then_revoke_it(page, make_user):
     again = page.request.get("/portal/recovery-codes.txt", max_redirects=0)
     assert not any(code in again.text() for code in codes), again.status
 
+    page.goto("/portal/catalog")
+    cards = {key: page.locator(".card, article, li, section", has=page.locator(
+        f"input[name=permission][value='{key}']")).last for key in ("vpn", "prod-db-readonly")}
+    assert re.search(r"Granted at once for up to \d+ minutes", cards["vpn"].inner_text()), \
+        cards["vpn"].inner_text()
+    assert "Needs approval by" in cards["prod-db-readonly"].inner_text(), \
+        cards["prod-db-readonly"].inner_text()
     request_id = request_from_catalog(page, "vpn", minutes=45)
     assert page.locator(".badge-active").count() >= 1, main_text(page)
     page.goto("/portal/")
