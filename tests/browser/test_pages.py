@@ -94,6 +94,8 @@ def visit(page, path: str, name: str, *, status: int = 200):
     assert page.locator("html").get_attribute("lang") in ("en", "es")
     assert page.locator("main#main").count() == 1
     assert page.locator("a[href='#main']").count() >= 1, "no skip link to #main"
+    badges = page.locator(".badge").all_inner_texts()
+    assert all(text.strip() for text in badges), f"a status badge with no text on {path}"
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": HEIGHT})
         axe_check(page)
@@ -114,8 +116,14 @@ SIGNED_IN_PAGES = {
 
 
 def test_sign_in_page(pages):
-    visit(pages["signed-out"], "/portal/sign-in", "sign-in")
-    assert pages["signed-out"].get_by_role("button", name="Sign in").count() == 1
+    page = pages["signed-out"]
+    visit(page, "/portal/sign-in", "sign-in")
+    assert page.get_by_role("button", name="Sign in").count() == 1
+    # The first Tab reaches the skip link, and following it moves focus to the main content.
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.getAttribute('href')") == "#main"
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "main"
 
 
 def test_sign_in_failure_page(pages, no_console_errors):
@@ -163,6 +171,14 @@ def test_admin_pages_with_queries(pages, people):
     assert person.username in pages["admin"].locator("main").text_content()
     visit(pages["admin"], f"/portal/admin/explain?user={person.username}&permission=vpn",
           "admin-explain")
+
+
+def test_the_audit_page_admits_an_auditor(pages, no_console_errors):
+    """security/lead holds security-api.audit (policies/demo.yaml): the audit log, nothing else."""
+    visit(pages["approver"], "/portal/admin/audit", "auditor-audit")
+    no_console_errors.allow_status(403)
+    for path in ("/portal/admin/users", "/portal/admin/explain"):
+        assert pages["approver"].goto(path).status == 403, path
 
 
 def test_admin_pages_are_403_for_others(pages, no_console_errors):
