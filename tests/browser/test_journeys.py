@@ -330,3 +330,33 @@ def test_a_password_change_ends_every_session(new_context, make_user):
     assert path_of(here).startswith("/portal/sign-in"), "this session survived"
     elsewhere.goto("/portal/")
     assert path_of(elsewhere).startswith("/portal/sign-in"), "the other session survived"
+
+
+def test_a_pending_request_cancelled_then_one_denied_with_a_reason(new_context, make_user):
+    requester = make_user("dev")
+    approver = make_user("lead", role="security", subrole="lead")
+    mine = new_context().new_page()
+    sign_in(mine, requester)
+    first = request_from_catalog(mine, "prod-db-readonly", justification="changed my mind")
+    mine.goto("/portal/")
+    cancel = section(mine, "Pending requests").locator(
+        f"form[action*='/portal/requests/{first}/cancel']")
+    assert cancel.count() == 1, main_text(mine)
+    with mine.expect_navigation():
+        submit(cancel)
+    mine.goto(f"/portal/requests/{first}")
+    assert mine.locator(".badge-cancelled").count() >= 1, main_text(mine)
+
+    second = request_from_catalog(mine, "prod-db-readonly", justification="second try")
+    theirs = new_context().new_page()
+    sign_in(theirs, approver)
+    theirs.goto("/portal/approvals")
+    assert theirs.locator(f"form[action*='/portal/requests/{first}/']").count() == 0
+    deny = theirs.locator(f"form[action*='/portal/requests/{second}/deny']")
+    assert deny.count() == 1, main_text(theirs)
+    deny.locator("[name=comment]").fill("use the replica instead")
+    with theirs.expect_navigation():
+        submit(deny)
+    mine.goto(f"/portal/requests/{second}")
+    assert mine.locator(".badge-denied").count() >= 1, main_text(mine)
+    assert "use the replica instead" in main_text(mine)
