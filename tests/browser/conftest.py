@@ -331,6 +331,25 @@ def screenshot(page, name: str) -> list[Path]:
     return written
 
 
+CSP = {
+    "default-src": "'none'", "script-src": "'self'", "style-src": "'self'",
+    "img-src": "'self' data:", "form-action": "'self'", "frame-ancestors": "'none'",
+    "base-uri": "'none'",
+}
+
+
+def directives(policy: str) -> dict[str, str]:
+    parts = [part.strip().split(None, 1) for part in policy.split(";") if part.strip()]
+    return {part[0]: (part[1] if len(part) > 1 else "") for part in parts}
+
+
+def assert_page_headers(response) -> None:
+    """no-store and the contract's CSP, as the browser received them."""
+    headers = response.all_headers()
+    assert "no-store" in headers.get("cache-control", ""), (response.url, headers)
+    assert directives(headers.get("content-security-policy", "")) == CSP, (response.url, headers)
+
+
 def main_text(page) -> str:
     main = page.locator("main")
     return main.inner_text() if main.count() else page.locator("body").inner_text()

@@ -11,6 +11,7 @@ import pyotp
 
 from tests.browser.conftest import (
     WRONG_CREDENTIALS,
+    assert_page_headers,
     axe_check,
     csrf_token,
     fill_sign_in,
@@ -151,6 +152,7 @@ def test_five_wrong_codes_lock_the_account(page, console, make_user):
         assert path_of(page).startswith("/portal/sign-in")
     response = fill_sign_in(page, victim.username, victim.password, right)
     assert response.status == 429, response.status
+    assert_page_headers(response)
     alert = page.locator(".flash-error[role=alert]")
     assert "locked" in alert.inner_text().lower(), main_text(page)
     screenshot(page, "sign-in-locked")
@@ -203,6 +205,7 @@ def test_a_form_without_its_csrf_token_changes_nothing(page, console, make_user)
     with page.expect_navigation() as navigation:
         submit(card)
     assert navigation.value.status == 400
+    assert_page_headers(navigation.value)
     axe_check(page)
     screenshot(page, "csrf-refused")
 

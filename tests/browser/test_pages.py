@@ -12,6 +12,7 @@ from tests.browser.conftest import (
     HEIGHT,
     WIDTHS,
     ConsoleWatch,
+    assert_page_headers,
     axe_check,
     fill_sign_in,
     main_text,
@@ -21,17 +22,6 @@ from tests.browser.conftest import (
     sign_in,
     submit,
 )
-
-CSP = {
-    "default-src": "'none'", "script-src": "'self'", "style-src": "'self'",
-    "img-src": "'self' data:", "form-action": "'self'", "frame-ancestors": "'none'",
-    "base-uri": "'none'",
-}
-
-
-def directives(policy: str) -> dict[str, str]:
-    parts = [part.strip().split(None, 1) for part in policy.split(";") if part.strip()]
-    return {part[0]: (part[1] if len(part) > 1 else "") for part in parts}
 
 
 @pytest.fixture(scope="module")
@@ -88,21 +78,19 @@ def visit(page, path: str, name: str, *, status: int = 200):
     response = page.goto(path)
     assert response is not None
     assert response.status == status, (path, response.status, main_text(page)[:500])
-    headers = response.all_headers()
-    assert "no-store" in headers.get("cache-control", ""), headers
-    assert directives(headers.get("content-security-policy", "")) == CSP, headers
+    assert_page_headers(response)
     assert page.locator("html").get_attribute("lang") in ("en", "es")
     assert page.locator("main#main").count() == 1
     assert page.locator("a[href='#main']").count() >= 1, "no skip link to #main"
     badges = page.locator(".badge").all_inner_texts()
     assert all(text.strip() for text in badges), f"a status badge with no text on {path}"
+    screenshot(page, name)  # first, so a failing page still leaves its picture
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": HEIGHT})
         axe_check(page)
         # Reflow (WCAG 1.4.10): wide parts scroll in their own box, never the whole page.
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {width}px"
-    screenshot(page, name)
     return response
 
 
@@ -131,6 +119,7 @@ def test_sign_in_failure_page(pages, no_console_errors):
     page = pages["signed-out"]
     response = fill_sign_in(page, "nobody-here", "not-a-password", "123456")
     assert response.status == 401
+    assert_page_headers(response)
     axe_check(page)
     screenshot(page, "sign-in-wrong")
 
@@ -186,6 +175,7 @@ def test_admin_pages_are_403_for_others(pages, no_console_errors):
     for path in ("/portal/admin/users", "/portal/admin/audit", "/portal/admin/explain"):
         response = pages["person"].goto(path)
         assert response.status == 403, (path, response.status)
+        assert_page_headers(response)
     axe_check(pages["person"])
     screenshot(pages["person"], "forbidden")
 
