@@ -363,3 +363,45 @@ def test_a_pending_request_cancelled_then_one_denied_with_a_reason(new_context, 
     mine.goto(f"/portal/requests/{second}")
     assert mine.locator(".badge-denied").count() >= 1, main_text(mine)
     assert "use the replica instead" in main_text(mine)
+
+
+def session_cookie(context) -> str | None:
+    found = [c["value"] for c in context.cookies() if c["name"] == "__Host-session"]
+    return found[0] if found else None
+
+
+def test_sign_in_gives_a_new_session_and_follows_only_local_next(new_context, make_user):
+    user = make_user("next")
+    page = new_context().new_page()
+    page.goto("/portal/catalog")
+    assert path_of(page).startswith("/portal/sign-in?next=")
+    before = session_cookie(page.context)
+    form = page.locator("form:has(input[name=username])")
+    form.locator("input[name=username]").fill(user.username)
+    form.locator("input[name=password]").fill(user.password)
+    form.locator("input[name=code]").fill(user.next_code())
+    with page.expect_navigation():
+        submit(form)
+    assert path_of(page) == "/portal/catalog", "next= was not followed"
+    after = session_cookie(page.context)
+    assert after and after != before, "the session id did not change at sign-in (fixation)"
+
+    # An off-site next is never followed (open redirect).
+    origin = re.match(r"^https?://[^/]+", page.url).group(0)
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example/"):
+        other = new_context().new_page()
+        other.goto(f"/portal/sign-in?next={target}")
+        response = fill_sign_in_keeping_next(other, make_user("next"))
+        assert response.url.startswith(origin + "/"), (target, response.url)
+        assert path_of(other).startswith("/portal/"), (target, other.url)
+
+
+def fill_sign_in_keeping_next(page, user):
+    """Fill the sign-in form already open (with its hidden next) and send it."""
+    form = page.locator("form:has(input[name=username])")
+    form.locator("input[name=username]").fill(user.username)
+    form.locator("input[name=password]").fill(user.password)
+    form.locator("input[name=code]").fill(user.next_code())
+    with page.expect_navigation() as navigation:
+        submit(form)
+    return navigation.value
