@@ -20,6 +20,8 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 # The code stays owned by root: the service cannot rewrite itself.
 COPY . .
+# The portal's translations, compiled in the build (the .mo files are never committed).
+RUN pybabel -q compile -d translations
 
 USER 10001:10001
 EXPOSE 16381

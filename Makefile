@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app flask_api
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean translations translations-update
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: venv
+# The portal's catalogs (translations/*/LC_MESSAGES/messages.po) compiled to .mo, never committed.
+translations: venv
+	$(BIN)/pybabel -q compile -d translations
+
+# After changing portal texts: collect them, then translate the new entries in the .po files.
+translations-update: venv
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header \
+		-o translations/messages.pot .
+	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching \
+		--omit-header --no-location
+
+run: venv translations
 	$(FLASK) init-db
 	$(FLASK) has-users || $(FLASK) seed-demo
 	$(BIN)/gunicorn -c gunicorn.conf.py flask_api:application
@@ -23,7 +34,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint
+test: lint translations
 	$(BIN)/pytest
 
 clean:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, Response, g, render_template, request
+from flask import Blueprint, Flask, Response, g, redirect, render_template, request
 from flask_cors import CORS
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -20,6 +20,7 @@ from security_api.db import probe_database
 from security_api.errors import ApiError, ServiceUnavailable
 from security_api.services import build_services
 from security_api.stores import StoreUnavailable
+from web import portal
 
 VERSION = "1.0.0"
 METHOD_NOT_ALLOWED_MESSAGE = "Method not allowed or missing params, check API doc to solve the problem."
@@ -54,6 +55,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
+    portal.init_app(app)
     import cli
     cli.init_app(app)
     return app
@@ -78,7 +80,8 @@ def _register_hooks(app: Flask) -> None:
         helpers.assign_request_id()
         view = app.view_functions.get(request.endpoint)
         accepts = request.accept_mimetypes
-        html_ok = getattr(view, "serves_html", False) and accepts.accept_html
+        html_ok = (getattr(view, "serves_html", False) or request.blueprint == "portal") \
+            and accepts.accept_html
         # A Prometheus scraper asks for text/plain (or OpenMetrics) first.
         text_ok = getattr(view, "serves_text", False) and (
             accepts["text/plain"] or accepts["application/openmetrics-text"])
@@ -110,6 +113,8 @@ def _register_error_handlers(app: Flask) -> None:
         messages = {404: "Not found; check the API documentation at /v1/docs.",
                     413: "The body is too large."}
         status = exc.code or 500
+        if request.path.startswith("/portal/") and status in (404, 405):
+            return portal.error_page(status)
         return envelope(messages.get(status, exc.name + "."), status=status,
                         error=codes.get(status, "http_error"))
 
@@ -142,11 +147,15 @@ def _index_payload() -> dict:
 @service_bp.get("/")
 @service_bp.get("/v1")
 @documented(summary="Index: HTML for browsers, JSON otherwise", tag="service",
-            responses={200: schemas.Index})
+            responses={200: schemas.Index},
+            description="`GET /` from a browser (text/html preferred) answers 302 to the "
+                        "portal at `/portal/`; `GET /v1` shows the HTML index.")
 def index():
     """Point people and tools to the documentation."""
     accepts = request.accept_mimetypes
     if accepts.accept_html and accepts["text/html"] > accepts["application/json"]:
+        if request.path == "/":
+            return redirect("/portal/")
         payload = _index_payload()
         # A browser can open GET pages only: POST endpoints are described, not linked (a link
         # to /v1/login showed a 405).

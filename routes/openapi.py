@@ -174,7 +174,10 @@ def build_document(app: Flask, *, version: str) -> dict:
                            "(stable code) and, for parameters, `errors`. Bodies nest at most 32 "
                            "levels (400 `bad_json`); no string or key in them, free-form "
                            "objects included, may hold NUL or a lone surrogate (412 naming "
-                           "it, e.g. `params.a.b[2]`).",
+                           "it, e.g. `params.a.b[2]`). People use the same service through the "
+                           "portal's HTML pages under `/portal/` (a browser asking for `/` is "
+                           "redirected there); they call the same domain operations and are not "
+                           "part of this JSON contract.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,

@@ -266,3 +266,16 @@ class Approval(Base):
     decision: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str] = mapped_column(String(2000), default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PortalSession(Base):
+    """A browser's server-side session: the cookie holds a random id, this row its SHA-256."""
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The earlier of idle and absolute expiry: rows past it are dead and purged by the reaper.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -188,11 +188,14 @@ def authenticate(services: Services, *, token: str, now: datetime) -> Principal:
                or not row["active"] or claims["iat"] < row["tokens_valid_after"])
     if revoked:
         raise Unauthenticated("Token revoked.", code="token_revoked")
-    account = Account(id=row["id"], username=row["username"], email=row["email"],
-                      role=row["role"], subrole=row["subrole"], kind=row["kind"],
-                      active=row["active"], totp_confirmed=row["totp_confirmed"],
-                      created_at=as_utc(row["created_at"]))
-    return Principal(account, claims)
+    return Principal(account_from_row(row), claims)
+
+
+def account_from_row(row: dict) -> Account:
+    """Build the request's account from a row of the principal query."""
+    return Account(id=row["id"], username=row["username"], email=row["email"], role=row["role"],
+                   subrole=row["subrole"], kind=row["kind"], active=row["active"],
+                   totp_confirmed=row["totp_confirmed"], created_at=as_utc(row["created_at"]))
 
 
 def end_session(session: Session, services: Services, *, principal: Principal,

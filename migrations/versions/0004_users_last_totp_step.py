@@ -1,7 +1,7 @@
 """the last accepted TOTP step moves onto the user row; the totp_steps table goes
 
-Revision ID: 0003b
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-06 01:45:00
 
 With REDIS_URL set the replay mark lived only in Redis, so a code could work again after
@@ -12,8 +12,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0003b'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

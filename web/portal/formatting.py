@@ -1,0 +1,42 @@
+"""How the portal shows times, durations and statuses to people (translated)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask_babel import format_datetime, ngettext
+from flask_babel import lazy_gettext as _l
+
+from security_api.clock import as_utc
+
+# Status names as people read them; the badge shows the word, its colour only repeats it.
+STATUS_LABELS = {
+    "pending": _l("Pending"), "active": _l("Active"), "denied": _l("Denied"),
+    "cancelled": _l("Cancelled"), "failed": _l("Failed"), "expired": _l("Expired"),
+    "revoked": _l("Revoked"),
+}
+
+
+def time_left(expires_at: datetime | None, now: datetime) -> str:
+    """Say how long a grant still lasts, e.g. "42 min left" or "3 h 5 min left"."""
+    if expires_at is None:
+        return ""
+    minutes = max(0, int((as_utc(expires_at) - now).total_seconds() // 60))
+    if minutes < 60:
+        return ngettext("%(num)s min left", "%(num)s min left", minutes)
+    hours, rest = divmod(minutes, 60)
+    return ngettext("%(num)s h %(rest)s min left", "%(num)s h %(rest)s min left", hours,
+                    rest=rest)
+
+
+def when(value: datetime | str | None) -> str:
+    """Format a time for people in the page's language (UTC, said so)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return format_datetime(as_utc(value), "medium") + " UTC"
+
+
+def status_label(status: str) -> str:
+    """Return a status as a translated word."""
+    return str(STATUS_LABELS.get(status, status))

@@ -1,0 +1,28 @@
+"""My access: what I hold now and what I am waiting for."""
+from __future__ import annotations
+
+from flask import Response
+
+from flask_api_functions import current_actor, current_subject, db
+from security_api import grants
+from security_api.clock import utcnow
+from security_api.request_views import list_requests
+from security_api.request_views import render as render_requests
+
+from .blueprint import bp, login_required, render
+from .formatting import time_left
+
+
+@bp.get("/")
+@login_required
+def my_access() -> Response:
+    """Show standing permissions, active grants with the time left, and pending requests."""
+    now = utcnow()
+    held = grants.held_permissions(db(), current_subject(), now=now)
+    standing = [item for item in held if item["source"] == "standing"]
+    active = [dict(item, time_left=time_left(item["expires_at"], now))
+              for item in held if item["source"] == "grant"]
+    pending, _cursor = list_requests(db(), actor=current_actor(), scope="own", status="pending",
+                                     permission=None, limit=200, cursor=None, now=now)
+    return render("portal/my_access.html", standing=standing, active=active,
+                  pending=render_requests(db(), pending, now=now))
