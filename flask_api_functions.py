@@ -160,6 +160,15 @@ def read_json(schema: type[BaseModel]) -> BaseModel:
             raise BadRequest("The body is not valid JSON.", code="bad_json") from None
     if not isinstance(data, dict):
         raise InvalidParams.one("(body)", "must be a JSON object")
+    return validate_fields(schema, data)
+
+
+def validate_fields(schema: type[BaseModel], data: dict) -> BaseModel:
+    """Validate fields with a body schema, whatever carried them (a JSON body, a portal form).
+
+    What the database cannot store (NUL, a lone surrogate, in any key or string at any depth)
+    is refused first, 412 naming it; then the schema's own rules, 412 with `errors`.
+    """
     unstorable = list(islice(jsontext.unstorable(data), jsontext.MAX_REPORTED))
     if unstorable:
         raise InvalidParams(errors=unstorable)

@@ -13,7 +13,7 @@ from .errors import Unauthenticated
 from .models import User
 from .services import Services
 from .sessions import Account, account_from_row, revoke_family, start_session
-from .signin import check_totp
+from .signin import check_totp, reserved_attempt
 
 
 def signed_in_account(services: Services, *, user_id: str, family_id: str) -> Account:
@@ -30,23 +30,36 @@ def signed_in_account(services: Services, *, user_id: str, family_id: str) -> Ac
     return account_from_row(row)
 
 
+def note_password_for_enrollment(session: Session, *, user: User, origin: audit.Origin,
+                                 now: datetime) -> None:
+    """Record that a password was right while 2FA is not on yet (API.md, "Audit, part 2")."""
+    audit.record(session, action=AuditAction.TOTP_PASSWORD_CHECKED, actor=user.username,
+                 target=user.id, origin=origin, now=now,
+                 details={"purpose": "portal_enroll", "totp_confirmed": user.totp_confirmed})
+    session.commit()
+
+
 def enroll_and_sign_in(session: Session, services: Services, *, user: User, code: str,
                        origin: audit.Origin, now: datetime) -> tuple[list[str], str]:
     """Confirm 2FA with a current code, then open a sign-in; return (recovery codes, family id).
 
     The person proved the password moments before (the sign-in form) and now a fresh code of
-    the new secret, which is what POST /v1/login asks for.
+    the new secret, which is what POST /v1/login asks for. The code is checked as a login
+    code: a reserved place in the lockout count, replay-guarded.
     """
-    ensure_enrollment_started(user)
-    check_totp(session, services, user=user, code=code, purpose="totp_confirm", origin=origin,
-               now=now)
-    codes = confirm_totp(session, user=user, origin=origin, now=now)
-    issued = start_session(session, services, user=user, now=now)
-    family_id = issued.claims["sid"]
-    audit.record(session, action=AuditAction.LOGIN_SUCCEEDED, actor=user.username, target=user.id,
-                 origin=origin, now=now, details={"family": family_id, "kind": user.kind,
-                                                  "via": "portal_enrollment"})
-    session.commit()
+    with reserved_attempt(session, services, username=user.username, purpose="totp_confirm",
+                          origin=origin, now=now) as current:
+        ensure_enrollment_started(user)
+        check_totp(session, services, attempt=current, user=user, code=code)
+        codes = confirm_totp(session, user=user, origin=origin, now=now)
+        issued = start_session(session, services, user=user, now=now)
+        family_id = issued.claims["sid"]
+        audit.record(session, action=AuditAction.LOGIN_SUCCEEDED, actor=user.username,
+                     target=user.id, origin=origin, now=now,
+                     details={"family": family_id, "kind": user.kind,
+                              "via": "portal_enrollment"})
+        session.commit()
+        current.succeed()
     return codes, family_id
 
 

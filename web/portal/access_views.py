@@ -13,10 +13,10 @@ from flask import Response, flash, g, redirect, request, session, url_for
 from flask_babel import format_timedelta, ngettext
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import select
 
-from flask_api_functions import _invalid_params, current_actor, current_subject, db, origin, services
+from flask_api_functions import current_actor, current_subject, db, origin, services, validate_fields
 from routes import schemas
 from security_api import grants, lifecycle, signin
 from security_api.announce import announce
@@ -50,10 +50,7 @@ def _field(name: str) -> str:
 
 def _validated(schema: type[BaseModel], data: dict) -> BaseModel:
     """Check form fields with the API's own body schema: the same limits, the same 412."""
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid_params(exc) from None
+    return validate_fields(schema, data)
 
 
 def _flash_error(exc: ApiError) -> None:

@@ -91,11 +91,11 @@ def admin_users() -> Response:
 
 
 def _deactivate(user_id: str) -> User:
-    return users_domain.update_user(db(), user_id=user_id, active=False, **_who())
+    return users_domain.update_user(db(), services(), user_id=user_id, active=False, **_who())
 
 
 def _activate(user_id: str) -> User:
-    return users_domain.update_user(db(), user_id=user_id, active=True, **_who())
+    return users_domain.update_user(db(), services(), user_id=user_id, active=True, **_who())
 
 
 def _unlock(user_id: str) -> User:

@@ -86,6 +86,7 @@ def _open(user_id: str, family_id: str) -> None:
 def _start_enrollment(username: str) -> Response:
     """The password was right and 2FA is not on yet: enroll now, within a short window."""
     user = find_user(db(), username)
+    portal_signin.note_password_for_enrollment(db(), user=user, origin=origin(), now=utcnow())
     session.clear()
     session.regenerate()
     session["enroll_user_id"], session["enroll_since"] = user.id, epoch(utcnow())
