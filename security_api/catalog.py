@@ -113,11 +113,11 @@ def _check_rule(session: Session, *, permission: str, role: str, subrole: str, m
             else session.get(Role, entry_role)
         if known is None:
             raise InvalidParams.one("approvers", f"{entry!r} matches no role or subrole")
-    _refuse_service_only_approvers(session, approvers)
+    refuse_service_only_approvers(session, approvers)
 
 
-def _refuse_service_only_approvers(session: Session, approvers: list[str]) -> None:
-    # Service accounts never decide requests: approvers that name only them name nobody.
+def refuse_service_only_approvers(session: Session, approvers: list[str]) -> None:
+    """Refuse approvers that match only service accounts: those never decide requests."""
     conditions = []
     for entry in approvers:
         entry_role, _, entry_subrole = entry.partition("/")

@@ -36,7 +36,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import audit
 from .accounts import NAME_PATTERN
-from .catalog import BUILTIN_PERMISSIONS, KEY_PATTERN, MAX_MINUTES
+from .catalog import BUILTIN_PERMISSIONS, KEY_PATTERN, MAX_MINUTES, refuse_service_only_approvers
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams
 from .grants import ADMIN_PERMISSION, refuse_admin_for_service_accounts
@@ -733,6 +733,11 @@ def apply(session: Session, diff: Diff, *, actor: str, origin: audit.Origin, now
                 # Refused as in the admin API: no service account may end up an admin.
                 refuse_admin_for_service_accounts(session, role=change.ident[1],
                                                   subrole=change.ident[2])
+            if change.kind == "rule" and change.action != DELETE and "approvers" in change.values:
+                # As in the admin API: approvers naming only service accounts name nobody.
+                approvers = change.values["approvers"]
+                refuse_service_only_approvers(
+                    session, list(approvers[1] if change.action == UPDATE else approvers))
         counts = diff.counts()
         audit.record(session, action=AuditAction.POLICY_FILE_APPLIED, actor=actor, target=source,
                      origin=origin, now=now, details={**counts, "sha256": diff.sha256})

@@ -104,6 +104,22 @@ def test_policy_file_giving_admin_to_service_accounts_is_refused(app, runner, bo
     assert db_session.scalar(select(PolicyRule).where(PolicyRule.role == "tools")) is None
 
 
+def test_policy_file_with_approvers_that_are_only_service_accounts_is_refused(
+        app, runner, bot, tmp_path, db_session):
+    if "policy" not in app.cli.commands:
+        cli_policy.init_app(app)
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nroles:\n  - name: tools\n    subroles: [ci]\n"
+                    "  - name: developer\n    subroles: [backend]\npermissions:\n"
+                    "  - key: vpn\n    name: VPN\n    max_duration_minutes: 60\nrules:\n"
+                    "  - permission: vpn\n    role: developer\n    mode: approval\n"
+                    "    approvers: [tools/ci]\n", encoding="utf-8")
+    result = runner.invoke(args=["policy", "apply", str(path)])
+    assert result.exit_code != 0, result.output
+    assert "service accounts" in result.output
+    assert db_session.scalar(select(PolicyRule).where(PolicyRule.permission_key == "vpn")) is None
+
+
 def test_cli_refuses_a_service_account_in_an_admin_role(runner, db_session):
     result = runner.invoke(args=["create-user", "ci-bot", "--role", "security", "--subrole",
                                  "admin", "--service"])
