@@ -353,6 +353,22 @@ def test_failed_provisioning_is_said_on_the_page(world):
     assert world.sent[-1] == ("decided", request_id, "failed")
 
 
+def test_a_failed_request_is_retried_by_an_admin_not_by_its_requester(world):
+    response = world.request("alice", "hook")
+    request_id = REQUEST_PATH.match(response.headers["Location"]).group(1)
+    retry_path = f"/portal/requests/{request_id}/retry"
+    assert retry_path not in text(world.client("alice").get(f"/portal/requests/{request_id}"))
+    refused = world.act("alice", request_id, "retry")
+    assert refused.status_code == 302
+    assert "Only an approver or an administrator" in " ".join(
+        alerts(text(follow(world.client("alice"), refused))))
+    assert retry_path in text(world.client("admin").get(f"/portal/requests/{request_id}"))
+    retried = world.act("admin", request_id, "retry")
+    [message] = alerts(text(follow(world.client("admin"), retried)))
+    assert message.startswith("Setting up the access failed again:")  # nothing listens yet
+    assert world.row(request_id).status == RequestStatus.FAILED
+
+
 # ---- refusals ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("permission", "fields", "status", "message"), [
     ("vpn", {"duration_minutes": "61"}, 412, "Duration (minutes): must be at most 60"),

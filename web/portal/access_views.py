@@ -299,6 +299,8 @@ def request_detail(request_id: str) -> Response:
         "revoke": (mine or actor.is_admin) and view["status"] == RequestStatus.ACTIVE,
         "decide": pending and not decided
         and lifecycle.is_eligible_approver(db(), access_request, actor),
+        "retry": access_request.status == RequestStatus.FAILED
+        and (actor.is_admin or lifecycle.is_eligible_approver(db(), access_request, actor)),
     }
     name = _names([view["permission"]]).get(view["permission"], view["permission"])
     facts = dict(view, name=name, status_text=status_label(view["status"]),
@@ -339,6 +341,14 @@ def _outcome_message(transition, changed: AccessRequest) -> tuple[str, str]:
         return _("The access is revoked."), "info"
     if transition is lifecycle.deny:
         return _("The request is denied."), "info"
+    if transition is lifecycle.retry:
+        if status == RequestStatus.ACTIVE:
+            return _("Set up again: the access is granted until %(when)s.",
+                     when=when(changed.expires_at)), "info"
+        if status == RequestStatus.FAILED:
+            return _("Setting up the access failed again: %(error)s",
+                     error=_provisioning_error(changed.provisioning, "grant")), "error"
+        return _("The access is being set up again."), "info"
     if status == RequestStatus.ACTIVE:
         return _("Approved: the access is granted until %(when)s.",
                  when=when(changed.expires_at)), "info"
@@ -376,6 +386,13 @@ def approve(request_id: str) -> Response:
 def deny(request_id: str) -> Response:
     """Deny a pending request (eligible approvers, never the requester)."""
     return _act(lifecycle.deny, request_id, with_comment=True)
+
+
+@bp.post("/requests/<request_id>/retry")
+@login_required
+def retry(request_id: str) -> Response:
+    """Set up a failed request's access again (its approvers and administrators)."""
+    return _act(lifecycle.retry, request_id, with_comment=False)
 
 
 # ---- approvals ---------------------------------------------------------------------------------
