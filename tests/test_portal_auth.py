@@ -290,3 +290,15 @@ def test_sign_in_junk_in_any_field_is_the_one_answer_never_a_500(app, make_user,
     response = client.post("/portal/sign-in", data=body.encode("ascii"),
                            content_type="application/x-www-form-urlencoded")
     assert response.status_code in (400, 401), response.status_code
+
+
+def test_sessions_unreachable_is_a_503_page_not_a_500(make_app):
+    # Nothing listens on port 1: the session store (Redis) is down, the portal fails closed.
+    app = make_app(redis_url="redis://127.0.0.1:1/0")
+    client = portal_client(app)
+    client.set_cookie("__Host-session", "a" * 43, domain="localhost", secure=True, path="/")
+    response = client.get("/portal/sign-in")
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert "Content-Security-Policy" in response.headers
+    assert app.test_client().get("/v1/ping").status_code == 200

@@ -10,7 +10,7 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 
 from flask_api_functions import current_actor, services
-from security_api.errors import ApiError, Unauthenticated
+from security_api.errors import ApiError, ServiceUnavailable, Unauthenticated
 from security_api.portal_signin import signed_in_account
 from security_api.sessions import Principal
 
@@ -27,6 +27,8 @@ PORTAL_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 
 def _load_signed_in() -> Response | None:
     """Set the page's CSP and, for a signed-in session, the principal the API's guards read."""
     g.csp = PORTAL_CSP
+    if getattr(session, "store_down", False):
+        raise ServiceUnavailable()  # sessions cannot be read: fail closed, as the API does
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         # WTF_CSRF_CHECK_DEFAULT is off (the JSON API has no forms): every portal POST is
         # checked here, so a form without its csrf_token gets the 400 page and changes nothing.

@@ -7,6 +7,7 @@ from werkzeug.datastructures import CallbackDict
 
 from security_api.clock import utcnow
 from security_api.portal_sessions import PortalSessionStore, StoredSession, new_session_id
+from security_api.stores import StoreUnavailable
 
 COOKIE_NAME = "__Host-session"
 PORTAL_PREFIX = "/portal"
@@ -28,6 +29,7 @@ class ServerSession(CallbackDict, SessionMixin):
         self.modified = False
         self.ended_id: str | None = None
         self.rotate = False
+        self.store_down = False
 
     def end(self) -> None:
         """Forget this session at once (sign-out, revoked sign-in); later data starts a new one."""
@@ -51,13 +53,19 @@ class ServerSessionInterface(SessionInterface):
         if not request.path.startswith(PORTAL_PREFIX):
             return self.null_session_class()
         session_id = request.cookies.get(COOKIE_NAME)
-        stored = self.store.load(session_id, now=utcnow()) if session_id else None
+        try:
+            stored = self.store.load(session_id, now=utcnow()) if session_id else None
+        except StoreUnavailable:
+            # Not here: Flask would answer a bare 500. The page says 503 (blueprint.py).
+            unavailable = ServerSession()
+            unavailable.store_down = True
+            return unavailable
         if stored is None:
             return ServerSession()
         return ServerSession(stored.data, session_id=session_id, stored=stored)
 
     def save_session(self, app: Flask, session, response: Response) -> None:
-        if not isinstance(session, ServerSession):
+        if not isinstance(session, ServerSession) or session.store_down:
             return
         if session.ended_id:
             self.store.end(session.ended_id)
