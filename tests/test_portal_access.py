@@ -604,3 +604,12 @@ def test_the_pages_speak_spanish(world):
         assert "Request access</h1>" not in page and ">Approve</button>" not in page, path
     refused = world.request("alice", "vpn", duration_minutes="61")
     assert refused.status_code == 412 and alerts(text(refused))
+
+
+def test_refusals_are_said_in_the_pages_language(world):
+    world.open("alice", "vpn")
+    client = world.client("alice")
+    client.set_cookie("lang", "es", domain="localhost", secure=True, path="/")
+    again = world.request("alice", "vpn")
+    assert again.status_code == 409
+    assert alerts(text(again)) == ["Ya tienes un acceso activo a este permiso."]

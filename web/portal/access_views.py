@@ -28,7 +28,7 @@ from security_api.request_views import effective_status, list_requests
 from security_api.request_views import render as render_requests
 
 from .blueprint import bp, login_required, render, safe_next
-from .formatting import status_label, time_left, when
+from .formatting import error_text, status_label, time_left, when
 
 PAGE_SIZE = 25
 DEFAULT_DURATION = 60  # what the form suggests, when the maximum allows it
@@ -60,7 +60,7 @@ def _flash_error(exc: ApiError) -> None:
             label = FIELD_LABELS.get(item.get("field"), item.get("field"))
             flash(f"{label}: {item.get('problem')}", "error")
     else:
-        flash(exc.message, "error")
+        flash(error_text(exc.code, exc.message), "error")
 
 
 def _duration(minutes: int | None) -> str:

@@ -14,6 +14,7 @@ from security_api.errors import ApiError, ServiceUnavailable, Unauthenticated
 from security_api.portal_signin import signed_in_account
 from security_api.sessions import Principal
 
+from .formatting import error_text
 from .i18n import LANGUAGES
 
 bp = Blueprint("portal", __name__, url_prefix="/portal", static_folder="../../static/portal",
@@ -111,7 +112,7 @@ def _csrf_error(exc: CSRFError) -> Response:
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
     response = render("portal/error.html", status=exc.status, title=_("Something went wrong"),
-                      message=exc.message)
+                      message=error_text(exc.code, exc.message))
     if exc.status in (429, 503) and "Retry-After" in exc.headers:
         response.headers["Retry-After"] = exc.headers["Retry-After"]
     return response

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask_babel import format_datetime, ngettext
+from flask_babel import format_datetime, get_locale, ngettext
 from flask_babel import lazy_gettext as _l
 
 from security_api.clock import as_utc
@@ -40,3 +40,26 @@ def when(value: datetime | str | None) -> str:
 def status_label(status: str) -> str:
     """Return a status as a translated word."""
     return str(STATUS_LABELS.get(status, status))
+
+
+# The domain speaks English; these stable error codes are said in the page's language.
+DOMAIN_MESSAGES = {
+    "not_requestable": _l("This permission is not requestable for your role."),
+    "already_requested": _l("You already have an open request for this permission."),
+    "already_active": _l("You already hold an active grant of this permission."),
+    "already_held": _l("You hold this permission already (standing)."),
+    "request_not_pending": _l("The request is not pending."),
+    "already_decided": _l("You have already decided this request."),
+    "request_not_active": _l("The grant is not active."),
+    "request_not_failed": _l("Only a failed request can be retried."),
+    "separation_of_duties": _l("You cannot decide your own request."),
+    "no_longer_eligible": _l("The requester is no longer active or allowed this permission; "
+                             "the request cannot be granted."),
+}
+
+
+def error_text(code: str, message: str) -> str:
+    """Say a domain error in the page's language when its code is a known one."""
+    if str(get_locale()) != "en" and code in DOMAIN_MESSAGES:
+        return str(DOMAIN_MESSAGES[code])
+    return message
