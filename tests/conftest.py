@@ -6,7 +6,10 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -35,29 +38,37 @@ TEST_DATA_KEY = Fernet.generate_key().decode("ascii")
 TEST_AUDIT_KEY = secrets.token_urlsafe(48)
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory):
-    """Migrate a fresh database once per run with the project's own Alembic migrations.
+@contextmanager
+def private_database(directory: Path, *, name: str) -> Iterator[str]:
+    """Yield the URL of an empty database of its own, removed afterwards.
 
-    On PostgreSQL each run gets its own schema, so parallel runs never see each other's rows.
+    On PostgreSQL a fresh schema (so parallel runs never see each other's rows), else a SQLite
+    file in `directory`.
     """
-    if TEST_DATABASE_URL:
-        schema = f"test_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(TEST_DATABASE_URL)
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        url = make_url(TEST_DATABASE_URL).update_query_dict(
+    if not TEST_DATABASE_URL:
+        yield f"sqlite:///{directory / f'{name}.sqlite3'}"
+        return
+    schema = f"{name}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(TEST_DATABASE_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield make_url(TEST_DATABASE_URL).update_query_dict(
             {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
-    engine = create_engine(url)
-    migrate(engine)
-    engine.dispose()
-    yield url
-    if TEST_DATABASE_URL:
+    finally:
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    """Migrate a fresh database once per run with the project's own Alembic migrations."""
+    with private_database(tmp_path_factory.mktemp("db"), name="test") as url:
+        engine = create_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
 
 
 def _empty_tables(app) -> None:

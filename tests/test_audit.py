@@ -3,17 +3,16 @@ import hashlib
 import json
 import secrets
 import threading
-import uuid
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, delete, func, insert, make_url, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 
 from security_api import audit
 from security_api.clock import utcnow
 from security_api.models import AuditChainHead, AuditEvent, new_id
 from security_api.schema import alembic_config, migrate
-from tests.conftest import TEST_AUDIT_KEY, TEST_DATABASE_URL, basic
+from tests.conftest import TEST_AUDIT_KEY, basic, private_database
 from tests.test_query_counts import counted
 
 
@@ -183,28 +182,16 @@ def _write_as_the_old_version(engine, count: int) -> None:
 @pytest.fixture
 def legacy_database_url(tmp_path):
     """A database of its own migrated to 0002 (before the key) holding an old-style chain."""
-    if TEST_DATABASE_URL:
-        schema = f"test_legacy_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(TEST_DATABASE_URL)
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        url = make_url(TEST_DATABASE_URL).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    else:
-        url = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
-    engine = create_engine(url)
-    cfg = alembic_config()
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "0002")
-    _write_as_the_old_version(engine, LEGACY_EVENTS)
-    migrate(engine)
-    engine.dispose()
-    yield url
-    if TEST_DATABASE_URL:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with private_database(tmp_path, name="test_legacy") as url:
+        engine = create_engine(url)
+        cfg = alembic_config()
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "0002")
+        _write_as_the_old_version(engine, LEGACY_EVENTS)
+        migrate(engine)
+        engine.dispose()
+        yield url
 
 
 LEGACY_EVENTS = 4

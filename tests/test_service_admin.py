@@ -90,15 +90,21 @@ def test_approvers_that_are_only_service_accounts_are_refused(client, admin, bot
     assert _field(response) == ["approvers"]
 
 
-def test_policy_file_giving_admin_to_service_accounts_is_refused(app, runner, bot, tmp_path,
-                                                                  db_session):
+def _apply_policy_file(app, runner, tmp_path, text: str):
+    """Run `flask policy apply` on a policy file holding `text`."""
     if "policy" not in app.cli.commands:
         cli_policy.init_app(app)
     path = tmp_path / "policy.yaml"
-    path.write_text("version: 1\nroles:\n  - name: tools\n    subroles: [ci]\npermissions: []\nrules:\n"
-                    "  - permission: security-api.admin\n    role: tools\n    subrole: ci\n"
-                    "    mode: standing\n", encoding="utf-8")
-    result = runner.invoke(args=["policy", "apply", str(path)])
+    path.write_text(text, encoding="utf-8")
+    return runner.invoke(args=["policy", "apply", str(path)])
+
+
+def test_policy_file_giving_admin_to_service_accounts_is_refused(app, runner, bot, tmp_path,
+                                                                  db_session):
+    result = _apply_policy_file(app, runner, tmp_path, (
+        "version: 1\nroles:\n  - name: tools\n    subroles: [ci]\npermissions: []\nrules:\n"
+        "  - permission: security-api.admin\n    role: tools\n    subrole: ci\n"
+        "    mode: standing\n"))
     assert result.exit_code != 0, result.output
     assert "ci-bot" in result.output
     assert db_session.scalar(select(PolicyRule).where(PolicyRule.role == "tools")) is None
@@ -106,15 +112,12 @@ def test_policy_file_giving_admin_to_service_accounts_is_refused(app, runner, bo
 
 def test_policy_file_with_approvers_that_are_only_service_accounts_is_refused(
         app, runner, bot, tmp_path, db_session):
-    if "policy" not in app.cli.commands:
-        cli_policy.init_app(app)
-    path = tmp_path / "policy.yaml"
-    path.write_text("version: 1\nroles:\n  - name: tools\n    subroles: [ci]\n"
-                    "  - name: developer\n    subroles: [backend]\npermissions:\n"
-                    "  - key: vpn\n    name: VPN\n    max_duration_minutes: 60\nrules:\n"
-                    "  - permission: vpn\n    role: developer\n    mode: approval\n"
-                    "    approvers: [tools/ci]\n", encoding="utf-8")
-    result = runner.invoke(args=["policy", "apply", str(path)])
+    result = _apply_policy_file(app, runner, tmp_path, (
+        "version: 1\nroles:\n  - name: tools\n    subroles: [ci]\n"
+        "  - name: developer\n    subroles: [backend]\npermissions:\n"
+        "  - key: vpn\n    name: VPN\n    max_duration_minutes: 60\nrules:\n"
+        "  - permission: vpn\n    role: developer\n    mode: approval\n"
+        "    approvers: [tools/ci]\n"))
     assert result.exit_code != 0, result.output
     assert "service accounts" in result.output
     assert db_session.scalar(select(PolicyRule).where(PolicyRule.permission_key == "vpn")) is None

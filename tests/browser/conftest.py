@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine
 
 from flask_api import create_app
 from security_api import accounts, audit, policyfile
@@ -30,7 +30,7 @@ from security_api.clock import utcnow
 from security_api.enums import UserKind
 from security_api.models import Subrole
 from security_api.schema import bootstrap, migrate
-from tests.conftest import DEFAULT_PASSWORD, TEST_DATA_KEY, TEST_DATABASE_URL, TestUser
+from tests.conftest import DEFAULT_PASSWORD, TEST_DATA_KEY, TestUser, private_database
 from tests.servers import start_gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,23 +74,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def browser_database_url(tmp_path_factory):
     """A database of its own (a fresh PostgreSQL schema, or a SQLite file), migrated."""
-    if TEST_DATABASE_URL:
-        schema = f"browser_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(TEST_DATABASE_URL)
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        url = make_url(TEST_DATABASE_URL).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('browser-db') / 'portal.sqlite3'}"
-    engine = create_engine(url)
-    migrate(engine)
-    engine.dispose()
-    yield url
-    if TEST_DATABASE_URL:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with private_database(tmp_path_factory.mktemp("browser-db"), name="browser") as url:
+        engine = create_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
 
 
 @pytest.fixture(scope="session")
