@@ -52,6 +52,20 @@ def _until(predicate, what: str):
     return result
 
 
+def _ask_in_background(server, bearer: dict, body: dict) -> tuple[threading.Thread, dict]:
+    """Return an unstarted thread that creates a request, and where its answer will land."""
+    outcome: dict = {}
+
+    def ask():
+        try:
+            outcome["answer"] = call(server.base, "POST", "/v1/requests", headers=bearer,
+                                     body=body, timeout=WAIT_SECONDS * 2)
+        except OSError as exc:
+            outcome["error"] = exc
+
+    return threading.Thread(target=ask), outcome
+
+
 def _only_request(app) -> AccessRequest:
     with app.extensions["security_api"].session_factory() as session:
         rows = list(session.scalars(select(AccessRequest)))
@@ -149,16 +163,7 @@ def test_a_live_worker_keeps_its_claim_and_a_dead_ones_claim_is_undone_within_it
     receiver.delay = WAIT_SECONDS * 4
     bearer = _sign_in(server, alice)
     body = {"permission": "vpn", "justification": "crash test"}
-    outcome: dict = {}
-
-    def ask():
-        try:
-            outcome["answer"] = call(server.base, "POST", "/v1/requests", headers=bearer,
-                                     body=body, timeout=WAIT_SECONDS * 2)
-        except OSError as exc:
-            outcome["error"] = exc
-
-    asking = threading.Thread(target=ask)
+    asking, outcome = _ask_in_background(server, bearer, body)
     asking.start()
     assert receiver.arrived.wait(WAIT_SECONDS), "the grant never reached the provisioner"
     claimed_at = _only_request(app).provisioning_started_at
@@ -276,16 +281,7 @@ def test_worker_killed_mid_transaction_leaves_no_partial_rows(app, server, make_
     bearer = {"Authorization": "Bearer " + tokens["token"]}
     body = {"permission": "vpn", "justification": "crash test"}
     services = app.extensions["security_api"]
-    outcome: dict = {}
-
-    def ask():
-        try:
-            outcome["answer"] = call(server.base, "POST", "/v1/requests", headers=bearer,
-                                     body=body, timeout=WAIT_SECONDS * 2)
-        except OSError as exc:
-            outcome["error"] = exc
-
-    asking = threading.Thread(target=ask)
+    asking, outcome = _ask_in_background(server, bearer, body)
     with services.session_factory() as holder:
         # Hold the audit chain head: the worker inserts the request, then waits for it.
         holder.execute(select(AuditChainHead).with_for_update())
