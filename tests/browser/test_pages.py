@@ -208,3 +208,63 @@ def test_the_checks_themselves_catch_a_csp_violation_and_an_axe_violation(pages,
     watch.errors.clear()
     with pytest.raises(AssertionError, match="image-alt"):
         axe_check(page)
+
+
+def _at_375(page) -> None:
+    page.set_viewport_size({"width": 375, "height": HEIGHT})
+
+
+def test_every_main_menu_item_is_in_view_at_375(pages):
+    """The admin's menu is the longest: at 375 px it wraps, nothing hides behind a side scroll."""
+    page = pages["admin"]
+    page.goto("/portal/admin/users")
+    _at_375(page)
+    nav = page.locator("nav.main-nav")
+    assert nav.evaluate("el => el.scrollWidth - el.clientWidth") <= 0, "the menu scrolls sideways"
+    links = nav.locator("a")
+    assert links.count() == 8
+    for link in links.all():
+        box = link.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, (
+            link.inner_text(), box)
+    _full_width(page)
+
+
+def test_the_users_table_is_stacked_cards_at_375_and_still_a_table(pages, people):
+    """Each user is a card of labelled lines at 375 px; screen readers still get a table."""
+    page = pages["admin"]
+    page.goto(f"/portal/admin/users?q={people['admin'].username}")
+    _at_375(page)
+    wrap = page.locator(".table-wrap")
+    assert wrap.evaluate("el => el.scrollWidth - el.clientWidth") <= 0, "the table scrolls"
+    row = page.locator(f"tr#user-{people['admin'].username}")
+    assert row.evaluate("el => getComputedStyle(el).display") == "block"
+    assert page.locator("table thead").evaluate("el => el.getBoundingClientRect().height") <= 1
+    role_cell = row.locator("td").first
+    # Each line says what it is, in place of the column heading.
+    assert role_cell.get_attribute("data-label") == "Role"
+    assert role_cell.evaluate("el => getComputedStyle(el, '::before').content") not in (
+        "none", "normal")
+    for cell in row.locator("td, th").all():
+        box = cell.bounding_box()
+        if box is not None:
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 375, (cell.inner_text(), box)
+    roles = _accessibility_roles(page)
+    assert "table" in roles and roles.count("columnheader") == 7, roles
+    assert "rowheader" in roles and "cell" in roles, roles
+    axe_check(page)
+    _full_width(page)
+
+
+def _accessibility_roles(page) -> list[str]:
+    """The roles in Chromium's own accessibility tree (what a screen reader is given)."""
+    client = page.context.new_cdp_session(page)
+    try:
+        nodes = client.send("Accessibility.getFullAXTree")["nodes"]
+    finally:
+        client.detach()
+    return [node.get("role", {}).get("value") for node in nodes if not node.get("ignored")]
+
+
+def _full_width(page) -> None:
+    page.set_viewport_size({"width": 1440, "height": HEIGHT})

@@ -37,7 +37,16 @@ def init_app(app: Flask) -> None:
         secure=True)
     csrf.init_app(app)
     babel.init_app(app, locale_selector=select_locale)
-    from . import access_views, admin_views, auth_views, home_views  # noqa: F401  (pages)
+    from . import (  # noqa: F401  (pages: each module adds its views to the blueprint)
+        admin_views,
+        approval_views,
+        auth_views,
+        catalog_views,
+        home_views,
+        password_views,
+        request_actions,
+        request_views,
+    )
     app.register_blueprint(bp)
 
 

@@ -31,19 +31,13 @@ from security_api.signin import _lock_key
 from . import error_page
 from .blueprint import admin_required, bp, login_required, render
 from .formatting import when
+from .forms import problems_text
 
 PAGE_SIZE = 50
 MAX_PARAM = 256
 DETAILS_SUMMARY = 120
 USER_FILTERS = ("q", "role", "active", "cursor")
 AUDIT_FILTERS = ("actor", "action", "since", "until")
-
-
-def _problems(exc: ApiError) -> str:
-    """Say what was wrong with the parameters, field by field when the domain named them."""
-    if exc.errors:
-        return "; ".join(f"{item['field']}: {item['problem']}" for item in exc.errors)
-    return exc.message
 
 
 def _args(names: tuple[str, ...]) -> dict[str, str]:
@@ -81,7 +75,7 @@ def admin_users() -> Response:
         now = epoch(utcnow())
         users = [_row(user, now) for user in page]
     except InvalidParams as exc:
-        flash(_("Check the filters: %(problems)s", problems=_problems(exc)), "error")
+        flash(_("Check the filters: %(problems)s", problems=problems_text(exc)), "error")
         status = exc.status
     roles = list(db().scalars(select(Role.name).order_by(Role.name)))
     filters = {name: value for name, value in args.items() if name != "cursor"}
@@ -135,7 +129,7 @@ def admin_user_action(user_id: str, action: str) -> Response:
         user = perform(user_id)
     except ApiError as exc:
         db().rollback()
-        flash(_("Nothing was changed: %(reason)s", reason=_problems(exc)), "error")
+        flash(_("Nothing was changed: %(reason)s", reason=problems_text(exc)), "error")
     else:
         flash(done(user.username), "info")
     back = {name: value for name, value in _args(USER_FILTERS).items() if len(value) <= MAX_PARAM}
@@ -224,7 +218,7 @@ def admin_audit() -> Response:
                        details_json=json.dumps(event["details"], ensure_ascii=False, indent=2))
                   for event in map(render_event, page)]
     except InvalidParams as exc:
-        flash(_("Check the filters: %(problems)s", problems=_problems(exc)), "error")
+        flash(_("Check the filters: %(problems)s", problems=problems_text(exc)), "error")
         status = exc.status
     filters = {name: value for name, value in args.items() if name != "cursor"}
     more = url_for("portal.admin_audit", **filters, cursor=next_cursor) if next_cursor else None
@@ -265,7 +259,7 @@ def admin_explain() -> Response:
             answer = admin_catalog.explain(db(), username=args["user"],
                                            permission=args["permission"])
         except (InvalidParams, NotFound) as exc:
-            flash(_problems(exc) if isinstance(exc, InvalidParams) else
+            flash(problems_text(exc) if isinstance(exc, InvalidParams) else
                   _("%(reason)s Check the username and the permission key.", reason=exc.message),
                   "error")
             status = exc.status

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import partial
 
 from flask import Response, flash, g, redirect, request, session, url_for
 from flask_babel import gettext as _
@@ -16,21 +17,19 @@ from security_api.errors import Forbidden, Throttled, Unauthenticated
 from security_api.models import User
 
 from .blueprint import bp, render, safe_next, signed_in
+from .forms import field
 from .i18n import LANG_COOKIE, LANGUAGES
 
 TOTP_FORMAT = re.compile(r"[0-9]{6}")
 # Between a right password and a confirmed code, at most this long.
 ENROLL_WINDOW = timedelta(minutes=10)
-MAX_FIELD = 1024
-
-
-def _field(name: str) -> str:
-    return request.form.get(name, "")[:MAX_FIELD]
+# Sign-in fields are short: read less of them than of the other forms.
+sign_in_field = partial(field, limit=1024)
 
 
 def _sign_in_page(*, status: int = 200, error: str | None = None) -> Response:
     return render("portal/sign_in.html", status=status, error=error,
-                  username=_field("username"), next=request.values.get("next", ""))
+                  username=sign_in_field("username"), next=request.values.get("next", ""))
 
 
 @bp.get("/sign-in")
@@ -44,7 +43,8 @@ def sign_in() -> Response:
 @bp.post("/sign-in")
 def sign_in_submit() -> Response:
     """Check username, password and code exactly as POST /v1/login does."""
-    username, password, code = _field("username"), _field("password"), _field("code").strip()
+    username, password = sign_in_field("username"), sign_in_field("password")
+    code = sign_in_field("code").strip()
     totp_code = code if TOTP_FORMAT.fullmatch(code) else None
     recovery_code = code if code and totp_code is None else None
     try:
@@ -135,7 +135,7 @@ def enroll_submit() -> Response:
         return _enrollment_expired()
     try:
         codes, family_id = portal_signin.enroll_and_sign_in(
-            db(), services(), user=user, code=_field("totp").strip(), origin=origin(),
+            db(), services(), user=user, code=sign_in_field("totp").strip(), origin=origin(),
             now=utcnow())
     except Unauthenticated:
         flash(_("That code did not work. Scan the new QR code and try the current code."),

@@ -1,9 +1,11 @@
-"""How the portal shows times, durations and statuses to people (translated)."""
+"""How the portal shows times, durations, statuses and outcomes to people (translated)."""
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
-from flask_babel import format_datetime, get_locale, ngettext
+from flask_babel import format_datetime, format_timedelta, get_locale, ngettext
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from security_api.clock import as_utc
@@ -35,6 +37,38 @@ def when(value: datetime | str | None) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return format_datetime(as_utc(value), "medium") + " UTC"
+
+
+def duration(minutes: int | None) -> str:
+    """Say a duration the way people read it: "45 minutes", "2 hours", "1 h 30 min"."""
+    if not minutes:
+        return ""
+    hours, rest = divmod(minutes, 60)
+    if not hours:
+        return ngettext("%(num)s minute", "%(num)s minutes", minutes)
+    if not rest:
+        return ngettext("%(num)s hour", "%(num)s hours", hours)
+    return _("%(hours)s h %(minutes)s min", hours=hours, minutes=rest)
+
+
+def ago(value: str | None, now: datetime) -> str:
+    """Say how long ago an ISO time was, e.g. "3 hours ago"."""
+    if not value:
+        return ""
+    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return format_timedelta(at - now, add_direction=True)
+
+
+def approvers_text(entries) -> str:
+    """Name who approves a request; a rule naming nobody means the administrators."""
+    return ", ".join(entries) if entries else _("an administrator")
+
+
+def provisioning_error(raw: str | dict | None, action: str) -> str:
+    """The error the provisioner reported for `action` ("grant", "revoke"), for people."""
+    record = json.loads(raw or "{}") if not isinstance(raw, dict) else raw
+    outcome = record.get(action) or {}
+    return outcome.get("error") or _("no details")
 
 
 def status_label(status: str) -> str:
