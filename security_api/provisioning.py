@@ -32,6 +32,8 @@ from .jsontext import loads_stored
 from .models import AccessRequest, Permission, User
 from .provisioners import GrantContext, ProvisioningError, get_provisioner
 from .services import Services
+from .transitions import OWED, Event, transition
+from .unit_of_work import end_reads, unit_of_work
 
 log = logging.getLogger(__name__)
 GRANT, CLEANUP, REVOKE = ProvisioningAction.GRANT, ProvisioningAction.CLEANUP, ProvisioningAction.REVOKE
@@ -63,14 +65,10 @@ def _heartbeat(services: Services, request_id: str) -> Iterator[None]:
         with services.session_factory() as session:
             while not stop.wait(HEARTBEAT_SECONDS) and utcnow() < until:
                 try:
-                    session.execute(
-                        update(AccessRequest)
-                        .where(AccessRequest.id == request_id,
-                               AccessRequest.status == RequestStatus.GRANTING)
-                        .values(provisioning_started_at=utcnow()))
-                    session.commit()
+                    with unit_of_work(session):
+                        transition(session, request_id, event=Event.HEARTBEAT,
+                                   provisioning_started_at=utcnow())
                 except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
-                    session.rollback()
                     log.warning("could not refresh the grant claim of %s", request_id,
                                 exc_info=True)
 
@@ -125,77 +123,85 @@ def _record(session: Session, request: AccessRequest, permission: Permission,
 
 def finish_grant(session: Session, services: Services, request_id: str, *,
                  origin: audit.Origin, now: datetime) -> None:
-    """Run the grant of a claimed request, then land it on active or failed (once)."""
+    """Run the grant of a claimed request, then land it on active or failed (once).
+
+    The second public step after a claim's commit: the outside call runs with no transaction
+    open, and its outcome is recorded in a transaction of its own.
+    """
     request, permission, ctx = _load(session, services, request_id)
-    if request.status != RequestStatus.GRANTING:
-        session.rollback()
+    # Read before ending the reads: touching an expired attribute would open a transaction again.
+    provisioner_name, owed = permission.provisioner, request.status == RequestStatus.GRANTING
+    end_reads(session)  # no transaction stays open during the outside call
+    if not owed:
         return
-    # Read before the rollback: touching an expired attribute would open a transaction again.
-    provisioner_name = permission.provisioner
-    session.rollback()  # no transaction stays open during the outside call
     with _heartbeat(services, request_id):
         outcomes = {GRANT: _call(services, provisioner_name, ctx, action=GRANT)}
         if not outcomes[GRANT]["ok"]:
             # A webhook that timed out may still have granted: ask it to undo.
             outcomes[CLEANUP] = _call(services, provisioner_name, ctx, action=CLEANUP)
+    if _land_grant(session, services, request_id, outcomes, origin=origin, now=now):
+        session.commit()
+        return
+    session.rollback()  # the reaper declared it abandoned meanwhile: nothing of this lands
+    if outcomes[GRANT]["ok"]:
+        # Its cleanup may have reached the target before this grant did: undo once more.
+        _late_cleanup(session, services, request_id, provisioner_name, ctx,
+                      origin=origin, now=now)
+
+
+def _land_grant(session: Session, services: Services, request_id: str,
+                outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> bool:
+    """Record the grant's outcome and move granting -> active | failed; False if it lost."""
     ok = outcomes[GRANT]["ok"]
     request, permission, _ = _load(session, services, request_id)
-    values = {"status": RequestStatus.ACTIVE, "expires_at": now + timedelta(
-        minutes=request.duration_minutes)} if ok else {"status": RequestStatus.FAILED,
-                                                       "expires_at": None}
-    claimed = session.execute(
-        update(AccessRequest)
-        .where(AccessRequest.id == request_id, AccessRequest.status == RequestStatus.GRANTING)
-        .values(provisioning=_record(session, request, permission, outcomes, origin=origin, now=now),
-                provisioning_state=None, **values))
-    if claimed.rowcount != 1:
-        session.rollback()  # the reaper declared it abandoned meanwhile
-        if ok:
-            # Its cleanup may have reached the target before this grant did: undo once more.
-            _late_cleanup(session, services, request_id, provisioner_name, ctx,
-                          origin=origin, now=now)
-        return
-    metrics.stage_request_status(session, values["status"])
+    expires_at = now + timedelta(minutes=request.duration_minutes) if ok else None
+    record = _record(session, request, permission, outcomes, origin=origin, now=now)
+    if not transition(session, request_id,
+                      event=Event.GRANT_FINISHED if ok else Event.GRANT_FAILED,
+                      provisioning=record, provisioning_state=None, expires_at=expires_at):
+        return False
     audit.record(session, action=AuditAction.REQUEST_ACTIVATED if ok
                  else AuditAction.REQUEST_FAILED, actor="system", target=request_id,
                  origin=origin, now=now,
-                 details={"expires_at": isoformat(values["expires_at"])} if ok else {})
-    session.commit()
+                 details={"expires_at": isoformat(expires_at)} if ok else {})
+    return True
 
 
 def _late_cleanup(session: Session, services: Services, request_id: str,
                   provisioner_name: str, ctx: GrantContext, *, origin: audit.Origin,
                   now: datetime) -> None:
+    # Only the provisioning record changes (no status moves): no transition of the table.
     outcome = _call(services, provisioner_name, ctx, action=CLEANUP)
-    request, permission, _ = _load(session, services, request_id)
-    session.execute(update(AccessRequest).where(AccessRequest.id == request_id).values(
-        provisioning=_record(session, request, permission, {CLEANUP: outcome},
-                             origin=origin, now=now)))
-    session.commit()
+    with unit_of_work(session):
+        request, permission, _ = _load(session, services, request_id)
+        session.execute(update(AccessRequest).where(AccessRequest.id == request_id).values(
+            provisioning=_record(session, request, permission, {CLEANUP: outcome},
+                                 origin=origin, now=now)))
 
 
 def finish_revoke(session: Session, services: Services, request_id: str, *,
                   origin: audit.Origin, now: datetime) -> None:
     """Run the revoke of an ended grant (or the cleanup of a failed one) and record it;
-    a failure is retried by the reaper."""
+    a failure is retried by the reaper.
+
+    The second public step after the commit that made the revoke owed (see finish_grant).
+    """
     request, permission, ctx = _load(session, services, request_id)
-    if request.provisioning_state not in (ProvisioningState.REVOKING,
-                                          ProvisioningState.REVOKE_FAILED):
-        session.rollback()
-        return
+    owed = request.provisioning_state in OWED
     # A grant that never became active is undone (cleanup); one that was active is revoked.
     action = CLEANUP if request.status == RequestStatus.FAILED else REVOKE
-    provisioner_name = permission.provisioner  # read before the rollback, as in finish_grant
-    session.rollback()
+    provisioner_name = permission.provisioner  # read before ending the reads, as in finish_grant
+    end_reads(session)
+    if not owed:
+        return
     outcome = _call(services, provisioner_name, ctx, action=action)
-    request, permission, _ = _load(session, services, request_id)
-    state = None if outcome["ok"] else ProvisioningState.REVOKE_FAILED
-    session.execute(
-        update(AccessRequest).where(AccessRequest.id == request_id)
-        .values(provisioning=_record(session, request, permission, {action: outcome},
-                                     origin=origin, now=now),
-                provisioning_state=state, provisioning_started_at=now))
-    session.commit()
+    with unit_of_work(session):
+        request, permission, _ = _load(session, services, request_id)
+        transition(session, request_id,
+                   event=Event.REVOKE_FINISHED if outcome["ok"] else Event.REVOKE_FAILED,
+                   provisioning=_record(session, request, permission, {action: outcome},
+                                        origin=origin, now=now),
+                   provisioning_started_at=now)
 
 
 def recover(session: Session, services: Services, *, origin: audit.Origin, now: datetime,
@@ -205,62 +211,61 @@ def recover(session: Session, services: Services, *, origin: audit.Origin, now: 
     return done + _retry_revokes(session, services, origin=origin, now=now, limit=limit)
 
 
-def recover_abandoned_grants(session: Session, services: Services, *, origin: audit.Origin,
-                             now: datetime, limit: int = 100, requester_id: str | None = None,
-                             permission_key: str | None = None) -> int:
-    """Fail and undo grant claims whose worker stopped heartbeating (of one requester and
-    permission when named); return how many."""
+def fail_abandoned(session: Session, request_id: str, *, origin: audit.Origin,
+                   now: datetime) -> bool:
+    """In the caller's transaction: fail a grant claim whose worker stopped heartbeating.
+
+    Its cleanup is owed from the caller's commit on (run `finish_revoke` after it).
+    """
     # The heartbeat moves provisioning_started_at; a claim it stopped moving is abandoned.
     lapsed = now - claim_lease()
+    if not transition(session, request_id, event=Event.RECOVER,
+                      extra_where=(AccessRequest.provisioning_started_at < lapsed,),
+                      provisioning_started_at=now):
+        return False
+    audit.record(session, action=AuditAction.REQUEST_FAILED, actor="system",
+                 target=request_id, origin=origin, now=now,
+                 details={"reason": "provisioning interrupted; retry it"})
+    return True
+
+
+def recover_abandoned_grants(session: Session, services: Services, *, origin: audit.Origin,
+                             now: datetime, limit: int = 100) -> int:
+    """Fail and undo grant claims whose worker stopped heartbeating; return how many."""
+    abandoned = list(session.scalars(
+        select(AccessRequest.id).where(AccessRequest.status == RequestStatus.GRANTING,
+                                       AccessRequest.provisioning_started_at < now - claim_lease())
+        .limit(limit)))
+    end_reads(session)
     done = 0
-    stmt = select(AccessRequest.id).where(AccessRequest.status == RequestStatus.GRANTING,
-                                          AccessRequest.provisioning_started_at < lapsed)
-    if requester_id is not None:
-        stmt = stmt.where(AccessRequest.requester_id == requester_id,
-                          AccessRequest.permission_key == permission_key)
-    abandoned = list(session.scalars(stmt.limit(limit)))
-    session.rollback()
     for request_id in abandoned:
-        failed = session.execute(
-            update(AccessRequest)
-            .where(AccessRequest.id == request_id, AccessRequest.status == RequestStatus.GRANTING,
-                   AccessRequest.provisioning_started_at < lapsed)
-            .values(status=RequestStatus.FAILED, provisioning_state=ProvisioningState.REVOKING,
-                    provisioning_started_at=now))
-        if failed.rowcount == 1:
-            metrics.stage_request_status(session, RequestStatus.FAILED)
-            audit.record(session, action=AuditAction.REQUEST_FAILED, actor="system",
-                         target=request_id, origin=origin, now=now,
-                         details={"reason": "provisioning interrupted; retry it"})
-            session.commit()
+        with unit_of_work(session):
+            failed = fail_abandoned(session, request_id, origin=origin, now=now)
+        if failed:
             # Whatever the interrupted grant did outside is undone (recorded as cleanup).
             finish_revoke(session, services, request_id, origin=origin, now=now)
             done += 1
-        else:
-            session.rollback()
     return done
 
 
 def _retry_revokes(session: Session, services: Services, *, origin: audit.Origin,
                    now: datetime, limit: int) -> int:
     stale = now - stuck_after(services)
-    done = 0
     retry_before = now - timedelta(seconds=REVOKE_RETRY_SECONDS)
     due = list(session.execute(select(AccessRequest.id, AccessRequest.provisioning_started_at).where(or_(
         and_(AccessRequest.provisioning_state == ProvisioningState.REVOKING,
              AccessRequest.provisioning_started_at < stale),
         and_(AccessRequest.provisioning_state == ProvisioningState.REVOKE_FAILED,
              AccessRequest.provisioning_started_at < retry_before))).limit(limit)))
-    session.rollback()
+    end_reads(session)
+    done = 0
     for request_id, started_at in due:
         # Claim the retry by moving the attempt time: a second reaper's update finds no row.
-        claimed = session.execute(
-            update(AccessRequest)
-            .where(AccessRequest.id == request_id,
-                   AccessRequest.provisioning_started_at == started_at)
-            .values(provisioning_started_at=now))
-        session.commit()
-        if claimed.rowcount == 1:
+        with unit_of_work(session):
+            claimed = transition(
+                session, request_id, event=Event.RETRY_REVOKE, provisioning_started_at=now,
+                extra_where=(AccessRequest.provisioning_started_at == started_at,))
+        if claimed:
             finish_revoke(session, services, request_id, origin=origin, now=now)
             done += 1
     return done

@@ -12,8 +12,8 @@ from .db import UTCDateTime
 from .enums import RequestStatus
 from .errors import Forbidden
 from .jsontext import loads_stored
-from .lifecycle import Actor
 from .models import AccessRequest, Approval, RequestApproverGroup, User
+from .request_actors import Actor
 
 SCOPES = ("own", "approvable", "all")
 

@@ -1,0 +1,50 @@
+"""Ending grants whose time is up: the claim in a transaction, the revoke after its commit."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import audit
+from .enums import AuditAction, RequestStatus
+from .models import AccessRequest
+from .provisioning import finish_revoke
+from .services import Services
+from .transitions import Event, transition
+from .unit_of_work import end_reads, unit_of_work
+
+
+def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
+               now: datetime) -> bool:
+    """In the caller's transaction: expire a due grant; its revoke is owed from the commit on.
+
+    The conditional update is the claim: a second reaper finds nothing left to do.
+    """
+    if not transition(session, request_id, event=Event.EXPIRE, ended_at=now,
+                      provisioning_started_at=now):
+        return False
+    audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
+                 target=request_id, origin=origin, now=now)
+    return True
+
+
+def expire_due(session: Session, services: Services, *, now: datetime, origin: audit.Origin,
+               limit: int = 100) -> int:
+    """Expire grants whose time is up and run each provisioner's revoke exactly once.
+
+    Each grant is its own unit of work: one slow or failing revoke does not hold back the rest.
+    """
+    due = list(session.scalars(
+        select(AccessRequest.id)
+        .where(AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at <= now)
+        .order_by(AccessRequest.expires_at).limit(limit)))
+    end_reads(session)
+    expired = 0
+    for request_id in due:
+        with unit_of_work(session):
+            claimed = expire_one(session, request_id, origin=origin, now=now)
+        if claimed:
+            finish_revoke(session, services, request_id, origin=origin, now=now)
+            expired += 1
+    return expired
