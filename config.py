@@ -1,12 +1,19 @@
-"""Settings from the environment: the only place configuration is read."""
+"""Settings from the environment: the only place configuration is read.
+
+The Settings type belongs to the domain (security_api.settings); this module builds and validates
+one from the environment and hands it in.
+"""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
+
+# Settings lives in the domain (which never imports this module); re-exported as config.Settings.
+from security_api.settings import Settings
 
 ENVIRONMENTS = ("development", "testing", "production")
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
@@ -19,72 +26,6 @@ KNOWN_WEAK_SECRETS = {
 
 class ConfigError(RuntimeError):
     """Raised when the service must not start with the given settings."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every tunable of the service, with secure defaults."""
-
-    env: str = "development"
-    database_url: str = ""
-    redis_url: str | None = None
-    redis_prefix: str = "security-api:"
-    # PostgreSQL: a statement ends after this long; a silent server is given 5 s more.
-    database_query_timeout_seconds: int = 10
-    jwt_secret: str = field(default="", repr=False)
-    jwt_algorithm: str = "HS256"
-    jwt_private_key: str = field(default="", repr=False)
-    jwt_key_id: str = ""
-    jwt_issuer: str = "security-api"
-    jwt_audience: str = "security-api"
-    data_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
-    # HMAC keys of the audit chain, newest first: the first signs, all verify (rotation).
-    audit_chain_keys: tuple[str, ...] = field(default=(), repr=False)
-    jwt_leeway_seconds: int = 10
-    access_token_ttl_seconds: int = 900
-    refresh_token_ttl_seconds: int = 28800
-    # A sign-in's refresh family ends this long after the sign-in, however often it rotates.
-    refresh_family_max_seconds: int = 604800
-    bcrypt_rounds: int = 12
-    lockout_threshold: int = 5
-    lockout_seconds: int = 900
-    auth_rate_limit: int = 30
-    auth_rate_window_seconds: int = 60
-    max_body_bytes: int = 64 * 1024
-    totp_issuer: str = "Security API"
-    cors_origins: tuple[str, ...] = ()
-    log_level: str = "INFO"
-    # Observability: "json" or "text" logs ("" = text in development, json elsewhere); /metrics.
-    log_format: str = ""
-    metrics_enabled: bool = False
-    metrics_token: str = field(default="", repr=False)
-    # Access requests: provisioners, notifications, expiry.
-    provisioner_timeout_seconds: int = 5
-    webhook_signing_secret: str = field(default="", repr=False)
-    aws_region: str = "us-east-1"
-    aws_endpoint_url: str | None = None
-    notify_webhook_url: str | None = None
-    smtp_host: str | None = None
-    smtp_port: int = 587
-    smtp_username: str | None = None
-    smtp_password: str = field(default="", repr=False)
-    smtp_from: str = "security-api@localhost"
-    smtp_starttls: bool = True
-    public_base_url: str = "http://127.0.0.1:16381"
-    reaper_interval_seconds: int = 60
-    # Deployment: proxies in front of the service, and tasks run once per instance at start.
-    trusted_proxy_count: int = 0
-    startup_tasks: tuple[str, ...] = ()
-    instance_address: str = "imds:local-ipv4"
-    instance_metadata_url: str = "http://169.254.169.254"
-    startup_security_group_id: str = ""
-    startup_security_group_ports: str = ""
-    startup_notify_emails: tuple[str, ...] = ()
-
-    @property
-    def is_production(self) -> bool:
-        """Tell whether production rules apply."""
-        return self.env == "production"
 
 
 # Environment variable -> (field name, parser). Documented one by one in README.

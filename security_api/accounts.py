@@ -117,18 +117,19 @@ def start_totp_enrollment(session: Session, *, user: User, issuer: str, secret_b
 
 def confirm_totp(session: Session, *, user: User, origin: audit.Origin,
                  now: datetime) -> list[str]:
-    """Mark 2FA confirmed (the caller checked the code) and issue fresh recovery codes."""
+    """Mark 2FA confirmed (the caller checked the code) and issue fresh recovery codes.
+
+    A step of the caller's transaction: the caller commits, or rolls back on the Conflict.
+    """
     confirmed = session.execute(
         update(User).where(User.id == user.id, User.totp_confirmed.is_(False))
         .values(totp_confirmed=True, updated_at=now))
     if confirmed.rowcount != 1:
-        session.rollback()
         raise Conflict("Two-factor authentication is already confirmed.",
                        code="totp_already_enrolled")
     codes = _replace_recovery_codes(session, user_id=user.id, now=now)
     audit.record(session, action=AuditAction.TOTP_ENROLLED, actor=user.username,
                  target=user.id, origin=origin, now=now)
-    session.commit()
     return codes
 
 

@@ -113,34 +113,10 @@ def update_user(session: Session, services: Services, *, user_id: str, actor: st
     changes = {field: {"from": getattr(user, field), "to": value}
                for field, value in wanted.items()
                if value is not KEEP and value != getattr(user, field)}
-    if "email" in changes and email is not None and not EMAIL_PATTERN.fullmatch(email):
-        raise InvalidParams.one("email", "is not an email address")
-    if "role" in changes or "subrole" in changes:
-        _check_role(session, changes.get("role", {}).get("to", user.role),
-                    changes.get("subrole", {}).get("to", user.subrole))
-    demoting = bool(changes.keys() & {"role", "subrole"}) \
-        or changes.get("active", {}).get("to") is False
-    # An admin who demotes or deactivates themselves may leave nobody able to undo it.
-    if demoting:
-        _refuse_self(user, actor, "change your own role or deactivate yourself")
+    _check_changes(session, user, changes, actor=actor)
     if not changes:
         return user
-    arming = bool(changes.keys() & {"role", "subrole"}) \
-        or changes.get("active", {}).get("to") is True
-    if user.kind == UserKind.SERVICE and arming:
-        refuse_service_account_in_admin_role(session, role=changes.get("role", {}).get("to", user.role),
-                                             subrole=changes.get("subrole", {}).get("to", user.subrole))
-    for field, change in changes.items():
-        setattr(user, field, change["to"])
-    user.updated_at = now
-    ended: tuple[list[str], list[str]] = ([], [])
-    if demoting:
-        reason = "deactivated" if user.active is False else "role_changed"
-        invalidate_all_tokens(session, user=user, reason=reason, now=now)
-        session.flush()
-        # Same transaction as the change: nobody can approve in between and win.
-        ended = lifecycle.end_ineligible(session, user=user, reason=reason, actor=actor,
-                                         origin=origin, now=now)
+    ended = _apply_changes(session, user, changes, actor=actor, origin=origin, now=now)
     audit.record(session, action=AuditAction.USER_UPDATED, actor=actor, target=user.id,
                  origin=origin, now=now, details={"username": user.username, "changes": changes})
     session.commit()
@@ -150,6 +126,48 @@ def update_user(session: Session, services: Services, *, user_id: str, actor: st
                                origin=origin, now=now)
         session.refresh(user)
     return user
+
+
+def _is_demotion(changes: dict) -> bool:
+    """A new role or a deactivation: the user may lose tokens, requests and grants."""
+    return bool(changes.keys() & {"role", "subrole"}) or changes.get("active", {}).get("to") is False
+
+
+def _is_arming(changes: dict) -> bool:
+    """A new role or a reactivation: what the user may do afterwards must be checked again."""
+    return bool(changes.keys() & {"role", "subrole"}) or changes.get("active", {}).get("to") is True
+
+
+def _check_changes(session: Session, user: User, changes: dict, *, actor: str) -> None:
+    """Refuse a change that is invalid, that locks out its own author, or arms a service account."""
+    new_email = changes.get("email", {}).get("to")
+    if new_email is not None and not EMAIL_PATTERN.fullmatch(new_email):
+        raise InvalidParams.one("email", "is not an email address")
+    new_role = changes.get("role", {}).get("to", user.role)
+    new_subrole = changes.get("subrole", {}).get("to", user.subrole)
+    if "role" in changes or "subrole" in changes:
+        _check_role(session, new_role, new_subrole)
+    # An admin who demotes or deactivates themselves may leave nobody able to undo it.
+    if _is_demotion(changes):
+        _refuse_self(user, actor, "change your own role or deactivate yourself")
+    if user.kind == UserKind.SERVICE and _is_arming(changes):
+        refuse_service_account_in_admin_role(session, role=new_role, subrole=new_subrole)
+
+
+def _apply_changes(session: Session, user: User, changes: dict, *, actor: str,
+                   origin: audit.Origin, now: datetime) -> tuple[list[str], list[str]]:
+    """Set the new values; on a demotion end the user's tokens, requests and grants too."""
+    for field, change in changes.items():
+        setattr(user, field, change["to"])
+    user.updated_at = now
+    if not _is_demotion(changes):
+        return [], []
+    reason = "deactivated" if user.active is False else "role_changed"
+    invalidate_all_tokens(session, user=user, reason=reason, now=now)
+    session.flush()
+    # Same transaction as the change: nobody can approve in between and win.
+    return lifecycle.end_ineligible(session, user=user, reason=reason, actor=actor,
+                                    origin=origin, now=now)
 
 
 def _refuse_self(user: User, actor: str, what: str) -> None:

@@ -47,11 +47,16 @@ def _approver_emails(session: Session, request: AccessRequest) -> list[str]:
     return sorted(set(rows))
 
 
-def announce_ended(session: Session, services: Services, request_ids: list[str]) -> None:
-    """Tell each requester that a request was cancelled or a grant revoked for them; never raises."""
-    for request_id in request_ids:
-        request = session.get(AccessRequest, request_id, populate_existing=True)
-        requester = session.get(User, request.requester_id)
-        services.notifier.request_decided(_rendered(session, request),
-                                          requester_email=requester.email)
-    session.rollback()
+def announce_ended(_caller_session: Session, services: Services, request_ids: list[str]) -> None:
+    """Tell each requester that a request was cancelled or a grant revoked for them; never raises.
+
+    Called after the caller committed, so it reads in a short session of its own: the caller's
+    transaction is the caller's to end, and none is left open behind the notifications. (The
+    first parameter is not used; it goes when lifecycle.settle_ended stops passing it.)
+    """
+    with services.session_factory() as session:
+        for request_id in request_ids:
+            request = session.get(AccessRequest, request_id)
+            requester = session.get(User, request.requester_id)
+            services.notifier.request_decided(_rendered(session, request),
+                                              requester_email=requester.email)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import requests
 
-from config import Settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from config import Settings
-
 from .audit import KEYS_INFO, ChainKeys
 from .db import ReadOnlyQuery, make_engine, make_session_factory
 from .notify import Notifier
 from .passwords import dummy_hash
 from .principal_query import principal_reader
 from .secretbox import SecretBox
+from .settings import Settings
 from .stores import StateStore, make_store
 from .tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
 

@@ -111,61 +111,96 @@ def invalidate_all_tokens(session: Session, *, user: User, reason: str, now: dat
         .values(revoked_at=now, revoked_reason=reason))
 
 
-def _refused(session: Session, error: Unauthenticated, *, reason: str, user: User | None,
-             family_id: str | None, origin: audit.Origin, now: datetime) -> Unauthenticated:
-    """Audit a refused refresh in its own commit and return the error to raise."""
-    details = {"reason": reason} if family_id is None else {"reason": reason, "family": family_id}
+class RefreshRefused(Exception):
+    """A refused refresh: why (for the audit record), whose, and the error the client gets."""
+
+    def __init__(self, error: Unauthenticated, *, reason: str, user: User | None = None,
+                 family_id: str | None = None):
+        super().__init__(reason)
+        self.error, self.reason, self.user, self.family_id = error, reason, user, family_id
+
+
+def _audit_refusal(session: Session, refused: RefreshRefused, *, origin: audit.Origin,
+                   now: datetime) -> None:
+    user, family_id = refused.user, refused.family_id
+    details = ({"reason": refused.reason} if family_id is None
+               else {"reason": refused.reason, "family": family_id})
     audit.record(session, action=AuditAction.TOKEN_REFRESH_REFUSED,
                  actor=user.username if user else None, target=user.id if user else None,
                  origin=origin, now=now, details=details)
-    session.commit()
-    return error
 
 
-def rotate(session: Session, services: Services, *, refresh_token: str,
-           origin: audit.Origin, now: datetime) -> IssuedTokens:
-    """Trade a refresh token for new tokens; a reused one revokes its whole family."""
-    invalid = Unauthenticated("Invalid refresh token.", code="invalid_refresh_token")
-    if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
-        raise _refused(session, invalid, reason="unknown", user=None, family_id=None,
-                       origin=origin, now=now)
-    row = session.execute(
-        select(RefreshToken, RefreshFamily, User)
-        .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
-        .join(User, User.id == RefreshFamily.user_id)
-        .where(RefreshToken.token_hash == _digest(refresh_token))).first()
-    if row is None:
-        raise _refused(session, invalid, reason="unknown", user=None, family_id=None,
-                       origin=origin, now=now)
-    token, family, user = row
-    refusal = None
+def _refusal(services: Services, token: RefreshToken, family: RefreshFamily, user: User,
+             *, now: datetime) -> tuple[str, Unauthenticated] | None:
+    """Why a known refresh token may not be used now, if it may not."""
     if family.revoked_at is not None:
-        refusal = ("revoked", invalid)
-    elif not user.active:
-        refusal = ("inactive", invalid)
-    elif as_utc(token.expires_at) <= now:
-        refusal = ("expired", Unauthenticated("Refresh token expired.", code="token_expired"))
-    elif _family_ends_at(services, family.created_at) <= now:
-        refusal = ("family_expired", Unauthenticated(
-            "This sign-in is too old to refresh; sign in again.", code="session_expired"))
+        return "revoked", _invalid_refresh_token()
+    if not user.active:
+        return "inactive", _invalid_refresh_token()
+    if as_utc(token.expires_at) <= now:
+        return "expired", Unauthenticated("Refresh token expired.", code="token_expired")
+    if _family_ends_at(services, family.created_at) <= now:
+        return "family_expired", Unauthenticated(
+            "This sign-in is too old to refresh; sign in again.", code="session_expired")
+    return None
+
+
+def _invalid_refresh_token() -> Unauthenticated:
+    return Unauthenticated("Invalid refresh token.", code="invalid_refresh_token")
+
+
+def _usable_token(session: Session, services: Services, *, refresh_token: str,
+                  now: datetime) -> tuple[RefreshToken, RefreshFamily, User]:
+    """Find the refresh token with its family and user; raise RefreshRefused if unusable."""
+    row = None
+    if refresh_token and len(refresh_token) <= MAX_REFRESH_TOKEN_LENGTH:
+        row = session.execute(
+            select(RefreshToken, RefreshFamily, User)
+            .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
+            .join(User, User.id == RefreshFamily.user_id)
+            .where(RefreshToken.token_hash == _digest(refresh_token))).first()
+    if row is None:
+        raise RefreshRefused(_invalid_refresh_token(), reason="unknown")
+    token, family, user = row
+    refusal = _refusal(services, token, family, user, now=now)
     if refusal is not None:
         reason, error = refusal
-        raise _refused(session, error, reason=reason, user=user, family_id=family.id,
-                       origin=origin, now=now)
+        raise RefreshRefused(error, reason=reason, user=user, family_id=family.id)
+    return token, family, user
+
+
+def _use_once(session: Session, token: RefreshToken, family: RefreshFamily, user: User, *,
+              origin: audit.Origin, now: datetime) -> None:
+    """Mark the token used; a token used before means one of its two holders is a thief."""
     used = session.execute(
         update(RefreshToken)
         .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
         .values(used_at=now))
-    if used.rowcount != 1:
-        # Someone already used this token: one of the two holders is a thief.
-        session.rollback()
-        revoke_family(session, family_id=family.id, reason="refresh_reuse", now=now)
-        audit.record(session, action=AuditAction.REFRESH_REUSE_DETECTED, actor=user.username,
-                     target=user.id, origin=origin, now=now, details={"family": family.id})
-        raise _refused(session, Unauthenticated(
-            "Refresh token reuse detected; the session is revoked.",
-            code="refresh_token_reused"), reason="reused", user=user, family_id=family.id,
-            origin=origin, now=now)
+    if used.rowcount == 1:
+        return
+    revoke_family(session, family_id=family.id, reason="refresh_reuse", now=now)
+    audit.record(session, action=AuditAction.REFRESH_REUSE_DETECTED, actor=user.username,
+                 target=user.id, origin=origin, now=now, details={"family": family.id})
+    raise RefreshRefused(Unauthenticated("Refresh token reuse detected; the session is revoked.",
+                                         code="refresh_token_reused"),
+                         reason="reused", user=user, family_id=family.id)
+
+
+def rotate(session: Session, services: Services, *, refresh_token: str,
+           origin: audit.Origin, now: datetime) -> IssuedTokens:
+    """Trade a refresh token for new tokens; a reused one revokes its whole family.
+
+    A refusal is committed too (its audit record, and for a reuse the family's revocation):
+    the client gets an error, but the attempt must stay on record.
+    """
+    try:
+        token, family, user = _usable_token(session, services, refresh_token=refresh_token,
+                                            now=now)
+        _use_once(session, token, family, user, origin=origin, now=now)
+    except RefreshRefused as refused:
+        _audit_refusal(session, refused, origin=origin, now=now)
+        session.commit()
+        raise refused.error from None
     issued = _issue(session, services, user=user, family=family, now=now)
     audit.record(session, action=AuditAction.TOKEN_REFRESHED, actor=user.username,
                  target=user.id, origin=origin, now=now, details={"family": family.id})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import or_, update
@@ -47,37 +48,41 @@ def throttle_address(services: Services, *, ip: str | None, scope: str, now: dat
                         retry_after=retry_after)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, captured before the request's transaction ends.
+
+    Plain values, not the User row: the row belongs to a transaction that is rolled back
+    before the failure is recorded, and reading it again there would start a new one.
+    """
+
+    reason: FailureReason
+    user_id: str | None
+    username: str | None
+    totp_confirmed: bool
+    password_checked: bool
+
+
 class Attempt:
     """One attempt holding a reserved place in its username's lockout count until settled."""
 
-    def __init__(self, session: Session, services: Services, *, username: str, purpose: str,
+    def __init__(self, services: Services, *, username: str, purpose: str,
                  origin: audit.Origin, now: datetime):
-        self.session, self.services, self.username = session, services, username
+        self.services, self.username = services, username
         self.purpose, self.origin, self.now = purpose, origin, now
+        self.failure: Failure | None = None
         self.settled = False
 
     def fail(self, *, user: User | None, reason: FailureReason,
              password_checked: bool = False) -> Unauthenticated:
-        """Keep the reserved place as a failure, audit it, and return the one generic error."""
-        session, settings = self.session, self.services.settings
-        self.settled = True
-        # Release anything this request holds before the store takes its own transaction.
-        session.rollback()
-        locked = self.services.store.record_failure(
-            _lock_key(self.username), threshold=settings.lockout_threshold,
-            lock_seconds=settings.lockout_seconds, now=epoch(self.now))
-        actor = self.username[:MAX_ACTOR_LENGTH]
-        target = user.id if user else None
-        if password_checked:
-            _record_password_checked(session, user=user, attempt=self)
-        audit.record(session, action=AuditAction.LOGIN_FAILED, actor=actor, target=target,
-                     origin=self.origin, now=self.now,
-                     details={"reason": str(reason), "purpose": self.purpose})
-        if locked:
-            audit.record(session, action=AuditAction.LOGIN_LOCKED, actor=actor, target=target,
-                         origin=self.origin, now=self.now,
-                         details={"seconds": settings.lockout_seconds, "purpose": self.purpose})
-        session.commit()
+        """Mark the attempt failed and return the one generic error for the caller to raise.
+
+        Nothing is written here: reserved_attempt records the failure once the request's
+        transaction has ended, so the record survives whatever that transaction did.
+        """
+        self.failure = Failure(reason, user.id if user else None,
+                               user.username if user else None,
+                               bool(user and user.totp_confirmed), password_checked)
         return Unauthenticated(headers=BASIC_CHALLENGE)
 
     def succeed(self) -> None:
@@ -85,11 +90,41 @@ class Attempt:
         self.settled = True
         self.services.store.clear_failures(_lock_key(self.username))
 
-    def release(self) -> None:
-        """Give the place back when the attempt neither failed nor signed in."""
-        if not self.settled:
-            self.settled = True
+    def settle(self) -> None:
+        """Count a failure, or give the place back when the attempt neither failed nor signed in."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.failure is not None:
+            record_failed_attempt(self.services, attempt=self, failure=self.failure)
+        else:
             self.services.store.release_attempt(_lock_key(self.username))
+
+
+def record_failed_attempt(services: Services, *, attempt: Attempt, failure: Failure) -> None:
+    """Count a failed attempt toward the lockout and audit it, in transactions of its own.
+
+    A separate unit of work on purpose: the request that failed rolls back everything it did,
+    but the failure must be counted and recorded all the same (else guessing would be free).
+    """
+    settings = services.settings
+    locked = services.store.record_failure(
+        _lock_key(attempt.username), threshold=settings.lockout_threshold,
+        lock_seconds=settings.lockout_seconds, now=epoch(attempt.now))
+    actor = attempt.username[:MAX_ACTOR_LENGTH]
+    with services.session_factory() as session:
+        if failure.password_checked:
+            _record_password_checked(session, attempt=attempt, user_id=failure.user_id,
+                                     username=failure.username,
+                                     totp_confirmed=failure.totp_confirmed)
+        audit.record(session, action=AuditAction.LOGIN_FAILED, actor=actor,
+                     target=failure.user_id, origin=attempt.origin, now=attempt.now,
+                     details={"reason": str(failure.reason), "purpose": attempt.purpose})
+        if locked:
+            audit.record(session, action=AuditAction.LOGIN_LOCKED, actor=actor,
+                         target=failure.user_id, origin=attempt.origin, now=attempt.now,
+                         details={"seconds": settings.lockout_seconds, "purpose": attempt.purpose})
+        session.commit()
 
 
 @contextmanager
@@ -100,6 +135,11 @@ def reserved_attempt(session: Session, services: Services, *, username: str, pur
     Reading "not locked" and counting the failure later let parallel guesses all pass the
     check first: the place is taken atomically up front, so at most LOCKOUT_THRESHOLD
     passwords or codes are checked in a row, however many requests run at once.
+
+    The public sign-in operations run their whole transaction inside this block, and it is
+    where that transaction ends when the operation fails: rolled back before the attempt is
+    settled, because settling takes transactions of its own that may need a lock this one
+    still holds (SQLite).
     """
     settings = services.settings
     state = services.store.reserve_attempt(
@@ -112,16 +152,14 @@ def reserved_attempt(session: Session, services: Services, *, username: str, pur
         session.commit()
         raise Throttled("Too many failed attempts; this account is locked for a while.",
                         code="locked", retry_after=state.retry_after)
-    current = Attempt(session, services, username=username, purpose=purpose, origin=origin,
-                      now=now)
+    current = Attempt(services, username=username, purpose=purpose, origin=origin, now=now)
     try:
         yield current
     except BaseException:
-        # The store may need a lock this request's transaction still holds (SQLite).
         session.rollback()
         raise
     finally:
-        current.release()
+        current.settle()
 
 
 def check_password(session: Session, services: Services, *, attempt: Attempt,
@@ -219,10 +257,11 @@ def sign_in(session: Session, services: Services, *, username: str, password: st
     return user, issued
 
 
-def _record_password_checked(session: Session, *, user: User, attempt: Attempt) -> None:
-    audit.record(session, action=AuditAction.TOTP_PASSWORD_CHECKED, actor=user.username,
-                 target=user.id, origin=attempt.origin, now=attempt.now,
-                 details={"purpose": attempt.purpose, "totp_confirmed": user.totp_confirmed})
+def _record_password_checked(session: Session, *, attempt: Attempt, user_id: str | None,
+                             username: str | None, totp_confirmed: bool) -> None:
+    audit.record(session, action=AuditAction.TOTP_PASSWORD_CHECKED, actor=username,
+                 target=user_id, origin=attempt.origin, now=attempt.now,
+                 details={"purpose": attempt.purpose, "totp_confirmed": totp_confirmed})
 
 
 def _check_password_to_enroll(session: Session, services: Services, *, attempt: Attempt,
@@ -238,9 +277,8 @@ def _check_password_to_enroll(session: Session, services: Services, *, attempt: 
         # One transaction, as for a wrong password: not even the time may differ.
         raise attempt.fail(user=user, reason=FailureReason.TOTP_ALREADY_ENROLLED,
                            password_checked=True)
-    # Its own commit: a 409 or a wrong code after this must not drop the record.
-    _record_password_checked(session, user=user, attempt=attempt)
-    session.commit()
+    _record_password_checked(session, attempt=attempt, user_id=user.id, username=user.username,
+                             totp_confirmed=user.totp_confirmed)
     return user
 
 
@@ -250,6 +288,7 @@ def enroll_totp(session: Session, services: Services, *, username: str, password
     with reserved_attempt(session, services, username=username, purpose="totp_enroll",
                           origin=origin, now=now) as current:
         user = _check_password_to_enroll(session, services, attempt=current, password=password)
+        session.commit()  # the password check's record stays, whatever happens next
         return start_totp_enrollment(session, user=user, issuer=services.settings.totp_issuer,
                                      secret_box=services.secret_box, origin=origin, now=now)
 
@@ -261,9 +300,11 @@ def confirm_totp_enrollment(session: Session, services: Services, *, username: s
     with reserved_attempt(session, services, username=username, purpose="totp_confirm",
                           origin=origin, now=now) as current:
         user = _check_password_to_enroll(session, services, attempt=current, password=password)
+        session.commit()  # the password check's record stays, even after a 409 or a wrong code
         ensure_enrollment_started(user)
         check_totp(session, services, attempt=current, user=user, code=code)
         codes = confirm_totp(session, user=user, origin=origin, now=now)
+        session.commit()
         current.succeed()
         return codes
 

@@ -20,8 +20,6 @@ from urllib.parse import urlsplit
 
 import requests
 
-from config import Settings
-
 from . import audit
 from .clock import utcnow
 from .enums import AuditAction
@@ -29,6 +27,7 @@ from .errors import InvalidParams
 from .notify import NotificationError, clean
 from .provisioners import GrantContext, ProvisioningError, get_provisioner
 from .services import Services
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

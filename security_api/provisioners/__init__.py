@@ -1,9 +1,8 @@
 """Provisioners by name: `none`, `webhook`, `aws_security_group`."""
 from __future__ import annotations
 
-from config import Settings
-
 from ..errors import InvalidParams
+from ..settings import Settings
 from .base import GrantContext, Provisioner, ProvisioningError
 
 __all__ = ["GrantContext", "Provisioner", "ProvisioningError", "get_provisioner", "names"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
-from config import Settings
+from ..settings import Settings
 
 
 class ProvisioningError(Exception):
