@@ -113,9 +113,9 @@ class _Located:
             for key_node, value_node in node.value:
                 key = key_node.value if key_node.tag == "tag:yaml.org,2002:str" else None
                 if key is None or key in result:
-                    where = show(loc + (key,) if key else loc)
-                    self.at(key_node, f"{where}: duplicate key" if key else
-                            f"{where}: keys must be strings".lstrip(": "))
+                    where = show(loc if key is None else loc + (key,))
+                    problem = "keys must be strings" if key is None else "duplicate key"
+                    self.at(key_node, f"{where}: {problem}" if where else problem)
                     continue
                 self.keys[loc + (key,)] = key_node
                 result[key] = self.plain(value_node, loc + (key,))
