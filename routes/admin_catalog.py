@@ -1,8 +1,6 @@
 """Administration of roles, permissions and policy rules (holders of security-api.admin)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 from flask import Blueprint, request
 from pydantic import BaseModel, Field, StrictBool, StrictStr
 
@@ -18,14 +16,26 @@ from flask_api_functions import (
     services,
 )
 from security_api import admin_catalog as ops
-from security_api.catalog import MAX_MINUTES
+from security_api.catalog_schemas import (
+    Approvals,
+    Approver,
+    Minutes,
+    Mode,
+    PermissionDescription,
+    PermissionName,
+    PermissionSpec,
+    RoleDescription,
+    RoleName,
+    RuleSpec,
+    SubroleSpec,
+)
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.errors import InvalidParams
 
 from . import schemas
 from .openapi import NON_EMPTY, Query, documented
-from .schemas import SLUG, Body
+from .schemas import Body
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
 
@@ -42,68 +52,53 @@ class RuleIdConverter(NulFreeSegment):
 
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("rule_id", RuleIdConverter))
 E = schemas.Error
-NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-ROLE_OR_WILDCARD = r"^(\*|[a-z0-9][a-z0-9_-]{0,63})$"
-Mode = Literal["standing", "auto", "approval"]
 
 
 # ---- bodies ------------------------------------------------------------------------------------
+# The rules live in security_api.catalog_schemas; these add only the HTTP shape.
 class RoleCreateBody(Body):
-    name: StrictStr = Field(pattern=NAME, description="Lowercase slug, e.g. developer.")
-    description: StrictStr = Field(default="", max_length=500)
-    subroles: list[Annotated[StrictStr, Field(pattern=NAME)]] = Field(
+    name: RoleName = Field(description="Lowercase slug, e.g. developer.")
+    description: RoleDescription = ""
+    subroles: list[RoleName] = Field(
         min_length=1, max_length=100, json_schema_extra={"uniqueItems": True},
         description="At least one subrole, e.g. [\"backend\"].")
 
 
 class RoleUpdateBody(Body):
-    description: StrictStr = Field(max_length=500)
+    description: RoleDescription
 
 
-class SubroleCreateBody(Body):
-    name: StrictStr = Field(pattern=NAME)
-    description: StrictStr = Field(default="", max_length=500)
+class SubroleCreateBody(Body, SubroleSpec):
+    pass
 
 
-class PermissionCreateBody(Body):
-    key: StrictStr = Field(pattern=SLUG, description="Slug, e.g. prod-db-readonly.")
-    name: StrictStr = Field(min_length=1, max_length=200)
-    description: StrictStr = Field(default="", max_length=2000)
-    max_duration_minutes: int = Field(ge=1, le=MAX_MINUTES)
-    requires_justification: StrictBool = False
+class PermissionCreateBody(Body, PermissionSpec):
+    # Over HTTP the provisioner is a name, and its config a field of its own.
     provisioner: StrictStr = Field(default="none", max_length=64)
     provisioner_config: dict = Field(default_factory=dict,
                                      description="Checked by the provisioner.")
 
 
 class PermissionUpdateBody(Body):
-    name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
-    description: StrictStr | None = Field(default=None, max_length=2000)
-    max_duration_minutes: int | None = Field(default=None, ge=1, le=MAX_MINUTES)
+    name: PermissionName | None = None
+    description: PermissionDescription | None = None
+    max_duration_minutes: Minutes | None = None
     requires_justification: StrictBool | None = None
     provisioner: StrictStr | None = Field(default=None, max_length=64)
     provisioner_config: dict | None = Field(
         default=None, description="Replaces the config; a new provisioner starts from {}.")
 
 
-class PolicyCreateBody(Body):
-    permission: StrictStr = Field(pattern=SLUG)
-    role: StrictStr = Field(pattern=ROLE_OR_WILDCARD, description="A role, or * for everyone.")
-    subrole: StrictStr = Field(default="*", pattern=ROLE_OR_WILDCARD,
-                               description="A subrole of the role, or * for all of them.")
-    mode: Mode
-    max_duration_minutes: int | None = Field(default=None, ge=1, le=MAX_MINUTES)
-    approvers: list[StrictStr] = Field(default_factory=list, max_length=50,
-                                       description="`role` or `role/subrole` entries.")
-    approvals_required: int = Field(default=1, ge=1, le=10)
+class PolicyCreateBody(Body, RuleSpec):
+    pass
 
 
 class PolicyUpdateBody(Body):
     mode: Mode | None = None
-    max_duration_minutes: int | None = Field(
-        default=None, ge=1, le=MAX_MINUTES, description="null: the permission's maximum.")
-    approvers: list[StrictStr] | None = Field(default=None, max_length=50)
-    approvals_required: int | None = Field(default=None, ge=1, le=10)
+    max_duration_minutes: Minutes | None = Field(default=None,
+                                                 description="null: the permission's maximum.")
+    approvers: list[Approver] | None = Field(default=None, max_length=50)
+    approvals_required: Approvals | None = None
 
 
 # ---- responses ---------------------------------------------------------------------------------

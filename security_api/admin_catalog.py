@@ -9,7 +9,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import audit, catalog
-from .accounts import NAME_PATTERN, create_role, find_user
+from .accounts import create_role, find_user
+from .catalog_schemas import RoleSpec, RuleSpec, SubroleSpec, checked
 from .clock import isoformat
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams, NotFound
@@ -98,6 +99,7 @@ def create_new_role(session: Session, *, name: str, subroles: list[str], descrip
     """Create a role with its subroles; 409 when it exists."""
     if session.get(Role, name) is not None:
         raise Conflict(f"The role {name!r} exists.", code="role_exists")
+    checked(RoleSpec, {"name": name, "description": description, "subroles": subroles})
     if len(set(subroles)) != len(subroles):
         raise InvalidParams.one("subroles", "must not repeat")
     role = create_role(session, name=name, subroles=subroles, description=description,
@@ -121,8 +123,7 @@ def add_subrole(session: Session, *, role: str, name: str, description: str, act
                 origin: audit.Origin, now: datetime) -> Role:
     """Add a subrole to a role; 409 when it exists."""
     parent = get_role(session, name=role)
-    if not NAME_PATTERN.fullmatch(name):
-        raise InvalidParams.one("name", f"{name!r} is not a lowercase slug")
+    checked(SubroleSpec, {"name": name, "description": description})
     if session.get(Subrole, (role, name)) is not None:
         raise Conflict(f"The subrole {role}/{name} exists.", code="subrole_exists")
     session.add(Subrole(role=role, name=name, description=description, created_at=now))
@@ -325,6 +326,10 @@ def update_rule(session: Session, *, rule_id: str, changes: dict, actor: str,
     approvers = list(changes.get("approvers", current.approvers))
     approvals_required = changes.get("approvals_required", current.approvals_required)
     minutes = changes.get("max_duration_minutes", current.max_duration_minutes)
+    checked(RuleSpec, {"permission": rule.permission_key, "role": rule.role,
+                       "subrole": rule.subrole, "mode": str(mode), "approvers": approvers,
+                       "approvals_required": approvals_required,
+                       "max_duration_minutes": minutes})
     catalog._check_rule(session, permission=rule.permission_key, role=rule.role,
                         subrole=rule.subrole, mode=mode, approvers=approvers,
                         approvals_required=approvals_required, max_duration_minutes=minutes)

@@ -1,14 +1,18 @@
-"""Permissions and policy rules: creating them with validation (CLI, seed, bootstrap)."""
+"""Permissions and policy rules: creating them with validation (CLI, seed, bootstrap).
+
+What a valid permission or rule is lives in catalog_schemas; this adds what only the
+database can tell (does the role exist, do the approvers name anyone).
+"""
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from . import audit
+from .catalog_schemas import MAX_MINUTES, PermissionSpec, RuleSpec, checked, rule_problems
 from .enums import AuditAction, PolicyMode, UserKind
 from .errors import InvalidParams
 from .models import Permission, PolicyRule, Role, Subrole, User
@@ -23,8 +27,7 @@ BUILTIN_PERMISSIONS = {
     "security-api.check": ("Security API checks",
                            "Ask GET /v1/check whether another user holds a permission (internal tools)."),
 }
-KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-MAX_MINUTES = 525600
+__all__ = ["BUILTIN_PERMISSIONS", "MAX_MINUTES", "ensure_permission", "ensure_rule"]
 
 
 def ensure_permission(session: Session, *, key: str, name: str, description: str = "",
@@ -32,10 +35,11 @@ def ensure_permission(session: Session, *, key: str, name: str, description: str
                       provisioner: str = "none", provisioner_config: dict | None = None,
                       settings, actor: str, origin: audit.Origin, now: datetime) -> Permission:
     """Create a permission unless it exists; validate its provisioner config."""
-    if not KEY_PATTERN.fullmatch(key):
-        raise InvalidParams.one("key", "a lowercase slug of up to 64 characters")
-    if not 1 <= max_duration_minutes <= MAX_MINUTES:
-        raise InvalidParams.one("max_duration_minutes", f"from 1 to {MAX_MINUTES}")
+    checked(PermissionSpec, {
+        "key": key, "name": name, "description": description,
+        "max_duration_minutes": max_duration_minutes,
+        "requires_justification": requires_justification,
+        "provisioner": {"name": provisioner, "config": provisioner_config or {}}})
     config = get_provisioner(provisioner, settings).validate_config(provisioner_config or {})
     existing = session.get(Permission, key)
     if existing is not None:
@@ -68,6 +72,10 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
                 approvals_required: int = 1, actor: str, origin: audit.Origin,
                 now: datetime) -> PolicyRule:
     """Create a policy rule unless one exists for this permission, role and subrole."""
+    checked(RuleSpec, {"permission": permission, "role": role, "subrole": subrole,
+                       "mode": str(mode), "max_duration_minutes": max_duration_minutes,
+                       "approvers": list(approvers or []),
+                       "approvals_required": approvals_required})
     _check_rule(session, permission=permission, role=role, subrole=subrole, mode=mode,
                 approvers=approvers or [], approvals_required=approvals_required,
                 max_duration_minutes=max_duration_minutes)
@@ -92,21 +100,18 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
 def _check_rule(session: Session, *, permission: str, role: str, subrole: str, mode: PolicyMode,
                 approvers: list[str], approvals_required: int,
                 max_duration_minutes: int | None) -> None:
+    """Check a rule against the catalog; fields alone were checked by RuleSpec already."""
     if session.get(Permission, permission) is None:
         raise InvalidParams.one("permission", f"unknown permission {permission!r}")
-    if max_duration_minutes is not None and not 1 <= max_duration_minutes <= MAX_MINUTES:
-        raise InvalidParams.one("max_duration_minutes", f"from 1 to {MAX_MINUTES}")
-    if role == WILDCARD and subrole != WILDCARD:
-        raise InvalidParams.one("subrole", "must be * when role is *")
+    tied = dict(rule_problems(role=role, subrole=subrole, mode=str(mode), approvers=approvers))
+    if "subrole" in tied:
+        raise InvalidParams.one("subrole", tied["subrole"])
     if role != WILDCARD and session.get(Role, role) is None:
         raise InvalidParams.one("role", f"unknown role {role!r}")
     if subrole != WILDCARD and session.get(Subrole, (role, subrole)) is None:
         raise InvalidParams.one("subrole", f"unknown subrole {role}/{subrole}")
-    if mode == PolicyMode.APPROVAL:
-        if not approvers:
-            raise InvalidParams.one("approvers", "an approval rule needs approvers")
-        if not 1 <= approvals_required <= 10:
-            raise InvalidParams.one("approvals_required", "from 1 to 10")
+    if "approvers" in tied:
+        raise InvalidParams.one("approvers", tied["approvers"])
     for entry in approvers:
         entry_role, _, entry_subrole = entry.partition("/")
         known = session.get(Subrole, (entry_role, entry_subrole)) if entry_subrole \

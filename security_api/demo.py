@@ -28,8 +28,8 @@ def seed_demo_organisation(session: Session, *, services: Services, now: datetim
     origin = audit.Origin(ip="cli")
     settings = services.settings
     desired = policyfile.parse(DEMO_POLICY_FILE.read_text(encoding="utf-8"), settings=settings)
-    policyfile.apply(session, policyfile.plan(session, desired), actor="seed-demo", origin=origin,
-                     now=now, source="policies/demo.yaml", commit=False)
+    policyfile.stage(session, policyfile.plan(session, desired), actor="seed-demo", origin=origin,
+                     now=now, source="policies/demo.yaml")
     lines = ["Demo organisation created. Credentials are shown once:"]
     for username, role, subrole in DEMO_PEOPLE:
         created = create_user(session, username=username, role=role, subrole=subrole,

@@ -146,7 +146,23 @@ rules:
 def test_demo_file_is_valid(settings):
     desired = policyfile.parse(DEMO, settings=settings)
     assert set(desired.permissions) == {"vpn", "prod-db-readonly", "aws-sg-ssh"}
-    assert desired.permissions["aws-sg-ssh"].provisioner_config["ports"] == [{"from": 22, "to": 22}]
+    assert desired.permissions["aws-sg-ssh"].provisioner.config["ports"] == [{"from": 22, "to": 22}]
+
+
+def test_stage_leaves_the_transaction_to_the_caller(db_session, settings):
+    before = snapshot(db_session)
+    diff = policyfile.plan(db_session, policyfile.parse(DEMO, settings=settings))
+    counts = policyfile.stage(db_session, diff, actor="test", origin=audit.Origin(), now=utcnow())
+    assert counts["created"] > 0 and db_session.get(Role, "developer") is not None
+    db_session.rollback()
+    assert snapshot(db_session) == before
+
+
+def test_rule_terms_are_checked_by_the_catalog_model(settings):
+    text = MINIMAL.replace("    approvers: [dev/backend]\n",
+                           "    approvers: [dev/backend]\n    approvals_required: 11\n")
+    assert problems_of(text, settings) == [
+        "line 15, column 25: rules[0].approvals_required: 11 is out of range: from 1 to 10"]
 
 
 def test_apply_creates_everything_with_audit_events(db_session, settings):

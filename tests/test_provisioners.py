@@ -65,6 +65,26 @@ def test_registry_knows_every_provisioner():
         get_provisioner("ldap", settings)
 
 
+def test_a_provisioner_registers_itself_by_subclassing():
+    from security_api.provisioners.base import REGISTRY, Provisioner
+
+    class LdapProvisioner(Provisioner):
+        name = "ldap"
+
+        def grant(self, ctx):
+            return {}
+
+        def revoke(self, ctx):
+            return {}
+
+    try:
+        assert isinstance(get_provisioner("ldap", make_settings()), LdapProvisioner)
+        with pytest.raises(TypeError, match="two provisioners"):
+            type("Again", (Provisioner,), {"name": "ldap"})
+    finally:
+        REGISTRY.pop("ldap", None)
+
+
 def test_grant_posts_a_signed_event(receiver):
     ctx = context(params={"database": "orders", "readonly": True},
                   config={"url": receiver.url, "headers": {"Authorization": "Bearer xyz"}})

@@ -1,21 +1,22 @@
-"""Provisioners by name: `none`, `webhook`, `aws_security_group`."""
+"""Provisioners by name: each module registers its class (see `base.Provisioner`)."""
 from __future__ import annotations
+
+import importlib
 
 from ..errors import InvalidParams
 from ..settings import Settings
-from .base import GrantContext, Provisioner, ProvisioningError
+from .base import REGISTRY, GrantContext, Provisioner, ProvisioningError
 
 __all__ = ["GrantContext", "Provisioner", "ProvisioningError", "get_provisioner", "names"]
 
+# Imported on first use, so a provisioner's own dependencies (boto3) load only when needed.
+MODULES = ("none", "webhook", "aws_security_group")
+
 
 def _registry() -> dict[str, type[Provisioner]]:
-    # Imported here so a provisioner's own dependencies load only when it is used.
-    from .aws_security_group import AwsSecurityGroupProvisioner
-    from .none import NoneProvisioner
-    from .webhook import WebhookProvisioner
-
-    return {cls.name: cls for cls in (NoneProvisioner, WebhookProvisioner,
-                                      AwsSecurityGroupProvisioner)}
+    for module in MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    return REGISTRY
 
 
 def names() -> list[str]:

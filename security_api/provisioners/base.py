@@ -26,10 +26,25 @@ class GrantContext:
     expires_at: datetime | None = None
 
 
+# Every concrete provisioner, by name; filled as their modules are imported.
+REGISTRY: dict[str, type[Provisioner]] = {}
+
+
 class Provisioner(ABC):
-    """Makes a permission real in the outside world (a VPN, a database, a security group)."""
+    """Makes a permission real in the outside world (a VPN, a database, a security group).
+
+    A subclass registers itself under its `name` when its module is imported, so adding a
+    provisioner is one new module plus its import in `provisioners/__init__.py`.
+    """
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if REGISTRY.get(cls.name, cls) is not cls:
+                raise TypeError(f"two provisioners are called {cls.name!r}")
+            REGISTRY[cls.name] = cls
 
     def __init__(self, settings: Settings):
         self.settings = settings

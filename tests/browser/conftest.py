@@ -91,9 +91,9 @@ def domain(browser_database_url):
         bootstrap(session)  # what `flask init-db` adds to the migrated schema: the admin role
         desired = policyfile.parse(POLICY_FILE.read_text(encoding="utf-8"),
                                    settings=services.settings)
-        policyfile.apply(session, policyfile.plan(session, desired), actor="browser-tests",
+        policyfile.stage(session, policyfile.plan(session, desired), actor="browser-tests",
                          origin=audit.Origin(ip="cli"), now=utcnow(),
-                         source="policies/demo.yaml", commit=False)
+                         source="policies/demo.yaml")
         session.commit()
     yield services
     services.session_factory.kw["bind"].dispose()
