@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, metrics
+from . import audit, metrics, outbox
 from .enums import AuditAction, Decision, PolicyMode, ProvisioningState, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams, NotFound
 from .grants import Subject, decision_for
@@ -168,6 +168,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
                  target=request.id, origin=origin, now=now,
                  details={"permission": key, "mode": rule.mode, "rule": rule.id,
                           "duration_minutes": duration})
+    outbox.request_created(session, request.id)
     session.commit()
     if auto:
         _grant_and_recheck(session, services, request.id, origin=origin, now=now)
@@ -263,6 +264,7 @@ def deny(session: Session, services: Services, *, request_id: str, actor: Actor,
     _record_decision(session, request, actor, Decision.DENY, comment, now)
     audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,
                  target=request.id, origin=origin, now=now, details={"comment": comment or ""})
+    outbox.request_decided(session, request.id)
     session.commit()
     session.refresh(request)
     return request
@@ -340,6 +342,7 @@ def expire_due(session: Session, services: Services, *, now: datetime, origin: a
             continue
         audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
                      target=request_id, origin=origin, now=now)
+        outbox.requests_ended(session, [request_id])
         session.commit()
         finish_revoke(session, services, request_id, origin=origin, now=now)
         expired += 1
@@ -405,17 +408,16 @@ def end_ineligible(session: Session, *, user: User, reason: str, actor: str,
             audit.record(session, action=AuditAction.REQUEST_REVOKED, actor=actor,
                          target=request_id, origin=origin, now=now, details=details)
             revoked.append(request_id)
+    outbox.requests_ended(session, [*cancelled, *revoked])
     return cancelled, revoked
 
 
 def settle_ended(session: Session, services: Services, *, cancelled: list[str],
                  revoked: list[str], origin: audit.Origin, now: datetime) -> None:
-    """After the commit: run each owed revoke (no transaction open) and tell the requesters."""
+    """After the commit: run each owed revoke (no transaction open); the requesters' notices
+    were written with the change (end_ineligible)."""
     for request_id in revoked:
         finish_revoke(session, services, request_id, origin=origin, now=now)
-    # Imported here: announce renders requests, and rendering imports this module.
-    from .announce import announce_ended
-    announce_ended(session, services, [*cancelled, *revoked])
 
 
 def _grant_and_recheck(session: Session, services: Services, request_id: str, *,
@@ -440,5 +442,6 @@ def _grant_and_recheck(session: Session, services: Services, request_id: str, *,
         return
     audit.record(session, action=AuditAction.REQUEST_REVOKED, actor="system", target=request_id,
                  origin=origin, now=now, details={"reason": reason})
+    outbox.requests_ended(session, [request_id])
     session.commit()
     settle_ended(session, services, cancelled=[], revoked=[request_id], origin=origin, now=now)

@@ -19,7 +19,6 @@ from sqlalchemy import select
 from flask_api_functions import current_actor, current_subject, db, origin, services, validate_fields
 from routes import schemas
 from security_api import grants, lifecycle, signin
-from security_api.announce import announce
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
 from security_api.errors import ApiError, Forbidden, InvalidParams, NotFound, Throttled
@@ -184,7 +183,6 @@ def create_request() -> Response:
     except ApiError as exc:
         _flash_error(exc)
         return _catalog_page(status=exc.status, submitted=submitted)
-    announce(db(), services(), created, just_created=True)
     _flash_created(created)
     return redirect(url_for("portal.request_detail", request_id=created.id))
 
@@ -328,7 +326,6 @@ def _act(transition, request_id: str, *, with_comment: bool) -> Response:
     except ApiError as exc:
         _flash_error(exc)
         return _back(request_id)
-    announce(db(), services(), changed, just_created=False)
     flash(*_outcome_message(transition, changed))
     return _back(request_id)
 
