@@ -40,7 +40,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
                       TESTING=settings.env == "testing", DEBUG=False)
     app.extensions["security_api"] = build_services(settings)
-    outbox_delivery.attach(app.extensions["security_api"])  # notifications go out after commit
+    # Notifications go out after each commit that wrote some; stop() before disposing the engine.
+    app.extensions["outbox_deliverer"] = outbox_delivery.attach(app.extensions["security_api"])
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
              allow_headers=["Authorization", "Content-Type", "X-Request-ID"],

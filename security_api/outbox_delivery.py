@@ -152,12 +152,13 @@ class BackgroundDeliverer:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def wake(self) -> None:
         """Ask for a delivery run soon; returns at once."""
         self._wake.set()
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name="security-api-outbox",
                                                 daemon=True)
                 self._thread.start()
@@ -170,10 +171,22 @@ class BackgroundDeliverer:
                         self._thread = None
                         return
             self._wake.clear()
+            if self._stopped:
+                return
             try:
                 deliver_due(self.services)
             except Exception:  # noqa: BLE001 -- the reaper delivers what this run could not
                 log.exception("outbox delivery run failed; the reaper will try again")
+
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let a run in progress finish and start no other (the engine is about to go)."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout)
 
 
 def attach(services: Services) -> BackgroundDeliverer:
