@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from aiosmtpd.controller import Controller
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from security_api import outbox
@@ -42,6 +43,10 @@ def _people(make_user, login_as):
     lead = make_user("lead", role="security", subrole="lead", email="lead@example.com")
     make_user("lead2", role="security", subrole="lead", email="lead2@example.com")
     return bearer(login_as(alice)["token"]), bearer(login_as(lead)["token"])
+
+
+def _metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 def _delivery_ids(receiver) -> list[str]:
@@ -79,6 +84,8 @@ hanging = pytest.mark.parametrize("app", ["hanging"], indirect=True)
 @failing
 def test_receivers_down_then_up_each_notification_delivered_once(
         app, client, make_user, login_as, receiver, smtp_port):
+    failed_before = _metric("security_api_outbox_failed_attempts_total")
+    delivered_before = _metric("security_api_outbox_delivered_total")
     alice_h, lead_h = _people(make_user, login_as)
     _world(app)
     created = client.post("/v1/requests", headers=alice_h,
@@ -96,6 +103,10 @@ def test_receivers_down_then_up_each_notification_delivered_once(
                and "email: ConnectionRefusedError" in row.last_error for row in rows)
     # Backing off: the next attempt waits at least the first back-off after the failed one.
     assert all(row.next_attempt_at - row.created_at >= backoff(1) for row in rows)
+    assert deliver_due(_services(app)) == 0  # still down (or not due yet): nothing delivered
+    assert _metric("security_api_outbox_pending") == 2
+    assert _metric("security_api_outbox_oldest_pending_age_seconds") > 0
+    assert _metric("security_api_outbox_failed_attempts_total") >= failed_before + 2
 
     receiver.status = 200
     with receiver.lock:
@@ -112,6 +123,8 @@ def test_receivers_down_then_up_each_notification_delivered_once(
             ("lead2@example.com", ids[0]), ("lead@example.com", ids[0]),
             ("alice@example.com", ids[1])])
         assert undelivered(app) == 0
+        assert _metric("security_api_outbox_delivered_total") == delivered_before + 2
+        assert _metric("security_api_outbox_pending") == 0
     finally:
         controller.stop()
 
