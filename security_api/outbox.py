@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 from .clock import utcnow
 from .enums import PolicyMode, RequestStatus
 from .models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
+from .notify import DECIDED, PENDING
 
-PENDING = "request.pending"    # approvers: a request waits for them
-DECIDED = "request.decided"    # requester: approved, denied, failed, cancelled, revoked, expired
+# PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
+# failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.
 KINDS = (PENDING, DECIDED)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
