@@ -16,6 +16,7 @@ import structured_logging
 from flask_api_functions import envelope, error_response
 from routes import access, admin_catalog, admin_users, audit, auth, docs, metrics, schemas
 from routes.openapi import documented
+from security_api import outbox_delivery
 from security_api.db import probe_database
 from security_api.errors import ApiError, ServiceUnavailable
 from security_api.services import build_services
@@ -39,6 +40,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
                       TESTING=settings.env == "testing", DEBUG=False)
     app.extensions["security_api"] = build_services(settings)
+    # Notifications go out after each commit that wrote some; stop() before disposing the engine.
+    app.extensions["outbox_deliverer"] = outbox_delivery.attach(app.extensions["security_api"])
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
              allow_headers=["Authorization", "Content-Type", "X-Request-ID"],

@@ -16,7 +16,6 @@ from flask_api_functions import (
     services,
 )
 from security_api import grants, lifecycle
-from security_api.announce import announce
 from security_api.clock import isoformat, utcnow
 from security_api.enums import RequestStatus
 from security_api.errors import InvalidParams, NotFound
@@ -102,7 +101,6 @@ def create_request():
         db(), services(), requester=current_subject(), permission_key=body.permission,
         justification=body.justification, duration_minutes=body.duration_minutes,
         params=body.params, origin=origin(), now=utcnow())
-    announce(db(), services(), created, just_created=True)
     return _one(created, status=201)
 
 
@@ -157,7 +155,6 @@ def _decide(transition, request_id: str, *, with_comment: bool):
         read_json(schemas.EmptyBody)
     changed = transition(db(), services(), request_id=request_id, actor=current_actor(),
                          origin=origin(), now=utcnow(), **kwargs)
-    announce(db(), services(), changed, just_created=False)
     return _one(changed)
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, outbox
 from .enums import AuditAction, RequestStatus, UserKind
 from .errors import Conflict
 from .grants import Subject, decision_for
@@ -87,17 +87,16 @@ def _end_one(session: Session, request_id: str, status: str, *, reason: str, act
     if ended:
         audit.record(session, action=action, actor=actor, target=request_id, origin=origin,
                      now=now, details={"reason": reason})
+        outbox.requests_ended(session, [request_id])
     return ended
 
 
 def settle_ended(session: Session, services: Services, *, cancelled: list[str],
                  revoked: list[str], origin: audit.Origin, now: datetime) -> None:
-    """After the commit: run each owed revoke (no transaction open) and tell the requesters."""
+    """After the commit: run each owed revoke (no transaction open). The requesters' notices
+    were written with the change (`_end_one`), so they go out even if this never runs."""
     for request_id in revoked:
         finish_revoke(session, services, request_id, origin=origin, now=now)
-    # Imported here: announce renders requests, and rendering imports the lifecycle.
-    from .announce import announce_ended
-    announce_ended(session, services, [*cancelled, *revoked])
 
 
 def grant_and_recheck(session: Session, services: Services, request_id: str, *,

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, outbox
 from .enums import AuditAction, RequestStatus
 from .models import AccessRequest
 from .provisioning import finish_revoke
@@ -26,6 +26,7 @@ def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
         return False
     audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
                  target=request_id, origin=origin, now=now)
+    outbox.requests_ended(session, [request_id])
     return True
 
 

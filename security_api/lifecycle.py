@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, outbox
 from .eligibility import (
     end_ineligible,
     grant_and_recheck,
@@ -93,6 +93,7 @@ def deny(session: Session, services: Services, *, request_id: str, actor: Actor,
         _record_decision(session, request, actor, Decision.DENY, comment, now)
         audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,
                      target=request.id, origin=origin, now=now, details={"comment": comment or ""})
+        outbox.request_decided(session, request.id)
     session.refresh(request)
     return request
 

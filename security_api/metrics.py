@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -33,6 +33,35 @@ REQUEST_TRANSITIONS = Counter(
 PROVISIONING_FAILURES = Counter(
     "security_api_provisioning_failures", "Provisioner calls that failed, by provisioner and "
     "action (grant, cleanup, revoke).", ["provisioner", "action"])
+OUTBOX_DELIVERED = Counter(
+    "security_api_outbox_delivered", "Notifications delivered from the outbox.")
+OUTBOX_FAILED_ATTEMPTS = Counter(
+    "security_api_outbox_failed_attempts",
+    "Outbox delivery attempts that failed (each is retried with back-off).")
+# Seen by the last delivery run of any worker: the backlog is the database's, not a worker's.
+OUTBOX_PENDING = Gauge(
+    "security_api_outbox_pending", "Notifications in the outbox not delivered yet.",
+    multiprocess_mode="mostrecent")
+OUTBOX_OLDEST_AGE = Gauge(
+    "security_api_outbox_oldest_pending_age_seconds",
+    "Age of the oldest notification not delivered yet (0 when none); alert when it grows.",
+    multiprocess_mode="mostrecent")
+
+
+def count_outbox_delivered() -> None:
+    """Count one notification delivered."""
+    OUTBOX_DELIVERED.inc()
+
+
+def count_outbox_failure() -> None:
+    """Count one failed delivery attempt."""
+    OUTBOX_FAILED_ATTEMPTS.inc()
+
+
+def observe_outbox_backlog(*, pending: int, oldest_age_seconds: float) -> None:
+    """Record the outbox backlog seen by a delivery run."""
+    OUTBOX_PENDING.set(pending)
+    OUTBOX_OLDEST_AGE.set(oldest_age_seconds)
 
 
 def observe_http(*, route: str, method: str, status: int, seconds: float) -> None:

@@ -279,3 +279,26 @@ class PortalSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The earlier of idle and absolute expiry: rows past it are dead and purged by the reaper.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class OutboxMessage(Base):
+    """A notification written in the transaction of the change that caused it, sent after.
+
+    A row is owed until `delivered_at` is set; a deliverer holds it while `claimed_until` is
+    in the future, and a failed attempt moves `next_attempt_at` back off (see outbox_delivery).
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    # Channels already reached ("webhook", "email:<address>"): a retry skips them.
+    sent_channels: Mapped[str] = mapped_column(Text, default="[]")
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)

@@ -1,10 +1,11 @@
 """Tell people about requests: a Slack-compatible webhook and email over SMTP.
 
-Callers send notifications after their commit, so nothing here ever raises: a failure is
-logged (error class only, never a credential) and the request goes on.
+Request notifications come from the outbox (outbox_delivery): `send` raises DeliveryFailed so
+the row is tried again later. Errors name the error class only, never a URL or credential.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import smtplib
@@ -26,12 +27,23 @@ MAX_JUSTIFICATION = 1000
 # Bidirectional overrides can make a subject read differently from what it says.
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 WHITESPACE_RUNS = re.compile(r"\s+")
+# The outbox row's id: the same on every retry of one notification (see README, Notifications).
+DELIVERY_HEADER = "X-Security-API-Delivery"
+PENDING, DECIDED = "request.pending", "request.decided"
 STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
 
 
 class NotificationError(Exception):
     """An operational notice reached no one; the message names no URL or credential."""
+
+
+class DeliveryFailed(Exception):
+    """Some channel of a notification failed; `reached` names the channels that did not."""
+
+    def __init__(self, message: str, *, reached: set[str]):
+        super().__init__(message)
+        self.reached = reached
 
 
 class Notifier:
@@ -41,23 +53,50 @@ class Notifier:
         self.settings = settings
 
     def request_pending(self, request: dict, *, approver_emails: list[str]) -> None:
-        """Tell approvers a request waits for them; never raises."""
-        try:
-            self._deliver(request, recipients=approver_emails, subject=pending_subject(request),
-                          body=pending_body(request, link=self.link(request)),
-                          chat=pending_chat(request, link=self.link(request)))
-        except Exception as exc:  # noqa: BLE001 -- a notification must never break the caller
-            _warn("pending", request, exc)
+        """Tell approvers a request waits for them now; never raises (the outbox uses `send`)."""
+        self._send_quietly(PENDING, request, approver_emails)
 
     def request_decided(self, request: dict, *, requester_email: str | None) -> None:
-        """Tell the requester (and the channel) how a request was decided; never raises."""
+        """Tell the requester (and the channel) how a request was decided now; never raises."""
+        self._send_quietly(DECIDED, request, [requester_email] if requester_email else [])
+
+    def send(self, kind: str, request: dict, *, recipients: list[str],
+             delivery_id: str | None = None, done: frozenset[str] = frozenset()) -> set[str]:
+        """Send one notification to every channel not in `done`; return the channels reached.
+
+        Each channel fails on its own (a dead webhook does not stop the mail); when any
+        failed, raise DeliveryFailed carrying the ones reached, so a retry skips them.
+        `delivery_id` (the outbox row's id) goes with each channel so a receiver can drop a
+        duplicate (a crash between sending and recording it sends again).
+        """
+        subject, body, chat = _texts(kind, request, link=self.link(request))
+        reached, errors = set(done), []
+        if self.settings.notify_webhook_url and "webhook" not in reached:
+            try:
+                status = self._post_chat(chat, delivery_id=delivery_id)
+            except Exception as exc:  # noqa: BLE001 -- any failure is retried, never raised raw
+                errors.append(f"webhook: {type(exc).__name__}")
+            else:
+                if 200 <= status < 300:
+                    reached.add("webhook")
+                else:
+                    errors.append(f"webhook: HTTP {status}")
+        addresses = [a for a in valid_recipients(recipients) if f"email:{a}" not in reached]
+        if self.settings.smtp_host and addresses:
+            try:
+                self._send_mail(addresses, subject=subject, body=body, delivery_id=delivery_id,
+                                reached=reached)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"email: {type(exc).__name__}")
+        if errors:
+            raise DeliveryFailed("; ".join(errors), reached=reached)
+        return reached
+
+    def _send_quietly(self, kind: str, request: dict, recipients: list[str]) -> None:
         try:
-            self._deliver(request, recipients=[requester_email] if requester_email else [],
-                          subject=decided_subject(request),
-                          body=decided_body(request, link=self.link(request)),
-                          chat=decided_chat(request, link=self.link(request)))
+            self.send(kind, request, recipients=recipients)
         except Exception as exc:  # noqa: BLE001 -- a notification must never break the caller
-            _warn("decided", request, exc)
+            _warn(kind.removeprefix("request."), request, exc)
 
     def service_notice(self, *, subject: str, text: str, recipients: list[str]) -> dict:
         """Send an operational notice (e.g. "service started"); raise when a channel fails.
@@ -95,30 +134,17 @@ class Notifier:
         base = self.settings.public_base_url.rstrip("/")
         return f"{base}/v1/requests/{quote(str(request.get('id', '')), safe='')}"
 
-    def _deliver(self, request: dict, *, recipients: list[str], subject: str, body: str,
-                 chat: str) -> None:
-        # Each channel fails on its own: a dead webhook must not stop the email.
-        if self.settings.notify_webhook_url:
-            try:
-                self._post_chat(chat)
-            except Exception as exc:  # noqa: BLE001
-                _warn("webhook", request, exc)
-        addresses = valid_recipients(recipients)
-        if self.settings.smtp_host and addresses:
-            try:
-                self._send_mail(addresses, subject=subject, body=body)
-            except Exception as exc:  # noqa: BLE001
-                _warn("email", request, exc)
-
-    def _post_chat(self, text: str) -> int:
-        with requests.post(self.settings.notify_webhook_url, json={"text": text},
+    def _post_chat(self, text: str, *, delivery_id: str | None = None) -> int:
+        headers = {DELIVERY_HEADER: delivery_id} if delivery_id else {}
+        with requests.post(self.settings.notify_webhook_url, json={"text": text}, headers=headers,
                            timeout=self.settings.provisioner_timeout_seconds,
                            allow_redirects=False, stream=True) as response:
             if not 200 <= response.status_code < 300:
                 log.warning("notification webhook answered HTTP %s", response.status_code)
             return response.status_code
 
-    def _send_mail(self, recipients: list[str], *, subject: str, body: str) -> None:
+    def _send_mail(self, recipients: list[str], *, subject: str, body: str,
+                   delivery_id: str | None = None, reached: set[str] | None = None) -> None:
         settings = self.settings
         with smtplib.SMTP(settings.smtp_host, settings.smtp_port,
                           timeout=settings.provisioner_timeout_seconds) as smtp:
@@ -132,21 +158,35 @@ class Notifier:
             # and one refused address does not stop the others.
             for recipient in recipients:
                 message = build_message(sender=settings.smtp_from, recipient=recipient,
-                                        subject=subject, body=body)
+                                        subject=subject, body=body, delivery_id=delivery_id)
                 try:
                     smtp.send_message(message)
                 except smtplib.SMTPRecipientsRefused:
+                    # Refused for good (no such mailbox): trying again would not help.
                     log.warning("mail server refused a notification recipient")
+                if reached is not None:
+                    reached.add(f"email:{recipient}")
 
 
-def build_message(*, sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
-    """Build one plain-text email; header values are already single-line."""
+def build_message(*, sender: str, recipient: str, subject: str, body: str,
+                  delivery_id: str | None = None) -> EmailMessage:
+    """Build one plain-text email; header values are already single-line.
+
+    With a delivery id, the Message-ID is derived from it and the recipient: a message sent
+    again after a crash carries the same Message-ID, so a mail system can drop the duplicate.
+    """
     message = EmailMessage()
     message["From"] = sender
     message["To"] = recipient
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    domain = sender.rpartition("@")[2] or None
+    if delivery_id:
+        per_recipient = hashlib.sha256(recipient.encode()).hexdigest()[:16]
+        message["Message-ID"] = f"<{delivery_id}.{per_recipient}@{domain or 'security-api'}>"
+        message[DELIVERY_HEADER] = delivery_id
+    else:
+        message["Message-ID"] = make_msgid(domain=domain)
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(body)
     return message
@@ -233,6 +273,15 @@ def decided_chat(request: dict, *, link: str) -> str:
             + f"\nJustification: {slack_escape(_justification(request))}\n<{link}|View request>")
 
 
+def _texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (mail subject, mail body, chat text) of one notification kind."""
+    if kind == PENDING:
+        return (pending_subject(request), pending_body(request, link=link),
+                pending_chat(request, link=link))
+    return (decided_subject(request), decided_body(request, link=link),
+            decided_chat(request, link=link))
+
+
 def _requester(request: dict) -> str:
     requester = request.get("requester")
     if isinstance(requester, dict):
@@ -265,5 +314,7 @@ def _is_control(ch: str) -> bool:
 def _warn(channel: str, request: dict, exc: Exception) -> None:
     # The class name only: messages of SMTP and HTTP errors can echo addresses or credentials.
     request_id = request.get("id") if isinstance(request, dict) else None
+    # DeliveryFailed's own text is made of channel names and error classes only.
+    reason = str(exc) if isinstance(exc, DeliveryFailed) else type(exc).__name__
     log.warning("notification %s for request %s failed: %s", channel, clean(request_id) or "?",
-                type(exc).__name__)
+                reason)

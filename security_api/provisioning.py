@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import audit, metrics
+from . import audit, metrics, outbox
 from .clock import isoformat, utcnow
 from .enums import AuditAction, ProvisioningAction, ProvisioningState, RequestStatus
 from .jsontext import loads_stored
@@ -164,6 +164,7 @@ def _land_grant(session: Session, services: Services, request_id: str,
                  else AuditAction.REQUEST_FAILED, actor="system", target=request_id,
                  origin=origin, now=now,
                  details={"expires_at": isoformat(expires_at)} if ok else {})
+    outbox.request_decided(session, request_id)
     return True
 
 

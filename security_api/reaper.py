@@ -1,4 +1,5 @@
-"""Expire due grants: once from cron (`flask reap`) or in the background of each worker."""
+"""Expire due grants and deliver owed notifications: once from cron (`flask reap`) or in the
+background of each worker."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ import threading
 from . import audit
 from .clock import utcnow
 from .lifecycle import expire_due
+from .outbox_delivery import deliver_due
 from .provisioning import recover
 from .services import Services
 
@@ -26,6 +28,7 @@ def reap_once(services: Services) -> int:
                 break
         # Claims left by a crashed worker: abandoned grants fail, owed revokes run again.
         recover(session, services, origin=origin, now=utcnow())
+    deliver_due(services)  # notifications owed, including any a crashed worker left
     return total
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, metrics
+from . import audit, metrics, outbox
 from .eligibility import grant_and_recheck
 from .enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams
@@ -44,7 +44,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
         request = _insert(session, requester, permission.key, decision, justification=justification,
                           params=clean_params, duration=duration, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
-        # The request's new status is known here, before the commit.
+        outbox.request_created(session, request_id)
     for ended_id in owed:
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if auto:

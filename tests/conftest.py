@@ -100,6 +100,7 @@ def make_app(database_url):
 
     yield _make
     for app in built:
+        app.extensions["outbox_deliverer"].stop()  # its thread must not outlive the engine
         app.extensions["security_api"].session_factory.kw["bind"].dispose()
 
 

@@ -16,6 +16,7 @@ from security_api.models import AuditEvent, PolicyRule, User
 from tests import test_concurrency as kit
 from tests.conftest import bearer
 from tests.receivers import serving
+from tests.test_announce import undelivered, wait_for
 
 receiver = kit.receiver
 USERS = "/v1/admin/users"
@@ -84,12 +85,14 @@ def _reasons(db_session, action, target) -> list:
 
 
 def test_deactivation_revokes_grants_cancels_requests_and_reactivation_gives_nothing_back(
-        client, world, receiver, chat, db_session):
+        app, client, world, receiver, chat, db_session):
     granted = _request(client, world["alice_h"], "vpn")
     assert granted["status"] == "active" and receiver.count("grant", granted["id"]) == 1
     pending = _request(client, world["alice_h"], "db")
     assert pending["status"] == "pending"
     assert _allowed(client, world, "vpn") is True
+    # Notifications go out after the commit, in the background: count once all are out.
+    wait_for(lambda: undelivered(app) == 0, what="the pending notification")
     told_before = len(chat.received)
 
     _patch(client, world, active=False)
@@ -100,6 +103,7 @@ def test_deactivation_revokes_grants_cancels_requests_and_reactivation_gives_not
     assert _status(client, world, pending["id"]) == "cancelled"
     assert "deactivated" in str(_reasons(db_session, "request.revoked", granted["id"]))
     assert "deactivated" in str(_reasons(db_session, "request.cancelled", pending["id"]))
+    wait_for(lambda: undelivered(app) == 0, what="the ending notifications")
     assert len(chat.received) - told_before == 2  # told like any other decision
 
     # The late approval grants nothing: no grant call reaches the outside.

@@ -19,6 +19,7 @@ from security_api.grants import Subject
 from security_api.models import AccessRequest, Approval, User
 from security_api.passwords import verify_password
 from tests.portal_support import portal_client, post_form, signed_in_client
+from tests.test_announce import undelivered, wait_for
 
 SIGNING_SECRET = "x" * 40
 NEW_PASSWORD = "copper-lantern-meadow-77"
@@ -80,8 +81,14 @@ def build_catalog(app) -> None:
 class World:
     app: object
     users: dict
-    sent: list
+    recorded: list
     clients: dict
+
+    @property
+    def sent(self) -> list:
+        """What the notifier was asked to send, once the outbox (a background thread) is empty."""
+        wait_for(lambda: undelivered(self.app) == 0, what="the notifications")
+        return self.recorded
 
     def client(self, name: str):
         """One signed-in portal client per user (a sign-in spends a TOTP step)."""
@@ -128,10 +135,13 @@ def world(app, make_user, monkeypatch) -> World:
     build_catalog(app)
     sent = []
     notifier = app.extensions["security_api"].notifier
-    monkeypatch.setattr(notifier, "request_pending", lambda request, *, approver_emails:
-                        sent.append(("pending", request["id"], approver_emails)))
-    monkeypatch.setattr(notifier, "request_decided", lambda request, *, requester_email:
-                        sent.append(("decided", request["id"], request["status"])))
+
+    def send(kind, request, *, recipients, delivery_id=None, done=frozenset()):
+        what = recipients if kind == "request.pending" else request["status"]
+        sent.append((kind.removeprefix("request."), request["id"], what))
+        return set()
+
+    monkeypatch.setattr(notifier, "send", send)
     return World(app, users, sent, {})
 
 

@@ -13,7 +13,6 @@ from sqlalchemy import select
 from flask_api_functions import current_subject, db, origin, services
 from routes import schemas
 from security_api import grants, lifecycle
-from security_api.announce import announce
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
 from security_api.errors import ApiError, InvalidParams
@@ -110,7 +109,6 @@ def create_request() -> Response:
     except ApiError as exc:
         flash_error(exc)
         return _catalog_page(status=exc.status, submitted=submitted)
-    announce(db(), services(), created, just_created=True)
     _flash_created(created)
     return redirect(url_for("portal.request_detail", request_id=created.id))
 

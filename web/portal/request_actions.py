@@ -11,7 +11,6 @@ from flask_babel import gettext as _
 from flask_api_functions import current_actor, db, origin, services
 from routes import schemas
 from security_api import lifecycle
-from security_api.announce import announce
 from security_api.clock import utcnow
 from security_api.enums import RequestStatus
 from security_api.errors import ApiError, NotFound
@@ -43,7 +42,6 @@ def run_transition(transition, request_id: str, *, with_comment: bool) -> Respon
     except ApiError as exc:
         flash_error(exc)
         return _back(request_id)
-    announce(db(), services(), changed, just_created=False)
     flash(*_outcome_message(transition, changed))
     return _back(request_id)
 
