@@ -169,15 +169,6 @@ class RateCounter(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
-class RevokedToken(Base):
-    """Access tokens revoked before their expiry (database deny-list)."""
-
-    __tablename__ = "revoked_tokens"
-
-    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
 class Permission(Base):
     """Something an employee can hold, and the provisioner that makes it real."""
 
