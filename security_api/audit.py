@@ -18,6 +18,7 @@ from sqlalchemy import event as orm_event
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from .db import ServiceSession
 from .models import AuditChainHead, AuditEvent, new_id
 
 GENESIS_HASH = "0" * 64
@@ -162,7 +163,7 @@ def record(session: Session, *, action: str, actor: str | None, target: str | No
     return event
 
 
-@orm_event.listens_for(Session, "before_commit")
+@orm_event.listens_for(ServiceSession, "before_commit")
 def _append_staged(session: Session) -> None:
     """Chain the transaction's events, in the order recorded, just before it commits.
 
@@ -189,7 +190,7 @@ def _append_staged(session: Session) -> None:
         signature=key.sign(checkpoint_message(last_seq, prev_hash))))
 
 
-@orm_event.listens_for(Session, "after_transaction_end")
+@orm_event.listens_for(ServiceSession, "after_transaction_end")
 def _forget_uncommitted_events(session: Session, transaction) -> None:
     # A committed transaction took its events in before_commit; what is left was rolled back.
     if transaction.parent is None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy import exc as exc_module
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from .clock import as_utc
@@ -16,6 +16,15 @@ from .clock import as_utc
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
+
+
+class ServiceSession(Session):
+    """The class of every session the service's factory makes (see make_session_factory).
+
+    Why a class of its own: the audit chain and the metrics listen on it, not on SQLAlchemy's
+    global Session, so a session someone else opens in the process (a script's, a test's, a
+    library's) never appends to the chain or counts transitions.
+    """
 
 
 class UTCDateTime(TypeDecorator):
@@ -145,7 +154,8 @@ def make_session_factory(engine: Engine, *, info: dict | None = None) -> session
 
     `info` is copied into every session's `Session.info` (the audit chain keys travel so).
     """
-    return sessionmaker(bind=engine, expire_on_commit=False, info=dict(info or {}))
+    return sessionmaker(bind=engine, class_=ServiceSession, expire_on_commit=False,
+                        info=dict(info or {}))
 
 
 class ReadOnlyQuery:
