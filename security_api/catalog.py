@@ -1,7 +1,6 @@
 """Permissions and policy rules: creating them with validation (CLI, seed, bootstrap)."""
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 
@@ -43,7 +42,7 @@ def ensure_permission(session: Session, *, key: str, name: str, description: str
     permission = Permission(key=key, name=name, description=description,
                             max_duration_minutes=max_duration_minutes,
                             requires_justification=requires_justification,
-                            provisioner=provisioner, provisioner_config=json.dumps(config),
+                            provisioner=provisioner, provisioner_config=config,
                             builtin=False, created_at=now)
     session.add(permission)
     session.flush()
@@ -58,7 +57,7 @@ def ensure_builtin_permissions(session: Session, *, now: datetime) -> None:
         if session.get(Permission, key) is None:
             session.add(Permission(key=key, name=name, description=description,
                                    max_duration_minutes=480, requires_justification=True,
-                                   provisioner="none", provisioner_config="{}", builtin=True,
+                                   provisioner="none", provisioner_config={}, builtin=True,
                                    created_at=now))
     session.flush()
 
@@ -78,7 +77,7 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
         return existing
     rule = PolicyRule(permission_key=permission, role=role, subrole=subrole, mode=str(mode),
                       max_duration_minutes=max_duration_minutes,
-                      approvers=json.dumps(approvers or []),
+                      approvers=list(approvers or []),
                       approvals_required=approvals_required, created_at=now)
     session.add(rule)
     session.flush()

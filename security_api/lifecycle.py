@@ -6,7 +6,6 @@ active  -> expired | revoked
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,7 +17,6 @@ from . import audit, metrics
 from .enums import AuditAction, Decision, PolicyMode, ProvisioningState, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams, NotFound
 from .grants import Subject, decision_for
-from .jsontext import loads_stored
 from .models import AccessRequest, Approval, Permission, RequestApproverGroup, User
 from .policy import approver_matches
 from .provisioners import get_provisioner
@@ -136,7 +134,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
-    clean_params = provisioner.validate_params(params, config=loads_stored(permission.provisioner_config))
+    clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
     key = permission.key  # expire_due ends the transaction: `permission` would be loaded again
     expire_due(session, services, now=now, origin=origin, requester_id=subject.id,
                permission_key=key)
@@ -148,11 +146,11 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     auto = rule.mode == PolicyMode.AUTO
     request = AccessRequest(
         requester_id=subject.id, permission_key=key, justification=justification,
-        params=json.dumps(clean_params, sort_keys=True), duration_minutes=duration,
+        params=clean_params, duration_minutes=duration,
         status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
         approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
         decided_at=now if auto else None, provisioning_started_at=now if auto else None,
-        provisioning="{}")
+        provisioning={})
     session.add(request)
     try:
         session.flush()

@@ -40,7 +40,6 @@ from .catalog import BUILTIN_PERMISSIONS, KEY_PATTERN, MAX_MINUTES, refuse_servi
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams
 from .grants import ADMIN_PERMISSION, refuse_admin_for_service_accounts
-from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policy import WILDCARD
 from .provisioners import get_provisioner
@@ -658,12 +657,11 @@ def _plan_permissions(session: Session, desired: PolicyFile, changes: list[Chang
 
 
 def _permission_values(source) -> dict:
-    config = source.provisioner_config
     return {"name": source.name, "description": source.description,
             "max_duration_minutes": source.max_duration_minutes,
             "requires_justification": bool(source.requires_justification),
             "provisioner": source.provisioner,
-            "provisioner_config": loads_stored(config) if isinstance(config, str) else config}
+            "provisioner_config": source.provisioner_config}
 
 
 def _plan_rules(session: Session, desired: PolicyFile, changes: list[Change]) -> None:
@@ -686,9 +684,8 @@ def _plan_rules(session: Session, desired: PolicyFile, changes: list[Change]) ->
 
 
 def _rule_values(source) -> dict:
-    approvers = json.loads(source.approvers) if isinstance(source.approvers, str) else source.approvers
     return {"mode": str(source.mode), "max_duration_minutes": source.max_duration_minutes,
-            "approvers": list(approvers or []), "approvals_required": source.approvals_required}
+            "approvers": list(source.approvers or []), "approvals_required": source.approvals_required}
 
 
 def _count_by(session: Session, *columns, where=None) -> dict[tuple, int]:
@@ -803,16 +800,14 @@ def _delete_subrole(session: Session, change: Change, now: datetime) -> str:
 
 
 def _create_permission(session: Session, change: Change, now: datetime) -> str:
-    values = dict(change.values)
-    values["provisioner_config"] = json.dumps(values["provisioner_config"])
-    session.add(Permission(key=change.ident[0], **values, builtin=False, created_at=now))
+    session.add(Permission(key=change.ident[0], **change.values, builtin=False, created_at=now))
     return change.target
 
 
 def _update_permission(session: Session, change: Change, now: datetime) -> str:
     permission = _one(session, Permission, change.ident[0])
     for name, (_, new) in change.values.items():
-        setattr(permission, name, json.dumps(new) if name == "provisioner_config" else new)
+        setattr(permission, name, new)
     return change.target
 
 
@@ -837,7 +832,7 @@ def _create_rule(session: Session, change: Change, now: datetime) -> str:
     values = change.values
     rule = PolicyRule(permission_key=permission, role=role, subrole=subrole, mode=values["mode"],
                       max_duration_minutes=values["max_duration_minutes"],
-                      approvers=json.dumps(values["approvers"]),
+                      approvers=list(values["approvers"]),
                       approvals_required=values["approvals_required"], created_at=now)
     session.add(rule)
     session.flush()
@@ -847,7 +842,7 @@ def _create_rule(session: Session, change: Change, now: datetime) -> str:
 def _update_rule(session: Session, change: Change, now: datetime) -> str:
     rule = _find_rule(session, change.ident)
     for name, (_, new) in change.values.items():
-        setattr(rule, name, json.dumps(new) if name == "approvers" else new)
+        setattr(rule, name, new)
     return rule.id
 
 

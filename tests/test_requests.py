@@ -791,7 +791,7 @@ def test_expiry_is_seen_at_once_and_reaped_exactly_once(world, db_session, runne
     response = world.act("alice", made["id"], "revoke")
     assert response.status_code == 409 and response.json["error"] == "request_not_active"
     row = db_session.get(AccessRequest, made["id"])
-    assert (row.status, json.loads(row.provisioning).get("revoke")) == ("active", None)
+    assert (row.status, row.provisioning.get("revoke")) == ("active", None)
 
     first = runner.invoke(args=["reap"])
     assert first.exit_code == 0 and "Expired 1 grant(s)." in first.output

@@ -6,7 +6,6 @@ form) is a convenience; the POST handlers rely on the domain's own checks.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from flask import Response, flash, g, redirect, request, session, url_for
@@ -204,9 +203,8 @@ def _flash_created(created: AccessRequest) -> None:
         flash(_("Your request was accepted; the access is being set up."), "info")
 
 
-def _provisioning_error(raw: str | dict | None, action: str) -> str:
-    record = json.loads(raw or "{}") if not isinstance(raw, dict) else raw
-    outcome = record.get(action) or {}
+def _provisioning_error(record: dict | None, action: str) -> str:
+    outcome = (record or {}).get(action) or {}
     return outcome.get("error") or _("no details")
 
 
