@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from .clock import as_utc
+from .library_shims import is_wait_timeout, pool_without_pre_ping
 
 
 class Base(DeclarativeBase):
@@ -94,7 +95,7 @@ def _bound_answer_waits(engine: Engine, seconds: int) -> None:
             try:
                 return super().wait(gen, **waits)
             except psycopg.OperationalError as exc:
-                if type(exc).__name__ != "_WaitTimeout" or timeout is not None:
+                if not is_wait_timeout(exc) or timeout is not None:
                     raise
                 self.pgconn.finish()  # unknown protocol state: never reuse this connection
                 raise psycopg.OperationalError(
@@ -191,8 +192,7 @@ class ReadOnlyQuery:
                          for column in statement.selected_columns]
         self._pool = None
         if dialect.name == "postgresql":
-            self._pool = engine.pool.recreate()
-            self._pool._pre_ping = False  # first() retries a dropped connection instead
+            self._pool = pool_without_pre_ping(engine)  # first() retries a dropped connection
             event.listen(self._pool, "connect", _read_only_autocommit)
             event.listen(engine, "engine_disposed", lambda _engine: self._pool.dispose())
 
