@@ -1,6 +1,7 @@
 """The face of the service: application factory, `application`, service endpoints, error handlers."""
 from __future__ import annotations
 
+import functools
 import logging
 
 from flask import Blueprint, Flask, Response, g, redirect, render_template, request
@@ -210,4 +211,20 @@ def health():
     return envelope("healthy" if healthy else "degraded", checks=checks)
 
 
-application = create_app()
+
+@functools.cache
+def _application() -> Flask:
+    """Build the process's one application, the first time someone asks for it."""
+    return create_app()
+
+
+def __getattr__(name: str) -> Flask:
+    """Serve `flask_api:application` lazily (PEP 562), built once on first access.
+
+    Why: importing this module (tests importing create_app, tools reading it) must not build an
+    app from the environment and open its database. gunicorn, `flask --app flask_api`, the
+    Procfile, Dockerfile and .ebextensions all look the name up with getattr, which lands here.
+    """
+    if name == "application":
+        return _application()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

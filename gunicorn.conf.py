@@ -3,8 +3,6 @@ import multiprocessing
 import os
 import tempfile
 
-import gunicorn.http.wsgi
-
 import gunicorn_refusals
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:16381")
@@ -49,10 +47,6 @@ def post_worker_init(worker):
     interval = services.settings.reaper_interval_seconds
     if interval > 0:
         start_background_reaper(services, interval_seconds=interval)
-
-
-# The Server header names the product, never a version (gunicorn's default is "gunicorn").
-gunicorn.http.wsgi.SERVER = "security-api"
 
 
 # ---- deployment: trusted proxies and start-up tasks ----------------------------------------
@@ -126,5 +120,6 @@ def on_exit(server):
 
 
 # gunicorn's own refusals (414, 431, 400, 501) in the JSON envelope with our headers and a
-# request id: the one monkeypatch, see gunicorn_refusals.py.
+# request id, and a Server header naming the product, never a version (gunicorn's default is
+# "gunicorn"): the only monkeypatches, see gunicorn_refusals.py.
 gunicorn_refusals.install()

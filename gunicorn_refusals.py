@@ -1,6 +1,12 @@
 """gunicorn's own refusals (400, 414, 431, 501, ...) answered like the application's errors.
 
-Why a monkeypatch: gunicorn answers a request it cannot parse (request line too long, headers
+The one module that patches gunicorn (installed by gunicorn.conf.py), for two things it has no
+setting or hook for: its refusals (below) and its Server header, which would name gunicorn
+(the product is named, never a version). `install` checks that both targets still exist, and
+tests/test_gunicorn_refusals.py checks that gunicorn still calls them, so an upgrade that
+moves them fails the tests instead of silently undoing the patch.
+
+Why a monkeypatch for refusals: gunicorn answers a request it cannot parse (request line too long, headers
 too large, an unsupported Transfer-Encoding, ...) before any application code runs, through
 `gunicorn.util.write_error`, with an HTML page and none of our headers; it has no hook or
 setting for that answer. This module is the one place that replaces it (installed by
@@ -24,6 +30,7 @@ import gunicorn.http.wsgi
 import gunicorn.util
 
 log = logging.getLogger("gunicorn.error")
+SERVER_NAME = "security-api"
 
 
 def reason_for(status: int, reason: str) -> str:
@@ -46,7 +53,7 @@ def refusal(status: int, reason: str, *, request_id: str | None = None) -> bytes
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": JSON_CSP,
                "X-Request-ID": request_id or uuid.uuid4().hex, "Connection": "close",
                "Content-Type": "application/json", "Content-Length": str(len(body)),
-               "Server": gunicorn.http.wsgi.SERVER}
+               "Server": SERVER_NAME}
     head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     return head.encode("latin-1") + body
@@ -60,5 +67,10 @@ def _write_error(sock, status_int, reason, mesg):
 
 
 def install() -> None:
-    """Make gunicorn write its refusals with `refusal` (idempotent)."""
+    """Make gunicorn write its refusals with `refusal` and name the product (idempotent)."""
+    for module, name in ((gunicorn.util, "write_error"), (gunicorn.http.wsgi, "SERVER")):
+        if not hasattr(module, name):
+            raise RuntimeError(f"gunicorn no longer has {module.__name__}.{name}: "
+                               "revisit gunicorn_refusals.py")
     gunicorn.util.write_error = _write_error
+    gunicorn.http.wsgi.SERVER = SERVER_NAME

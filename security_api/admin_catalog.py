@@ -1,7 +1,6 @@
 """Administration of the catalog: roles, permissions and policy rules, and policy explanations."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from sqlalchemy import delete, exists, func, select
@@ -15,7 +14,6 @@ from .clock import isoformat
 from .enums import AuditAction, PolicyMode, RequestStatus
 from .errors import Conflict, InvalidParams, NotFound
 from .grants import ADMIN_PERMISSION, Subject, as_rule, candidate_rules, refuse_admin_for_service_accounts
-from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policy import Rule, decide, specificity
 from .provisioners import get_provisioner
@@ -46,7 +44,7 @@ def render_permission(permission: Permission) -> dict:
             "max_duration_minutes": permission.max_duration_minutes,
             "requires_justification": permission.requires_justification,
             "provisioner": permission.provisioner,
-            "provisioner_config": loads_stored(permission.provisioner_config),
+            "provisioner_config": permission.provisioner_config,
             "builtin": permission.builtin, "created_at": isoformat(permission.created_at)}
 
 
@@ -136,7 +134,7 @@ def add_subrole(session: Session, *, role: str, name: str, description: str, act
 def _approver_entries(session: Session) -> set[str]:
     entries: set[str] = set()
     for raw in session.scalars(select(PolicyRule.approvers)):
-        entries.update(json.loads(raw or "[]"))
+        entries.update(raw or [])
     return entries
 
 
@@ -228,10 +226,10 @@ def update_permission(session: Session, *, key: str, changes: dict, settings, ac
         name = changes.get("provisioner", permission.provisioner)
         # A new provisioner never inherits the old one's config: it must be given or empty.
         config = changes.get("provisioner_config") if "provisioner_config" in changes else \
-            ({} if name != permission.provisioner else loads_stored(permission.provisioner_config))
+            ({} if name != permission.provisioner else permission.provisioner_config)
         validated = get_provisioner(name, settings).validate_config(config or {})
         permission.provisioner = name
-        permission.provisioner_config = json.dumps(validated)
+        permission.provisioner_config = validated
     for field in ("name", "description", "max_duration_minutes", "requires_justification"):
         if field in changes:
             setattr(permission, field, changes[field])
@@ -333,7 +331,7 @@ def update_rule(session: Session, *, rule_id: str, changes: dict, actor: str,
     catalog._check_rule(session, permission=rule.permission_key, role=rule.role,
                         subrole=rule.subrole, mode=mode, approvers=approvers,
                         approvals_required=approvals_required, max_duration_minutes=minutes)
-    rule.mode, rule.approvers = str(mode), json.dumps(approvers)
+    rule.mode, rule.approvers = str(mode), approvers
     rule.approvals_required, rule.max_duration_minutes = approvals_required, minutes
     audit.record(session, action=AuditAction.POLICY_UPDATED, actor=actor, target=rule.id,
                  origin=origin, now=now,

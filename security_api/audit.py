@@ -30,6 +30,7 @@ from .audit_chain import (
     session_keys,
 )
 from .audit_verify import REKEY_HINT, ChainReport, SealReport, seal_legacy_events, verify_chain
+from .db import ServiceSession
 from .models import AuditChainHead, AuditEvent, new_id
 
 __all__ = [
@@ -77,7 +78,7 @@ def record(session: Session, *, action: str, actor: str | None, target: str | No
     return event
 
 
-@orm_event.listens_for(Session, "before_commit")
+@orm_event.listens_for(ServiceSession, "before_commit")
 def _append_staged(session: Session) -> None:
     """Chain the transaction's events, in the order recorded, just before it commits.
 
@@ -104,7 +105,7 @@ def _append_staged(session: Session) -> None:
         signature=key.sign(checkpoint_message(last_seq, prev_hash))))
 
 
-@orm_event.listens_for(Session, "after_transaction_end")
+@orm_event.listens_for(ServiceSession, "after_transaction_end")
 def _forget_uncommitted_events(session: Session, transaction) -> None:
     # A committed transaction took its events in before_commit; what is left was rolled back.
     if transaction.parent is None:

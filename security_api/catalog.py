@@ -5,7 +5,6 @@ database can tell (does the role exist, do the approvers name anyone).
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from sqlalchemy import or_, select
@@ -47,7 +46,7 @@ def ensure_permission(session: Session, *, key: str, name: str, description: str
     permission = Permission(key=key, name=name, description=description,
                             max_duration_minutes=max_duration_minutes,
                             requires_justification=requires_justification,
-                            provisioner=provisioner, provisioner_config=json.dumps(config),
+                            provisioner=provisioner, provisioner_config=config,
                             builtin=False, created_at=now)
     session.add(permission)
     session.flush()
@@ -62,7 +61,7 @@ def ensure_builtin_permissions(session: Session, *, now: datetime) -> None:
         if session.get(Permission, key) is None:
             session.add(Permission(key=key, name=name, description=description,
                                    max_duration_minutes=480, requires_justification=True,
-                                   provisioner="none", provisioner_config="{}", builtin=True,
+                                   provisioner="none", provisioner_config={}, builtin=True,
                                    created_at=now))
     session.flush()
 
@@ -86,7 +85,7 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
         return existing
     rule = PolicyRule(permission_key=permission, role=role, subrole=subrole, mode=str(mode),
                       max_duration_minutes=max_duration_minutes,
-                      approvers=json.dumps(approvers or []),
+                      approvers=list(approvers or []),
                       approvals_required=approvals_required, created_at=now)
     session.add(rule)
     session.flush()

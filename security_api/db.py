@@ -8,14 +8,24 @@ from datetime import datetime
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy import exc as exc_module
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from .clock import as_utc
+from .library_shims import is_wait_timeout, pool_without_pre_ping
 
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
+
+
+class ServiceSession(Session):
+    """The class of every session the service's factory makes (see make_session_factory).
+
+    Why a class of its own: the audit chain and the metrics listen on it, not on SQLAlchemy's
+    global Session, so a session someone else opens in the process (a script's, a test's, a
+    library's) never appends to the chain or counts transitions.
+    """
 
 
 class UTCDateTime(TypeDecorator):
@@ -85,7 +95,7 @@ def _bound_answer_waits(engine: Engine, seconds: int) -> None:
             try:
                 return super().wait(gen, **waits)
             except psycopg.OperationalError as exc:
-                if type(exc).__name__ != "_WaitTimeout" or timeout is not None:
+                if not is_wait_timeout(exc) or timeout is not None:
                     raise
                 self.pgconn.finish()  # unknown protocol state: never reuse this connection
                 raise psycopg.OperationalError(
@@ -145,7 +155,8 @@ def make_session_factory(engine: Engine, *, info: dict | None = None) -> session
 
     `info` is copied into every session's `Session.info` (the audit chain keys travel so).
     """
-    return sessionmaker(bind=engine, expire_on_commit=False, info=dict(info or {}))
+    return sessionmaker(bind=engine, class_=ServiceSession, expire_on_commit=False,
+                        info=dict(info or {}))
 
 
 class ReadOnlyQuery:
@@ -181,8 +192,7 @@ class ReadOnlyQuery:
                          for column in statement.selected_columns]
         self._pool = None
         if dialect.name == "postgresql":
-            self._pool = engine.pool.recreate()
-            self._pool._pre_ping = False  # first() retries a dropped connection instead
+            self._pool = pool_without_pre_ping(engine)  # first() retries a dropped connection
             event.listen(self._pool, "connect", _read_only_autocommit)
             event.listen(engine, "engine_disposed", lambda _engine: self._pool.dispose())
 

@@ -1,7 +1,6 @@
 """What a user holds and may request: the policy engine fed from the database."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +31,7 @@ def as_rule(row: PolicyRule) -> Rule:
     """Turn a stored rule into the engine's rule."""
     return Rule(id=row.id, permission=row.permission_key, role=row.role, subrole=row.subrole,
                 mode=PolicyMode(row.mode), max_duration_minutes=row.max_duration_minutes,
-                approvers=tuple(json.loads(row.approvers or "[]")),
+                approvers=tuple(row.approvers or ()),
                 approvals_required=row.approvals_required)
 
 

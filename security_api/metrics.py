@@ -13,6 +13,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from .db import ServiceSession
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PENDING_STATUSES = "metrics_request_statuses"
 
@@ -86,13 +88,13 @@ def stage_request_status(session: Session, status: str) -> None:
     session.info.setdefault(_PENDING_STATUSES, []).append(str(status))
 
 
-@event.listens_for(Session, "after_commit")
+@event.listens_for(ServiceSession, "after_commit")
 def _count_committed_statuses(session: Session) -> None:
     for status in session.info.pop(_PENDING_STATUSES, ()):
         REQUEST_TRANSITIONS.labels(status=status).inc()
 
 
-@event.listens_for(Session, "after_transaction_end")
+@event.listens_for(ServiceSession, "after_transaction_end")
 def _forget_uncommitted_statuses(session: Session, transaction) -> None:
     # after_commit ran first for a commit; anything left was rolled back or closed away.
     if transaction.parent is None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base, UTCDateTime
+from .json_column import JSONText
 
 
 def new_id() -> str:
@@ -169,15 +170,6 @@ class RateCounter(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
-class RevokedToken(Base):
-    """Access tokens revoked before their expiry (database deny-list)."""
-
-    __tablename__ = "revoked_tokens"
-
-    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
 class Permission(Base):
     """Something an employee can hold, and the provisioner that makes it real."""
 
@@ -189,7 +181,7 @@ class Permission(Base):
     max_duration_minutes: Mapped[int] = mapped_column(Integer)
     requires_justification: Mapped[bool] = mapped_column(Boolean, default=False)
     provisioner: Mapped[str] = mapped_column(String(64), default="none")
-    provisioner_config: Mapped[str] = mapped_column(Text, default="{}")
+    provisioner_config: Mapped[dict] = mapped_column(JSONText(), default=dict)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -207,7 +199,7 @@ class PolicyRule(Base):
     subrole: Mapped[str] = mapped_column(String(64))
     mode: Mapped[str] = mapped_column(String(16))
     max_duration_minutes: Mapped[int | None] = mapped_column(Integer)
-    approvers: Mapped[str] = mapped_column(Text, default="[]")
+    approvers: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -227,7 +219,7 @@ class AccessRequest(Base):
     requester_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     permission_key: Mapped[str] = mapped_column(ForeignKey("permissions.key"), index=True)
     justification: Mapped[str] = mapped_column(String(2000), default="")
-    params: Mapped[str] = mapped_column(Text, default="{}")
+    params: Mapped[dict] = mapped_column(JSONText(sort_keys=True), default=dict)
     duration_minutes: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)
     # The rule's terms, frozen when the request was made: later policy edits do not move them.
@@ -238,7 +230,7 @@ class AccessRequest(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    provisioning: Mapped[str] = mapped_column(Text, default="{}")
+    provisioning: Mapped[dict] = mapped_column(JSONText(sort_keys=True), default=dict)
     # An outside call still owed (see provisioning.py), and when it was last started.
     provisioning_state: Mapped[str | None] = mapped_column(String(16), index=True)
     provisioning_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -274,7 +266,7 @@ class PortalSession(Base):
     __tablename__ = "portal_sessions"
 
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    data: Mapped[str] = mapped_column(Text, default="{}")
+    data: Mapped[dict] = mapped_column(JSONText(), default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The earlier of idle and absolute expiry: rows past it are dead and purged by the reaper.
@@ -292,13 +284,13 @@ class OutboxMessage(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(32))
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict] = mapped_column(JSONText(sort_keys=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claim_token: Mapped[str | None] = mapped_column(String(36))
     # Channels already reached ("webhook", "email:<address>"): a retry skips them.
-    sent_channels: Mapped[str] = mapped_column(Text, default="[]")
+    sent_channels: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     last_error: Mapped[str | None] = mapped_column(String(200))
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)

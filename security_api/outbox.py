@@ -10,7 +10,6 @@ sees: who the approvers are, what the request looks like. A later delivery sends
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from sqlalchemy import event, or_, select
@@ -35,9 +34,9 @@ def enqueue(session: Session, kind: str, payload: dict, *, now: datetime | None 
         raise ValueError(f"unknown notification kind {kind!r}")
     now = now or utcnow()
     message_id = new_id()
-    session.add(OutboxMessage(id=message_id, kind=kind, payload=json.dumps(payload, sort_keys=True),
+    session.add(OutboxMessage(id=message_id, kind=kind, payload=payload,
                               created_at=now, next_attempt_at=now, attempts=0,
-                              sent_channels="[]"))
+                              sent_channels=[]))
     session.info[WROTE_INFO] = True
     return message_id
 

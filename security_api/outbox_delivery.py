@@ -17,7 +17,6 @@ as an error, and the pending count and oldest age are exported as metrics for al
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from .models import OutboxMessage, new_id
 from .notify import DeliveryFailed
 from .outbox import WROTE_INFO
 from .services import Services
+from .unit_of_work import end_reads
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST_SECONDS = 5
@@ -67,7 +67,7 @@ def deliver_due(services: Services, *, now: datetime | None = None, limit: int =
     with services.session_factory() as session:
         due = list(session.scalars(select(OutboxMessage.id).where(*_claimable(now))
                                    .order_by(OutboxMessage.created_at).limit(limit)))
-        session.rollback()
+        end_reads(session)
         for message_id in due:
             claimed = _claim(session, services, message_id, now)
             if claimed is not None:
@@ -91,9 +91,9 @@ def _claim(session: Session, services: Services, message_id: str, now: datetime)
     if taken.rowcount != 1:
         return None
     row = session.get(OutboxMessage, message_id, populate_existing=True)
-    claimed = _Claimed(id=row.id, token=token, kind=row.kind, payload=json.loads(row.payload),
-                       attempts=row.attempts, sent_channels=frozenset(json.loads(row.sent_channels)))
-    session.rollback()  # no transaction stays open while the receivers are called
+    claimed = _Claimed(id=row.id, token=token, kind=row.kind, payload=row.payload,
+                       attempts=row.attempts, sent_channels=frozenset(row.sent_channels))
+    end_reads(session)  # no transaction stays open while the receivers are called
     return claimed
 
 
@@ -129,7 +129,7 @@ def _record(session: Session, claimed: _Claimed, *, attempts: int, reached: set[
     # Only under our own claim: a deliverer whose lease lapsed must not undo a newer one.
     session.execute(update(OutboxMessage)
                     .where(OutboxMessage.id == claimed.id, OutboxMessage.claim_token == claimed.token)
-                    .values(attempts=attempts, sent_channels=json.dumps(sorted(reached)),
+                    .values(attempts=attempts, sent_channels=sorted(reached),
                             last_error=error[:200] if error else None, claimed_until=None,
                             claim_token=None, **values))
     session.commit()
@@ -138,7 +138,7 @@ def _record(session: Session, claimed: _Claimed, *, attempts: int, reached: set[
 def _observe_backlog(session: Session, now: datetime) -> None:
     count, oldest = session.execute(select(func.count(), func.min(OutboxMessage.created_at))
                                     .where(OutboxMessage.delivered_at.is_(None))).one()
-    session.rollback()
+    end_reads(session)
     age = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
     metrics.observe_outbox_backlog(pending=count, oldest_age_seconds=max(age, 0.0))
 

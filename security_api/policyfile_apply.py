@@ -1,7 +1,6 @@
 """Applying a planned policy file: every change and its audit event, in one transaction."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from sqlalchemy import select
@@ -17,7 +16,6 @@ from .policyfile_plan import CREATE, DELETE, UPDATE, Change, Diff
 
 ROWS = {"role": Role, "subrole": Subrole, "permission": Permission, "rule": PolicyRule}
 # Stored as JSON text.
-JSON_COLUMNS = ("provisioner_config", "approvers")
 
 
 def apply(session: Session, diff: Diff, *, actor: str, origin: audit.Origin, now: datetime,
@@ -89,14 +87,14 @@ def _apply_one(session: Session, change: Change, now: datetime) -> str:
     """Create, update or delete one row; return the audit target (a rule's id, else a name)."""
     if change.action == CREATE:
         row = ROWS[change.kind](**_identity(change.kind, change.ident), created_at=now,
-                                **{name: _stored(name, value) for name, value in change.values.items()},
+                                **change.values,
                                 **({"builtin": False} if change.kind == "permission" else {}))
         session.add(row)
         session.flush()
     else:
         row = _existing(session, change)
         for name, (_, new) in change.values.items():
-            setattr(row, name, _stored(name, new))
+            setattr(row, name, new)
         if change.action == DELETE:
             session.delete(row)
     if change.kind == "rule":
@@ -109,10 +107,6 @@ def _identity(kind: str, ident: tuple) -> dict:
     names = {"role": ("name",), "subrole": ("role", "name"), "permission": ("key",),
              "rule": ("permission_key", "role", "subrole")}[kind]
     return dict(zip(names, ident, strict=True))
-
-
-def _stored(name: str, value):
-    return json.dumps(value) if name in JSON_COLUMNS else value
 
 
 def _existing(session: Session, change: Change):

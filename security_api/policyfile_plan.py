@@ -8,7 +8,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .enums import RequestStatus
-from .jsontext import loads_stored
 from .models import AccessRequest, Permission, PolicyRule, Role, Subrole, User
 from .policyfile_read import PolicyFile, PolicyFileError, protected_rule
 from .schema import ADMIN_ROLE, ADMIN_SUBROLE
@@ -167,7 +166,7 @@ def _problems(session: Session, changes: list[Change]) -> list[str]:
 def permission_values(source) -> dict:
     """Return what a permission is, from a stored row or from the file."""
     if isinstance(source, Permission):
-        provisioner, config = source.provisioner, loads_stored(source.provisioner_config)
+        provisioner, config = source.provisioner, source.provisioner_config
     else:
         provisioner, config = source.provisioner.name, source.provisioner.config
     return {"name": source.name, "description": source.description,
@@ -183,9 +182,8 @@ def rule_target(ident: tuple[str, str, str]) -> str:
 
 def rule_values(source) -> dict:
     """Return a rule's terms, from a stored row or from the file."""
-    approvers = json.loads(source.approvers) if isinstance(source.approvers, str) else source.approvers
     return {"mode": str(source.mode), "max_duration_minutes": source.max_duration_minutes,
-            "approvers": list(approvers or []), "approvals_required": source.approvals_required}
+            "approvers": list(source.approvers or []), "approvals_required": source.approvals_required}
 
 
 def _count_by(session: Session, *columns, where=None) -> dict[tuple, int]:

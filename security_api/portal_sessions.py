@@ -103,12 +103,12 @@ class DatabasePortalSessions(PortalSessionStore):
             row = session.get(PortalSession, key)
             if row is None:
                 return None
-            return StoredSession(json.loads(row.data), as_utc(row.created_at),
+            return StoredSession(dict(row.data), as_utc(row.created_at),
                                  as_utc(row.last_seen_at))
 
     def save(self, session_id, stored):
         with self._session_factory() as session:
-            row = PortalSession(id_hash=id_hash(session_id), data=json.dumps(stored.data),
+            row = PortalSession(id_hash=id_hash(session_id), data=dict(stored.data),
                                 created_at=stored.created_at, last_seen_at=stored.last_seen_at,
                                 expires_at=stored.expires_at())
             session.merge(row)

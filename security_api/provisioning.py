@@ -15,7 +15,6 @@ past every timeout is also taken over, as before.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from sqlalchemy.orm import Session
 from . import audit, metrics, outbox
 from .clock import isoformat, utcnow
 from .enums import AuditAction, ProvisioningAction, ProvisioningState, RequestStatus
-from .jsontext import loads_stored
 from .models import AccessRequest, Permission, User
 from .provisioners import GrantContext, ProvisioningError, get_provisioner
 from .services import Services
@@ -91,8 +89,8 @@ def _load(session: Session, services: Services, request_id: str):
         .execution_options(populate_existing=True)).one()
     ctx = GrantContext(request_id=request.id, requester=requester,
                        requester_ip=request.requester_ip, permission=permission.key,
-                       params=loads_stored(request.params),
-                       config=loads_stored(permission.provisioner_config),
+                       params=request.params,
+                       config=permission.provisioner_config,
                        expires_at=request.expires_at)
     return request, permission, ctx
 
@@ -109,8 +107,8 @@ def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, actio
 
 
 def _record(session: Session, request: AccessRequest, permission: Permission,
-            outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> str:
-    record = loads_stored(request.provisioning)
+            outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> dict:
+    record = dict(request.provisioning)  # a copy: JSONText values are not change-tracked
     for action, outcome in outcomes.items():
         record[action] = outcome
         audit.record(session, action=AuditAction.PROVISIONING_SUCCEEDED if outcome["ok"]
@@ -118,7 +116,7 @@ def _record(session: Session, request: AccessRequest, permission: Permission,
                      origin=origin, now=now,
                      details={"action": action, "provisioner": permission.provisioner,
                               "error": outcome["error"]})
-    return json.dumps(record, sort_keys=True)
+    return record
 
 
 def finish_grant(session: Session, services: Services, request_id: str, *,

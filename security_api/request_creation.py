@@ -1,7 +1,6 @@
 """Asking for a permission: the checks, then one unit of work that creates the request."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select
@@ -14,7 +13,6 @@ from .enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from .errors import Conflict, Forbidden, InvalidParams
 from .expiry import expire_one
 from .grants import Subject, decision_for
-from .jsontext import loads_stored
 from .models import AccessRequest, Permission, RequestApproverGroup
 from .policy import Decision
 from .provisioners import get_provisioner
@@ -37,7 +35,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
-    clean_params = provisioner.validate_params(params, config=loads_stored(permission.provisioner_config))
+    clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
     with unit_of_work(session):
         owed = _end_what_blocks(session, requester.id, permission.key, origin=origin, now=now)
         _refuse_open_request(session, requester.id, permission.key)
@@ -120,11 +118,11 @@ def _insert(session: Session, subject: Subject, permission: str, decision: Decis
     auto = rule.mode == PolicyMode.AUTO
     request = AccessRequest(
         requester_id=subject.id, permission_key=permission, justification=justification,
-        params=json.dumps(params, sort_keys=True), duration_minutes=duration,
+        params=params, duration_minutes=duration,
         status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
         approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
         decided_at=now if auto else None, provisioning_started_at=now if auto else None,
-        provisioning="{}")
+        provisioning={})
     session.add(request)
     try:
         session.flush()

@@ -11,7 +11,6 @@ from .clock import as_utc, isoformat
 from .db import UTCDateTime
 from .enums import RequestStatus
 from .errors import Forbidden
-from .jsontext import loads_stored
 from .models import AccessRequest, Approval, RequestApproverGroup, User
 from .request_actors import Actor
 
@@ -45,12 +44,12 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
     names = dict(session.execute(select(User.id, User.username).where(User.id.in_(user_ids))).all())
     return [{
         "id": r.id, "requester": names.get(r.requester_id), "permission": r.permission_key,
-        "justification": r.justification, "params": loads_stored(r.params),
+        "justification": r.justification, "params": r.params,
         "duration_minutes": r.duration_minutes, "status": effective_status(r, now),
         "mode": r.mode, "approvals_required": r.approvals_required,
         "created_at": isoformat(r.created_at), "decided_at": isoformat(r.decided_at),
         "approvals": approvals[r.id], "expires_at": isoformat(r.expires_at),
-        "ended_at": isoformat(r.ended_at), "provisioning": loads_stored(r.provisioning),
+        "ended_at": isoformat(r.ended_at), "provisioning": r.provisioning,
     } for r in requests]
 
 

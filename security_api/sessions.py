@@ -211,15 +211,13 @@ def rotate(session: Session, services: Services, *, refresh_token: str,
 def authenticate(services: Services, *, token: str, now: datetime) -> Principal:
     """Return the principal of a valid, unrevoked access token of an active user (one query)."""
     claims = services.token_verifier.verify(token, now=now.timestamp())
-    row = services.principal_reader.first({"sub": claims["sub"], "sid": claims["sid"],
-                                           "jti": claims["jti"]})
+    row = services.principal_reader.first({"sub": claims["sub"], "sid": claims["sid"]})
     if row is None or row["family_id"] is None:
         raise Unauthenticated("Invalid token.", code="invalid_token")
     # Every revocation is in the database, read by the query above: logout revokes the token's
     # refresh family (end_session), a password change, deactivation or role change moves
-    # tokens_valid_after. The state store's jti deny-list (written by logout too) is not asked
-    # again here: with Redis it was a second round trip per request for the same answer.
-    revoked = (row["denied_jti"] is not None or row["family_revoked_at"] is not None
+    # tokens_valid_after. No separate jti deny-list: every access token names its family (sid).
+    revoked = (row["family_revoked_at"] is not None
                or not row["active"] or claims["iat"] < row["tokens_valid_after"])
     if revoked:
         raise Unauthenticated("Token revoked.", code="token_revoked")
@@ -235,9 +233,8 @@ def account_from_row(row: dict) -> Account:
 
 def end_session(session: Session, services: Services, *, principal: Principal,
                 origin: audit.Origin, now: datetime) -> None:
-    """Log out: deny this access token and revoke its refresh family."""
+    """Log out: revoke the token's refresh family, which refuses its access tokens at once."""
     claims = principal.claims
-    services.store.deny_token(claims["jti"], expires_at=int(claims["exp"]))
     revoke_family(session, family_id=claims["sid"], reason="logout", now=now)
     audit.record(session, action=AuditAction.LOGOUT, actor=principal.account.username,
                  target=principal.account.id, origin=origin, now=now, details={"family": claims["sid"]})

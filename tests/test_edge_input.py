@@ -151,7 +151,8 @@ def test_query_bytes_that_are_not_utf8_never_reach_a_query(client, world):
 
 
 # ---- 1. rows stored before the rule: read back without the lone surrogate ------------------------
-POISONED = json.dumps({"a": LONE, "k" + LONE: ["\ud83d", NUL, "\U0001f600"], "b": "\\udc00"})
+# Stored (JSONText) as the ASCII escapes that rows written before bodies were checked hold.
+POISONED = {"a": LONE, "k" + LONE: ["\ud83d", NUL, "\U0001f600"], "b": "\\udc00"}
 
 
 def _poisoned_request(db_session, world, *, status: str, expires: bool = False) -> str:
@@ -162,7 +163,7 @@ def _poisoned_request(db_session, world, *, status: str, expires: bool = False) 
         approvals_required=1, created_at=now,
         decided_at=now if status == "active" else None,
         expires_at=now + timedelta(minutes=30) if expires else None,
-        provisioning=json.dumps({"grant": {"ok": True, "result": {"x": LONE}}}))
+        provisioning={"grant": {"ok": True, "result": {"x": LONE}}})
     db_session.add(request)
     db_session.flush()
     db_session.add(RequestApproverGroup(request_id=request.id, role="security", subrole="lead"))
@@ -198,8 +199,7 @@ def test_a_stored_active_grant_is_revoked(client, world, db_session):
 
 def test_stored_provisioner_config_and_audit_details_read_back(client, world, db_session):
     permission = db_session.get(Permission, "hook")
-    permission.provisioner_config = json.dumps({"url": "http://127.0.0.1:9/",
-                                                "headers": {"X-A": LONE}})
+    permission.provisioner_config = {"url": "http://127.0.0.1:9/", "headers": {"X-A": LONE}}
     audit.record(db_session, action="test.poisoned", actor="test", target=None,
                  origin=audit.Origin(), now=utcnow(), details={"x": LONE, "y": NUL})
     db_session.commit()

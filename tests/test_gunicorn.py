@@ -1,4 +1,4 @@
-"""Shared state holds across gunicorn workers: lockout, TOTP replay, token deny-list."""
+"""Shared state holds across gunicorn workers: lockout, TOTP replay, logout."""
 import json
 import re
 import socket

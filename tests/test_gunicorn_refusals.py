@@ -2,9 +2,12 @@
 
 tests/test_gunicorn.py sends the same refusals to a real gunicorn over raw sockets.
 """
+import inspect
 import json
 
+import gunicorn.http.wsgi
 import gunicorn.util
+import gunicorn.workers.base
 
 import gunicorn_refusals
 
@@ -35,3 +38,19 @@ def test_install_replaces_gunicorns_writer(monkeypatch):
     gunicorn.util.write_error(None, 431, "Request Header Fields Too Large", "echo of the request")
     assert written and b"echo of the request" not in written[0]
     assert b"X-Request-ID: " in written[0]
+
+
+def test_install_names_the_product_in_gunicorns_server_header(monkeypatch):
+    monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
+    monkeypatch.setattr(gunicorn.http.wsgi, "SERVER", gunicorn.http.wsgi.SERVER)
+    gunicorn_refusals.install()
+    assert gunicorn.http.wsgi.SERVER == "security-api"
+    assert b"Server: security-api\r\n" in gunicorn_refusals.refusal(400, "Bad Request")
+
+
+def test_gunicorn_still_goes_through_the_names_we_patch():
+    # An upgrade that binds these names elsewhere would silently undo the patches.
+    assert inspect.signature(gunicorn.util.write_error).parameters.keys() == \
+        {"sock", "status_int", "reason", "mesg"}
+    assert "util.write_error(" in inspect.getsource(gunicorn.workers.base.Worker)
+    assert "self.version = SERVER" in inspect.getsource(gunicorn.http.wsgi.Response)

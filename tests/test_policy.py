@@ -145,7 +145,7 @@ def _add_unrelated_rules(session, count):
     keys = [f"noise-{i}" for i in range(20)]
     session.execute(insert(Permission), [
         {"key": k, "name": k, "description": "", "max_duration_minutes": 60,
-         "requires_justification": False, "provisioner": "none", "provisioner_config": "{}",
+         "requires_justification": False, "provisioner": "none", "provisioner_config": {},
          "builtin": False, "created_at": now} for k in keys])
     triples = [(k, role, subrole) for k in keys
                for role, subrole in (("developer", "backend"), ("developer", "*"), ("*", "*"))]
@@ -155,7 +155,7 @@ def _add_unrelated_rules(session, count):
         i += 1
     session.execute(insert(PolicyRule), [
         {"id": f"noise-{n:05d}", "permission_key": p, "role": r, "subrole": s, "mode": "auto",
-         "max_duration_minutes": None, "approvers": "[]", "approvals_required": 1,
+         "max_duration_minutes": None, "approvers": [], "approvals_required": 1,
          "created_at": now} for n, (p, r, s) in enumerate(triples[:count])])
     session.commit()
 

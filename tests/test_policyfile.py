@@ -172,10 +172,10 @@ def test_apply_creates_everything_with_audit_events(db_session, settings):
     assert db_session.get(Subrole, ("developer", "frontend")) is not None
     assert db_session.get(Role, "developer").description == "People who build the product"
     rule = db_session.scalar(select(PolicyRule).where(PolicyRule.subrole == "analyst"))
-    assert (rule.mode, json.loads(rule.approvers), rule.approvals_required,
+    assert (rule.mode, rule.approvers, rule.approvals_required,
             rule.max_duration_minutes) == ("approval", ["security/lead", "security/admin"], 2, 60)
     ssh = db_session.get(Permission, "aws-sg-ssh")
-    assert json.loads(ssh.provisioner_config)["group_id"] == "sg-0123456789abcdef0"
+    assert ssh.provisioner_config["group_id"] == "sg-0123456789abcdef0"
     actions = [e.action for e in db_session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
     assert actions[-1] == AuditAction.POLICY_FILE_APPLIED
     ours = [e.action for e in db_session.scalars(select(AuditEvent).where(AuditEvent.actor == "test"))]

@@ -267,7 +267,7 @@ def test_dead_sessions_are_swept_when_new_ones_begin(app, db_session):
         pytest.skip("Redis expires session keys by itself")
     from sqlalchemy import func, select
     old = utcnow() - timedelta(hours=9)
-    db_session.add(PortalSession(id_hash="0" * 64, data="{}", created_at=old, last_seen_at=old,
+    db_session.add(PortalSession(id_hash="0" * 64, data={}, created_at=old, last_seen_at=old,
                                  expires_at=old + timedelta(minutes=30)))
     db_session.commit()
     portal_client(app).get("/portal/sign-in")

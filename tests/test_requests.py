@@ -791,14 +791,14 @@ def test_expiry_is_seen_at_once_and_reaped_exactly_once(world, db_session, runne
     response = world.act("alice", made["id"], "revoke")
     assert response.status_code == 409 and response.json["error"] == "request_not_active"
     row = db_session.get(AccessRequest, made["id"])
-    assert (row.status, json.loads(row.provisioning).get("revoke")) == ("active", None)
+    assert (row.status, row.provisioning.get("revoke")) == ("active", None)
 
     first = runner.invoke(args=["reap"])
     assert first.exit_code == 0 and "Expired 1 grant(s)." in first.output
     db_session.expire_all()
     row = db_session.get(AccessRequest, made["id"])
     assert row.status == "expired" and row.ended_at is not None
-    assert json.loads(row.provisioning)["revoke"]["ok"] is True
+    assert row.provisioning["revoke"]["ok"] is True
     assert db_session.get(AccessRequest, other["id"]).status == "active"
     second = runner.invoke(args=["reap"])
     assert second.exit_code == 0 and "Expired 0 grant(s)." in second.output
@@ -816,7 +816,7 @@ def test_a_new_request_is_accepted_once_the_old_grant_has_expired(world, db_sess
     assert fresh.status_code == 201 and fresh.json["request"]["status"] == "active"
     db_session.expire_all()
     old = db_session.get(AccessRequest, made["id"])
-    assert old.status == "expired" and json.loads(old.provisioning)["revoke"]["ok"] is True
+    assert old.status == "expired" and old.provisioning["revoke"]["ok"] is True
     assert [a for a, _ in audit_trail(db_session, made["id"])].count("request.expired") == 1
 
 
@@ -870,7 +870,7 @@ def test_cli_creates_a_permission_and_a_rule_that_the_api_honours(world, runner,
     row = db_session.get(Permission, "gitlab")
     assert (row.name, row.max_duration_minutes, row.requires_justification, row.provisioner) == \
         ("GitLab", 90, True, "webhook")
-    assert json.loads(row.provisioner_config) == {"url": "https://hooks.example.com/gitlab",
+    assert row.provisioner_config == {"url": "https://hooks.example.com/gitlab",
                                                   "headers": {}}
     result = runner.invoke(args=["create-rule", "gitlab", "--role", "developer", "--subrole", "*",
                                  "--mode", "approval", "--approver", "security/lead",
@@ -880,7 +880,7 @@ def test_cli_creates_a_permission_and_a_rule_that_the_api_honours(world, runner,
     assert "developer/* -> gitlab (approval)" in result.output
     rule = db_session.scalar(select(PolicyRule).where(PolicyRule.permission_key == "gitlab"))
     assert (rule.role, rule.subrole, rule.mode, rule.approvals_required,
-            rule.max_duration_minutes, json.loads(rule.approvers)) == \
+            rule.max_duration_minutes, rule.approvers) == \
         ("developer", "*", "approval", 2, 45, ["security/lead", "security"])
     item = next(i for i in world.get("fred", "/v1/permissions").json["permissions"]
                 if i["key"] == "gitlab")

@@ -90,9 +90,3 @@ def test_old_failures_do_not_count_in_a_row(app):
     assert _fail(store, "slow", threshold=2, lock_seconds=60, now=1100) is False
     assert _fail(store, "slow", threshold=2, lock_seconds=60, now=1101) is True
 
-
-def test_deny_list(store):
-    store.deny_token("jti-1", expires_at=_now() + 60)
-    assert store.is_token_denied("jti-1", now=_now())
-    assert not store.is_token_denied("jti-2", now=_now())
-    store.deny_token("jti-1", expires_at=_now() + 60)  # idempotent

@@ -128,7 +128,7 @@ def test_worker_killed_inside_the_provisioner_leaves_no_half_written_grant(
     assert receiver.count("revoke", row.id) == 1
     assert audit_count(app, AuditAction.REQUEST_FAILED, row.id) == 1
     # The undo of a grant that never became active is a cleanup, as README names it.
-    record = json.loads(row.provisioning)
+    record = row.provisioning
     assert record["cleanup"]["ok"] is True and "revoke" not in record
     assert _provisioning_actions(app, row.id) == ["cleanup"]
     status, shown, _ = call(server.base, "GET", f"/v1/requests/{row.id}", headers=bearer)
@@ -204,7 +204,7 @@ def test_a_live_worker_keeps_its_claim_and_a_dead_ones_claim_is_undone_within_it
     with services.session_factory() as session:
         row = session.get(AccessRequest, first.id)
         assert row.status == RequestStatus.FAILED and row.provisioning_state is None
-        assert json.loads(row.provisioning)["cleanup"]["ok"] is True
+        assert row.provisioning["cleanup"]["ok"] is True
     assert receiver.count("revoke", first.id) == 1
     assert _provisioning_actions(app, first.id) == ["cleanup"]
 

@@ -1,4 +1,4 @@
-"""Shared sign-in state (throttling, lockout, token deny-list) across workers.
+"""Shared sign-in state (throttling, lockout) across workers.
 
 The TOTP replay mark is not here: it lives on the user row (see signin.check_totp), because
 it must survive whatever happens to a cache."""

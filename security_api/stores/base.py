@@ -28,9 +28,6 @@ def key_digest(value: str) -> str:
 class StateStore(ABC):
     """Counters and markers that must hold across workers and instances."""
 
-    # True when the deny-list lives in the service's database, so readers may join it.
-    shares_database = False
-
     @abstractmethod
     def hit(self, key: str, *, limit: int, window: int, now: int) -> int:
         """Count one request in the current window; return seconds to wait if over limit, else 0."""
@@ -61,14 +58,6 @@ class StateStore(ABC):
     @abstractmethod
     def clear_failures(self, key: str) -> None:
         """Forget failures and any lock after a success or an administrator's unlock."""
-
-    @abstractmethod
-    def deny_token(self, jti: str, *, expires_at: int) -> None:
-        """Refuse an access token from now until it would expire anyway."""
-
-    @abstractmethod
-    def is_token_denied(self, jti: str, *, now: int) -> bool:
-        """Tell whether an access token was revoked."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import case, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..models import LoginFailure, RateCounter, RevokedToken
+from ..models import LoginFailure, RateCounter
 from .base import LockState, StateStore, StoreUnavailable, key_digest
 
 CLEANUP_ONE_IN = 200
@@ -16,8 +16,6 @@ CLEANUP_ONE_IN = 200
 
 class DatabaseStore(StateStore):
     """Each operation is its own short transaction, committed before the caller goes on."""
-
-    shares_database = True
 
     def __init__(self, session_factory):
         self._sessions = session_factory
@@ -110,19 +108,6 @@ class DatabaseStore(StateStore):
     def clear_failures(self, key):
         with self._transaction() as session:
             session.execute(delete(LoginFailure).where(LoginFailure.key == key_digest(key)))
-
-    def deny_token(self, jti, *, expires_at):
-        with self._transaction() as session:
-            stmt = self._upsert(session, RevokedToken).values(jti=jti, expires_at=expires_at)
-            session.execute(stmt.on_conflict_do_nothing(index_elements=["jti"]))
-            if secrets.randbelow(CLEANUP_ONE_IN) == 0:
-                session.execute(delete(RevokedToken).where(RevokedToken.expires_at < expires_at - 86400))
-
-    def is_token_denied(self, jti, *, now):
-        with self._transaction() as session:
-            found = session.execute(
-                select(RevokedToken.jti).where(RevokedToken.jti == jti)).first()
-        return found is not None
 
     def ping(self):
         with self._transaction() as session:

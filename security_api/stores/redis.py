@@ -107,11 +107,5 @@ class RedisStore(StateStore):
     def clear_failures(self, key):
         self._call(self._redis.delete, self._key("fail", key), self._key("lock", key))
 
-    def deny_token(self, jti, *, expires_at):
-        self._call(self._redis.set, self._key("deny", jti), "1", exat=max(expires_at, 1))
-
-    def is_token_denied(self, jti, *, now):
-        return bool(self._call(self._redis.exists, self._key("deny", jti)))
-
     def ping(self):
         self._call(self._redis.ping)

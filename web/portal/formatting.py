@@ -1,7 +1,6 @@
 """How the portal shows times, durations, statuses and outcomes to people (translated)."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from flask_babel import format_datetime, format_timedelta, get_locale, ngettext
@@ -64,10 +63,9 @@ def approvers_text(entries) -> str:
     return ", ".join(entries) if entries else _("an administrator")
 
 
-def provisioning_error(raw: str | dict | None, action: str) -> str:
+def provisioning_error(record: dict | None, action: str) -> str:
     """The error the provisioner reported for `action` ("grant", "revoke"), for people."""
-    record = json.loads(raw or "{}") if not isinstance(raw, dict) else raw
-    outcome = record.get(action) or {}
+    outcome = (record or {}).get(action) or {}
     return outcome.get("error") or _("no details")
 
 
