@@ -8,6 +8,7 @@ import re
 import uuid
 from functools import wraps
 from itertools import islice
+from typing import TypeVar
 
 from flask import Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
@@ -47,6 +48,7 @@ NUL = "\x00"
 NO_NUL_PROBLEM = jsontext.NUL_PROBLEM
 JSON_WHITESPACE = b" \t\n\r"  # RFC 8259, section 2: all a body may be and still be empty
 CREDENTIAL_QUERY_PARAMS = {"access_token", "token", "jwt", "refresh_token", "password"}
+Q = TypeVar("Q", bound=BaseModel)
 
 
 # ---- collaborators -------------------------------------------------------------------------
@@ -129,6 +131,22 @@ def refuse_nul_in_query() -> None:
     for name, value in request.args.items(multi=True):
         if NUL in name or NUL in value:
             raise InvalidParams.one(name.replace(NUL, "\\x00"), NO_NUL_PROBLEM)
+
+
+def read_query(model: type[Q]) -> Q:
+    """Validate the query string with the view's query model (routes/queries.py).
+
+    It runs inside the view, after the authentication decorators: a request without a valid
+    token is a 401 whatever its query says. A NUL anywhere in the query string is refused
+    first (412 naming the parameter), as PostgreSQL cannot compare text with one; then the
+    model's own rules, every problem at once. A missing or empty required parameter makes the
+    error `missing_params`.
+    """
+    refuse_nul_in_query()
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise _invalid_query(exc) from None
 
 
 def read_json(schema: type[BaseModel]) -> BaseModel:
@@ -215,6 +233,15 @@ def _invalid_params(exc: ValidationError) -> InvalidParams:
         problem = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         missing = missing or item["type"] == "missing"
         errors.append({"field": field, "problem": problem})
+    return InvalidParams(code="missing_params" if missing else "invalid_params", errors=errors)
+
+
+def _invalid_query(exc: ValidationError) -> InvalidParams:
+    errors, missing = [], False
+    for item in exc.errors(include_url=False, include_input=False):
+        missing = missing or item["type"] == "missing"
+        problem = "is required" if item["type"] == "missing" else item["msg"]
+        errors.append({"field": ".".join(str(part) for part in item["loc"]), "problem": problem})
     return InvalidParams(code="missing_params" if missing else "invalid_params", errors=errors)
 
 

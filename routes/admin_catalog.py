@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from flask_api_functions import (
@@ -14,6 +14,7 @@ from flask_api_functions import (
     envelope,
     origin,
     read_json,
+    read_query,
     require_permission,
     services,
 )
@@ -21,10 +22,10 @@ from security_api import admin_catalog as ops
 from security_api.catalog import MAX_MINUTES
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
-from security_api.errors import InvalidParams
 
 from . import schemas
-from .openapi import NON_EMPTY, Query, documented
+from .openapi import documented
+from .queries import QueryModel, UserPermissionQuery, text
 from .schemas import SLUG, Body
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
@@ -352,15 +353,25 @@ def permission_delete(key: str):
 
 
 # ---- policy rules ------------------------------------------------------------------------------
+PermissionFilter = text("only rules of this permission key")
+RoleFilter = text("only rules of this role (or *)")
+
+
+class PoliciesQuery(QueryModel):
+    """GET /v1/admin/policies: optional filters."""
+
+    permission: PermissionFilter = None
+    role: RoleFilter = None
+
+
 @bp.get("/policies")
 @documented(summary="List policy rules", tag="admin", responses={200: PolicyList, 403: E},
-            query={"permission": "only rules of this permission key",
-                   "role": "only rules of this role (or *)"})
+            query=PoliciesQuery)
 @require_permission(ADMIN_PERMISSION)
 def policies_list():
-    """List policy rules, optionally filtered."""
-    rules = ops.list_rules(db(), permission=request.args.get("permission") or None,
-                           role=request.args.get("role") or None)
+    """List policy rules, optionally filtered (an empty filter is no filter)."""
+    query = read_query(PoliciesQuery)
+    rules = ops.list_rules(db(), permission=query.permission or None, role=query.role or None)
     return envelope(None, policies=[ops.render_rule(rule) for rule in rules])
 
 
@@ -386,19 +397,14 @@ def policy_create():
 @bp.get("/policies/explain")
 @documented(summary="Explain the decision for a user and a permission", tag="admin",
             responses={200: Explanation, 403: E, 404: E, 412: E},
-            query={"user": Query("username", NON_EMPTY, required=True),
-                   "permission": Query("permission key", NON_EMPTY, required=True)},
+            query=UserPermissionQuery,
             description="The decision, the most specific rule behind it, and every rule "
                         "considered with its specificity.")
 @require_permission(ADMIN_PERMISSION)
 def policy_explain():
     """Explain a decision."""
-    username, key = request.args.get("user"), request.args.get("permission")
-    missing = [name for name, value in (("user", username), ("permission", key)) if not value]
-    if missing:
-        raise InvalidParams(code="missing_params",
-                            errors=[{"field": name, "problem": "is required"} for name in missing])
-    return envelope(None, **ops.explain(db(), username=username, permission=key))
+    query = read_query(UserPermissionQuery)
+    return envelope(None, **ops.explain(db(), username=query.user, permission=query.permission))
 
 
 @bp.get("/policies/<rule_id:rule_id>")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from flask_api_functions import (
@@ -13,6 +13,7 @@ from flask_api_functions import (
     envelope,
     origin,
     read_json,
+    read_query,
     require_permission,
     services,
 )
@@ -24,14 +25,13 @@ from security_api.errors import InvalidParams
 
 from . import schemas
 from .auth import user_json
-from .openapi import CURSOR, LIMIT, Query, documented
+from .openapi import documented
+from .queries import CURSOR_TEXT, DEFAULT_LIMIT, Limit, QueryModel, bounded_text, choice
 
 bp = Blueprint("admin_users", __name__, url_prefix="/v1/admin")
 E = schemas.Error
 TAG = "admin"
-MAX_LIMIT, DEFAULT_LIMIT = 200, 50
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-_SHORT = {"type": "string", "maxLength": 256}
 SHOWN_ONCE = "Shown once: hand it over safely, it cannot be read again."
 
 
@@ -89,44 +89,38 @@ def _actor() -> str:
     return current_principal().account.username
 
 
-def _list_params() -> tuple[admin_users.UserFilters, int, str | None]:
-    args = request.args
-    errors = []
-    kind = args.get("kind")
-    if kind is not None and kind not in {k.value for k in UserKind}:
-        errors.append({"field": "kind", "problem": "person or service"})
-    active = args.get("active")
-    if active is not None and active not in ("true", "false"):
-        errors.append({"field": "active", "problem": "true or false"})
-    raw_limit = args.get("limit", str(DEFAULT_LIMIT))
-    limit = int(raw_limit) if raw_limit.isdigit() and raw_limit.isascii() else 0
-    if not 1 <= limit <= MAX_LIMIT:
-        errors.append({"field": "limit", "problem": f"a whole number from 1 to {MAX_LIMIT}"})
-    for name in ("role", "subrole", "q", "cursor"):
-        if len(args.get(name, "")) > 256:
-            errors.append({"field": name, "problem": "too long"})
-    if errors:
-        raise InvalidParams(errors=errors)
-    filters = admin_users.UserFilters(
-        role=args.get("role"), subrole=args.get("subrole"),
-        kind=UserKind(kind) if kind else None,
-        active=None if active is None else active == "true", q=args.get("q"))
-    return filters, limit, args.get("cursor")
+Kind = choice("person | service", [kind.value for kind in UserKind], "person or service")
+Active = choice("true | false", ["true", "false"], "true or false")
+MAX_FILTER = 256
+
+
+class UsersQuery(QueryModel):
+    """GET /v1/admin/users: filters, then the page (its cursor bounded like the filters)."""
+
+    kind: Kind = None
+    active: Active = None
+    limit: Limit = DEFAULT_LIMIT
+    role: bounded_text("filter by role", max_length=MAX_FILTER) = None
+    subrole: bounded_text("filter by subrole", max_length=MAX_FILTER) = None
+    q: bounded_text("username prefix", max_length=MAX_FILTER) = None
+    cursor: bounded_text(CURSOR_TEXT, max_length=MAX_FILTER) = None
+
+    def filters(self) -> admin_users.UserFilters:
+        """The domain's filters for these parameters."""
+        return admin_users.UserFilters(
+            role=self.role, subrole=self.subrole, kind=UserKind(self.kind) if self.kind else None,
+            active=None if self.active is None else self.active == "true", q=self.q)
 
 
 @bp.get("/users")
 @documented(summary="List users, ordered by username", tag=TAG,
-            responses={200: AdminUserList, 403: E, 412: E},
-            query={"role": Query("filter by role", _SHORT), "subrole": Query("filter by subrole", _SHORT),
-                   "kind": Query("person | service", {"type": "string", "enum": [k.value for k in UserKind]}),
-                   "active": Query("true | false", {"type": "string", "enum": ["true", "false"]}),
-                   "q": Query("username prefix", _SHORT), "limit": LIMIT,
-                   "cursor": Query(CURSOR.description, _SHORT)})
+            responses={200: AdminUserList, 403: E, 412: E}, query=UsersQuery)
 @require_permission(ADMIN_PERMISSION)
 def list_users():
     """List users one page at a time."""
-    filters, limit, cursor = _list_params()
-    page, next_cursor = admin_users.list_users(db(), filters=filters, limit=limit, cursor=cursor)
+    query = read_query(UsersQuery)
+    page, next_cursor = admin_users.list_users(db(), filters=query.filters(), limit=query.limit,
+                                               cursor=query.cursor)
     return envelope(None, users=[user_json(user) for user in page], next_cursor=next_cursor)
 
 
