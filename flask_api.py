@@ -37,7 +37,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["default"] = app.url_map.converters["string"] = \
         helpers.NulFreeSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
-                      TESTING=settings.env == "testing", DEBUG=False)
+                      TESTING=settings.env == "testing", DEBUG=False, API_VERSION=VERSION)
     app.extensions["security_api"] = build_services(settings)
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
