@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import uuid
 from functools import wraps
@@ -49,6 +50,7 @@ NO_NUL_PROBLEM = jsontext.NUL_PROBLEM
 JSON_WHITESPACE = b" \t\n\r"  # RFC 8259, section 2: all a body may be and still be empty
 CREDENTIAL_QUERY_PARAMS = {"access_token", "token", "jwt", "refresh_token", "password"}
 Q = TypeVar("Q", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 # ---- collaborators -------------------------------------------------------------------------
@@ -80,7 +82,10 @@ def origin() -> Origin:
 def envelope(message: str | None = None, *, status: int = 200, headers: dict | None = None,
              **payload) -> Response:
     """Build the contract's JSON response: a `message` plus named payload fields."""
-    body = {"message": message, **payload}
+    return _json_response({"message": message, **payload}, status=status, headers=headers)
+
+
+def _json_response(body: dict, *, status: int, headers: dict | None) -> Response:
     try:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:
@@ -92,6 +97,36 @@ def envelope(message: str | None = None, *, status: int = 200, headers: dict | N
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def respond(message: str | None = None, *, status: int = 200, headers: dict | None = None,
+            **payload) -> Response:
+    """Send a success body through the model the view documents for that status.
+
+    The model (an *Out model from routes/schemas.py) is the one in the view's
+    `documented(responses=...)`, so what is sent is what /v1/openapi.json says. Validation is
+    strict (no coercion: a field of the wrong type is drift, not something to paper over) and
+    only the fields the view set are sent. Under test, a payload the model would change
+    (a field missing from the model, a value it would convert) fails loudly; in production
+    the drift is logged and the payload sent as it is, rather than fail after the work is done.
+    """
+    body = {"message": message, **payload}
+    model = _documented_model(status)
+    try:
+        sent = model.model_validate(body, strict=True).model_dump(mode="json", exclude_unset=True)
+    except ValidationError:
+        if current_app.testing:
+            raise
+        log.exception("response drifted from %s (%s)", model.__name__, request.endpoint)
+        sent = body
+    if current_app.testing and sent != body:
+        raise AssertionError(f"{model.__name__} would change the response of {request.endpoint}")
+    return _json_response(sent, status=status, headers=headers)
+
+
+def _documented_model(status: int) -> type[BaseModel]:
+    doc = current_app.view_functions[request.endpoint].api_doc
+    return doc.responses[status]
 
 
 def error_response(exc: ApiError) -> Response:

@@ -8,12 +8,12 @@ from flask_api_functions import (
     current_actor,
     current_subject,
     db,
-    envelope,
     origin,
     read_json,
     read_query,
     require_permission,
     require_token,
+    respond,
     services,
 )
 from security_api import grants, lifecycle
@@ -44,7 +44,7 @@ def permissions_catalog():
               "requires_justification": p.requires_justification,
               "approvals_required": d.rule.approvals_required if d.mode == "approval" else None}
              for p, d in grants.requestable_catalog(db(), current_subject())]
-    return envelope(None, permissions=items)
+    return respond(None, permissions=items)
 
 
 @bp.get("/me/permissions")
@@ -56,7 +56,7 @@ def my_permissions():
     held = grants.held_permissions(db(), current_subject(), now=utcnow())
     for item in held:
         item["expires_at"] = isoformat(item["expires_at"])
-    return envelope(None, permissions=held)
+    return respond(None, permissions=held)
 
 
 @bp.get("/check")
@@ -72,15 +72,15 @@ def check():
     if user is None:
         raise NotFound("No such user.")
     if not user.active:
-        return envelope(None, allowed=False, expires_at=None)
+        return respond(None, allowed=False, expires_at=None)
     subject = Subject(user.id, user.username, user.role, user.subrole, user.kind)
     holding = grants.holding(db(), subject, permission=key, now=utcnow())
-    return envelope(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
+    return respond(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
 
 
 def _one(access_request, status=200, message=None):
     rendered = render(db(), [access_request], now=utcnow())[0]
-    return envelope(message, status=status, request=rendered)
+    return respond(message, status=status, request=rendered)
 
 
 @bp.post("/requests")
@@ -128,7 +128,7 @@ def requests_list():
     query = read_query(RequestsQuery)
     page, next_cursor = list_requests(db(), actor=current_actor(), now=utcnow(),
                                       **query.model_dump())
-    return envelope(None, requests=render(db(), page, now=utcnow()), next_cursor=next_cursor)
+    return respond(None, requests=render(db(), page, now=utcnow()), next_cursor=next_cursor)
 
 
 @bp.get("/requests/<request_id>")

@@ -11,11 +11,11 @@ from flask_api_functions import (
     NulFreeSegment,
     current_principal,
     db,
-    envelope,
     origin,
     read_json,
     read_query,
     require_permission,
+    respond,
     services,
 )
 from security_api import admin_catalog as ops
@@ -204,15 +204,15 @@ def _changes(body: BaseModel) -> dict:
 
 
 def _role(role, status=200, message=None):
-    return envelope(message, status=status, role=ops.render_role(db(), role))
+    return respond(message, status=status, role=ops.render_role(db(), role))
 
 
 def _permission(permission, status=200, message=None):
-    return envelope(message, status=status, permission=ops.render_permission(permission))
+    return respond(message, status=status, permission=ops.render_permission(permission))
 
 
 def _policy(rule, status=200, message=None):
-    return envelope(message, status=status, policy=ops.render_rule(rule))
+    return respond(message, status=status, policy=ops.render_rule(rule))
 
 
 # ---- roles -------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def _policy(rule, status=200, message=None):
 @require_permission(ADMIN_PERMISSION)
 def roles_list():
     """List every role."""
-    return envelope(None, roles=ops.list_roles(db()))
+    return respond(None, roles=ops.list_roles(db()))
 
 
 @bp.post("/roles")
@@ -266,7 +266,7 @@ def role_update(name: str):
 def role_delete(name: str):
     """Delete a role that nothing refers to."""
     ops.delete_role(db(), name=name, **_who())
-    return envelope("Role deleted.")
+    return respond("Role deleted.")
 
 
 @bp.post("/roles/<name>/subroles")
@@ -298,7 +298,7 @@ def subrole_delete(name: str, subrole: str):
 @require_permission(ADMIN_PERMISSION)
 def permissions_list():
     """List every permission with its provisioner."""
-    return envelope(None, permissions=[ops.render_permission(p) for p in ops.list_permissions(db())])
+    return respond(None, permissions=[ops.render_permission(p) for p in ops.list_permissions(db())])
 
 
 @bp.post("/permissions")
@@ -349,7 +349,7 @@ def permission_update(key: str):
 def permission_delete(key: str):
     """Delete a permission nothing refers to."""
     ops.delete_permission(db(), key=key, **_who())
-    return envelope("Permission deleted.")
+    return respond("Permission deleted.")
 
 
 # ---- policy rules ------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ def policies_list():
     """List policy rules, optionally filtered (an empty filter is no filter)."""
     query = read_query(PoliciesQuery)
     rules = ops.list_rules(db(), permission=query.permission or None, role=query.role or None)
-    return envelope(None, policies=[ops.render_rule(rule) for rule in rules])
+    return respond(None, policies=[ops.render_rule(rule) for rule in rules])
 
 
 @bp.post("/policies")
@@ -404,7 +404,7 @@ def policy_create():
 def policy_explain():
     """Explain a decision."""
     query = read_query(UserPermissionQuery)
-    return envelope(None, **ops.explain(db(), username=query.user, permission=query.permission))
+    return respond(None, **ops.explain(db(), username=query.user, permission=query.permission))
 
 
 @bp.get("/policies/<rule_id:rule_id>")
@@ -444,4 +444,4 @@ def policy_update(rule_id: str):
 def policy_delete(rule_id: str):
     """Delete a policy rule."""
     ops.delete_rule(db(), rule_id=rule_id, **_who())
-    return envelope("Policy rule deleted.")
+    return respond("Policy rule deleted.")

@@ -10,11 +10,11 @@ from flask_api_functions import (
     ADMIN_PERMISSION,
     current_principal,
     db,
-    envelope,
     origin,
     read_json,
     read_query,
     require_permission,
+    respond,
     services,
 )
 from security_api import admin_users
@@ -81,7 +81,7 @@ class AdminUserSecret(BaseModel):
 
 def _with_secret(created: NewUser, *, status: int = 200):
     name = "secret" if created.user.kind == UserKind.SERVICE else "password"
-    return envelope(SHOWN_ONCE, status=status, user=user_json(created.user),
+    return respond(SHOWN_ONCE, status=status, user=user_json(created.user),
                     **{name: created.secret})
 
 
@@ -121,7 +121,7 @@ def list_users():
     query = read_query(UsersQuery)
     page, next_cursor = admin_users.list_users(db(), filters=query.filters(), limit=query.limit,
                                                cursor=query.cursor)
-    return envelope(None, users=[user_json(user) for user in page], next_cursor=next_cursor)
+    return respond(None, users=[user_json(user) for user in page], next_cursor=next_cursor)
 
 
 @bp.post("/users")
@@ -148,7 +148,7 @@ def create_user():
 @require_permission(ADMIN_PERMISSION)
 def get_user(user_id: str):
     """Show one user."""
-    return envelope(None, user=user_json(admin_users.get_user(db(), user_id=user_id)))
+    return respond(None, user=user_json(admin_users.get_user(db(), user_id=user_id)))
 
 
 @bp.patch("/users/<user_id>")
@@ -174,7 +174,7 @@ def update_user(user_id: str):
             {"field": "(body)", "problem": "name at least one of role, subrole, email, active"}])
     user = admin_users.update_user(db(), services(), user_id=user_id, actor=_actor(),
                                    origin=origin(), now=utcnow(), **named)
-    return envelope(None, user=user_json(user))
+    return respond(None, user=user_json(user))
 
 
 @bp.post("/users/<user_id>/reset-totp")
@@ -188,7 +188,7 @@ def reset_totp(user_id: str):
     read_json(schemas.EmptyBody)
     user = admin_users.reset_totp(db(), user_id=user_id, actor=_actor(), origin=origin(),
                                   now=utcnow())
-    return envelope("Two-factor authentication reset; every session was signed out.",
+    return respond("Two-factor authentication reset; every session was signed out.",
                     user=user_json(user))
 
 
@@ -215,4 +215,4 @@ def unlock(user_id: str):
     read_json(schemas.EmptyBody)
     user = admin_users.unlock(db(), services(), user_id=user_id, actor=_actor(),
                               origin=origin(), now=utcnow())
-    return envelope("Unlocked.", user=user_json(user))
+    return respond("Unlocked.", user=user_json(user))

@@ -18,6 +18,7 @@ from flask_api_functions import (
     holds,
     read_query,
     require_token,
+    respond,
     services,
 )
 from security_api.audit import verify_chain
@@ -124,7 +125,7 @@ def audit_list():
     page, next_cursor = list_events(db(), actor=query.actor, action=query.action,
                                     since=query.since, until=query.until, limit=query.limit,
                                     cursor=query.cursor)
-    return envelope(None, events=[render(event) for event in page], next_cursor=next_cursor)
+    return respond(None, events=[render(event) for event in page], next_cursor=next_cursor)
 
 
 @bp.get("/audit/export")
@@ -174,5 +175,5 @@ def audit_verify():
         report = verify_chain(session)
     message = (f"Audit chain intact: {report.events} events." if report.ok else
                f"Audit chain broken at event {report.first_broken_seq}: {report.problem}.")
-    return envelope(message, ok=report.ok, events=report.events,
+    return respond(message, ok=report.ok, events=report.events,
                     first_broken_seq=report.first_broken_seq, problem=report.problem)

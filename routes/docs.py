@@ -7,7 +7,7 @@ import flask_swagger_ui
 from flask import Blueprint, Response, current_app, g, render_template, send_from_directory
 from werkzeug.exceptions import NotFound
 
-from flask_api_functions import envelope, services
+from flask_api_functions import respond, services
 from security_api.tokens import jwks as public_jwks
 
 from . import schemas
@@ -67,4 +67,4 @@ def jwks():
     """Publish the public signing keys; empty when tokens use a shared HMAC secret."""
     keys = public_jwks(services().keys)["keys"]
     message = None if keys else "Tokens are signed with HS256 (shared secret): no public keys."
-    return envelope(message, keys=keys)
+    return respond(message, keys=keys)
