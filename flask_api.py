@@ -39,7 +39,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["default"] = app.url_map.converters["string"] = \
         helpers.NulFreeSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
-                      TESTING=settings.env == "testing", DEBUG=False)
+                      TESTING=settings.env == "testing", DEBUG=False, API_VERSION=VERSION)
     app.extensions["security_api"] = build_services(settings)
     # Notifications go out after each commit that wrote some; stop() before disposing the engine.
     app.extensions["outbox_deliverer"] = outbox_delivery.attach(app.extensions["security_api"])
@@ -94,7 +94,11 @@ def _register_hooks(app: Flask) -> None:
             return envelope("This API answers in JSON; accept application/json.",
                             status=406, error="not_acceptable")
         helpers.refuse_credentials_in_query()
-        helpers.refuse_nul_in_query()
+        # JSON views refuse a NUL in what they read themselves (read_query), after deciding
+        # who is asking; portal pages read `next`, `cursor` and filters by hand, so a NUL is
+        # refused for all of them here, before it can reach the database.
+        if request.blueprint == "portal":
+            helpers.refuse_nul_in_query()
         return None
 
     app.after_request(helpers.apply_security_headers)

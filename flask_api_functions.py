@@ -4,10 +4,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import uuid
 from functools import wraps
 from itertools import islice
+from typing import TypeVar
 
 from flask import Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
@@ -47,6 +49,8 @@ NUL = "\x00"
 NO_NUL_PROBLEM = jsontext.NUL_PROBLEM
 JSON_WHITESPACE = b" \t\n\r"  # RFC 8259, section 2: all a body may be and still be empty
 CREDENTIAL_QUERY_PARAMS = {"access_token", "token", "jwt", "refresh_token", "password"}
+Q = TypeVar("Q", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 # ---- collaborators -------------------------------------------------------------------------
@@ -78,7 +82,10 @@ def origin() -> Origin:
 def envelope(message: str | None = None, *, status: int = 200, headers: dict | None = None,
              **payload) -> Response:
     """Build the contract's JSON response: a `message` plus named payload fields."""
-    body = {"message": message, **payload}
+    return _json_response({"message": message, **payload}, status=status, headers=headers)
+
+
+def _json_response(body: dict, *, status: int, headers: dict | None) -> Response:
     try:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:
@@ -90,6 +97,36 @@ def envelope(message: str | None = None, *, status: int = 200, headers: dict | N
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def respond(message: str | None = None, *, status: int = 200, headers: dict | None = None,
+            **payload) -> Response:
+    """Send a success body through the model the view documents for that status.
+
+    The model (an *Out model from routes/schemas.py) is the one in the view's
+    `documented(responses=...)`, so what is sent is what /v1/openapi.json says. Validation is
+    strict (no coercion: a field of the wrong type is drift, not something to paper over) and
+    only the fields the view set are sent. Under test, a payload the model would change
+    (a field missing from the model, a value it would convert) fails loudly; in production
+    the drift is logged and the payload sent as it is, rather than fail after the work is done.
+    """
+    body = {"message": message, **payload}
+    model = _documented_model(status)
+    try:
+        sent = model.model_validate(body, strict=True).model_dump(mode="json", exclude_unset=True)
+    except ValidationError:
+        if current_app.testing:
+            raise
+        log.exception("response drifted from %s (%s)", model.__name__, request.endpoint)
+        sent = body
+    if current_app.testing and sent != body:
+        raise AssertionError(f"{model.__name__} would change the response of {request.endpoint}")
+    return _json_response(sent, status=status, headers=headers)
+
+
+def _documented_model(status: int) -> type[BaseModel]:
+    doc = current_app.view_functions[request.endpoint].api_doc
+    return doc.responses[status]
 
 
 def error_response(exc: ApiError) -> Response:
@@ -129,6 +166,22 @@ def refuse_nul_in_query() -> None:
     for name, value in request.args.items(multi=True):
         if NUL in name or NUL in value:
             raise InvalidParams.one(name.replace(NUL, "\\x00"), NO_NUL_PROBLEM)
+
+
+def read_query(model: type[Q]) -> Q:
+    """Validate the query string with the view's query model (routes/queries.py).
+
+    It runs inside the view, after the authentication decorators: a request without a valid
+    token is a 401 whatever its query says. A NUL anywhere in the query string is refused
+    first (412 naming the parameter), as PostgreSQL cannot compare text with one; then the
+    model's own rules, every problem at once. A missing or empty required parameter makes the
+    error `missing_params`.
+    """
+    refuse_nul_in_query()
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise _invalid_query(exc) from None
 
 
 def read_json(schema: type[BaseModel]) -> BaseModel:
@@ -215,6 +268,15 @@ def _invalid_params(exc: ValidationError) -> InvalidParams:
         problem = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         missing = missing or item["type"] == "missing"
         errors.append({"field": field, "problem": problem})
+    return InvalidParams(code="missing_params" if missing else "invalid_params", errors=errors)
+
+
+def _invalid_query(exc: ValidationError) -> InvalidParams:
+    errors, missing = [], False
+    for item in exc.errors(include_url=False, include_input=False):
+        missing = missing or item["type"] == "missing"
+        problem = "is required" if item["type"] == "missing" else item["msg"]
+        errors.append({"field": ".".join(str(part) for part in item["loc"]), "problem": problem})
     return InvalidParams(code="missing_params" if missing else "invalid_params", errors=errors)
 
 

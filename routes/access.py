@@ -1,34 +1,35 @@
 """Permissions and access requests: catalog, holdings, checks, and the request lifecycle."""
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from flask_api_functions import (
     CHECK_PERMISSION,
     current_actor,
     current_subject,
     db,
-    envelope,
     origin,
     read_json,
+    read_query,
     require_permission,
     require_token,
+    respond,
     services,
 )
 from security_api import grants, lifecycle
 from security_api.clock import isoformat, utcnow
 from security_api.enums import RequestStatus
-from security_api.errors import InvalidParams, NotFound
+from security_api.errors import NotFound
 from security_api.grants import Subject
 from security_api.models import User
 from security_api.request_views import SCOPES, list_requests, render
 
 from . import schemas
-from .openapi import CURSOR, LIMIT, NON_EMPTY, Query, documented
+from .openapi import documented
+from .queries import DEFAULT_LIMIT, Cursor, Limit, QueryModel, UserPermissionQuery, choice, text
 
 bp = Blueprint("access", __name__, url_prefix="/v1")
 E = schemas.Error
-MAX_LIMIT, DEFAULT_LIMIT = 200, 50
 
 
 @bp.get("/permissions")
@@ -42,7 +43,7 @@ def permissions_catalog():
               "requires_justification": p.requires_justification,
               "approvals_required": d.rule.approvals_required if d.mode == "approval" else None}
              for p, d in grants.requestable_catalog(db(), current_subject())]
-    return envelope(None, permissions=items)
+    return respond(None, permissions=items)
 
 
 @bp.get("/me/permissions")
@@ -54,35 +55,31 @@ def my_permissions():
     held = grants.held_permissions(db(), current_subject(), now=utcnow())
     for item in held:
         item["expires_at"] = isoformat(item["expires_at"])
-    return envelope(None, permissions=held)
+    return respond(None, permissions=held)
 
 
 @bp.get("/check")
 @documented(summary="Does a user hold a permission now? (holders of security-api.check)",
             tag="permissions", responses={200: schemas.CheckResult, 403: E, 404: E, 412: E},
-            query={"user": Query("username", NON_EMPTY, required=True),
-                   "permission": Query("permission key", NON_EMPTY, required=True)})
+            query=UserPermissionQuery)
 @require_permission(CHECK_PERMISSION)
 def check():
     """Answer an internal tool's question about another user."""
-    username, key = request.args.get("user"), request.args.get("permission")
-    if not username or not key:
-        missing = [name for name, value in (("user", username), ("permission", key)) if not value]
-        raise InvalidParams(code="missing_params",
-                            errors=[{"field": name, "problem": "is required"} for name in missing])
-    user = db().query(User).filter_by(username=username.strip().lower()).one_or_none()
+    query = read_query(UserPermissionQuery)
+    key = query.permission
+    user = db().query(User).filter_by(username=query.user.strip().lower()).one_or_none()
     if user is None:
         raise NotFound("No such user.")
     if not user.active:
-        return envelope(None, allowed=False, expires_at=None)
+        return respond(None, allowed=False, expires_at=None)
     subject = Subject(user.id, user.username, user.role, user.subrole, user.kind)
     holding = grants.holding(db(), subject, permission=key, now=utcnow())
-    return envelope(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
+    return respond(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
 
 
 def _one(access_request, status=200, message=None):
     rendered = render(db(), [access_request], now=utcnow())[0]
-    return envelope(message, status=status, request=rendered)
+    return respond(message, status=status, request=rendered)
 
 
 @bp.post("/requests")
@@ -104,38 +101,32 @@ def create_request():
     return _one(created, status=201)
 
 
-def _query_params() -> dict:
-    args = request.args
-    scope = args.get("scope", "own")
-    status = args.get("status")
-    errors = []
-    if scope not in SCOPES:
-        errors.append({"field": "scope", "problem": f"one of {', '.join(SCOPES)}"})
-    if status is not None and status not in {s.value for s in RequestStatus}:
-        errors.append({"field": "status", "problem": "not a request status"})
-    raw_limit = args.get("limit", str(DEFAULT_LIMIT))
-    limit = int(raw_limit) if raw_limit.isdigit() and raw_limit.isascii() else 0
-    if not 1 <= limit <= MAX_LIMIT:
-        errors.append({"field": "limit", "problem": f"a whole number from 1 to {MAX_LIMIT}"})
-    if errors:
-        raise InvalidParams(errors=errors)
-    return {"scope": scope, "status": status, "permission": args.get("permission"),
-            "limit": limit, "cursor": args.get("cursor")}
+Scope = choice("own (default) | approvable | all (admin or audit holders)", SCOPES,
+               f"one of {', '.join(SCOPES)}")
+Status = choice("filter by status", [s.value for s in RequestStatus], "not a request status")
+PermissionFilter = text("filter by permission key")
+
+
+class RequestsQuery(QueryModel):
+    """GET /v1/requests: whose requests, which ones, and the page."""
+
+    scope: Scope = "own"
+    status: Status = None
+    permission: PermissionFilter = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor = None
 
 
 @bp.get("/requests")
 @documented(summary="List requests: own (default), approvable, or all", tag="requests",
-            responses={200: schemas.RequestList, 403: E, 412: E},
-            query={"scope": Query("own (default) | approvable | all (admin or audit holders)",
-                                  {"type": "string", "enum": list(SCOPES)}),
-                   "status": Query("filter by status",
-                                   {"type": "string", "enum": [s.value for s in RequestStatus]}),
-                   "permission": "filter by permission key", "limit": LIMIT, "cursor": CURSOR})
+            responses={200: schemas.RequestList, 403: E, 412: E}, query=RequestsQuery)
 @require_token
 def requests_list():
     """List requests newest first, one page at a time."""
-    page, next_cursor = list_requests(db(), actor=current_actor(), now=utcnow(), **_query_params())
-    return envelope(None, requests=render(db(), page, now=utcnow()), next_cursor=next_cursor)
+    query = read_query(RequestsQuery)
+    page, next_cursor = list_requests(db(), actor=current_actor(), now=utcnow(),
+                                      **query.model_dump())
+    return respond(None, requests=render(db(), page, now=utcnow()), next_cursor=next_cursor)
 
 
 @bp.get("/requests/<request_id>")

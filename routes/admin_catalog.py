@@ -1,7 +1,7 @@
 """Administration of roles, permissions and policy rules (holders of security-api.admin)."""
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from flask_api_functions import (
@@ -9,10 +9,11 @@ from flask_api_functions import (
     NulFreeSegment,
     current_principal,
     db,
-    envelope,
     origin,
     read_json,
+    read_query,
     require_permission,
+    respond,
     services,
 )
 from security_api import admin_catalog as ops
@@ -31,10 +32,10 @@ from security_api.catalog_schemas import (
 )
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
-from security_api.errors import InvalidParams
 
 from . import schemas
-from .openapi import NON_EMPTY, Query, documented
+from .openapi import documented
+from .queries import QueryModel, UserPermissionQuery, text
 from .schemas import Body
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
@@ -198,15 +199,15 @@ def _changes(body: BaseModel) -> dict:
 
 
 def _role(role, status=200, message=None):
-    return envelope(message, status=status, role=ops.render_role(db(), role))
+    return respond(message, status=status, role=ops.render_role(db(), role))
 
 
 def _permission(permission, status=200, message=None):
-    return envelope(message, status=status, permission=ops.render_permission(permission))
+    return respond(message, status=status, permission=ops.render_permission(permission))
 
 
 def _policy(rule, status=200, message=None):
-    return envelope(message, status=status, policy=ops.render_rule(rule))
+    return respond(message, status=status, policy=ops.render_rule(rule))
 
 
 # ---- roles -------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def _policy(rule, status=200, message=None):
 @require_permission(ADMIN_PERMISSION)
 def roles_list():
     """List every role."""
-    return envelope(None, roles=ops.list_roles(db()))
+    return respond(None, roles=ops.list_roles(db()))
 
 
 @bp.post("/roles")
@@ -260,7 +261,7 @@ def role_update(name: str):
 def role_delete(name: str):
     """Delete a role that nothing refers to."""
     ops.delete_role(db(), name=name, **_who())
-    return envelope("Role deleted.")
+    return respond("Role deleted.")
 
 
 @bp.post("/roles/<name>/subroles")
@@ -292,7 +293,7 @@ def subrole_delete(name: str, subrole: str):
 @require_permission(ADMIN_PERMISSION)
 def permissions_list():
     """List every permission with its provisioner."""
-    return envelope(None, permissions=[ops.render_permission(p) for p in ops.list_permissions(db())])
+    return respond(None, permissions=[ops.render_permission(p) for p in ops.list_permissions(db())])
 
 
 @bp.post("/permissions")
@@ -343,20 +344,30 @@ def permission_update(key: str):
 def permission_delete(key: str):
     """Delete a permission nothing refers to."""
     ops.delete_permission(db(), key=key, **_who())
-    return envelope("Permission deleted.")
+    return respond("Permission deleted.")
 
 
 # ---- policy rules ------------------------------------------------------------------------------
+PermissionFilter = text("only rules of this permission key")
+RoleFilter = text("only rules of this role (or *)")
+
+
+class PoliciesQuery(QueryModel):
+    """GET /v1/admin/policies: optional filters."""
+
+    permission: PermissionFilter = None
+    role: RoleFilter = None
+
+
 @bp.get("/policies")
 @documented(summary="List policy rules", tag="admin", responses={200: PolicyList, 403: E},
-            query={"permission": "only rules of this permission key",
-                   "role": "only rules of this role (or *)"})
+            query=PoliciesQuery)
 @require_permission(ADMIN_PERMISSION)
 def policies_list():
-    """List policy rules, optionally filtered."""
-    rules = ops.list_rules(db(), permission=request.args.get("permission") or None,
-                           role=request.args.get("role") or None)
-    return envelope(None, policies=[ops.render_rule(rule) for rule in rules])
+    """List policy rules, optionally filtered (an empty filter is no filter)."""
+    query = read_query(PoliciesQuery)
+    rules = ops.list_rules(db(), permission=query.permission or None, role=query.role or None)
+    return respond(None, policies=[ops.render_rule(rule) for rule in rules])
 
 
 @bp.post("/policies")
@@ -381,19 +392,14 @@ def policy_create():
 @bp.get("/policies/explain")
 @documented(summary="Explain the decision for a user and a permission", tag="admin",
             responses={200: Explanation, 403: E, 404: E, 412: E},
-            query={"user": Query("username", NON_EMPTY, required=True),
-                   "permission": Query("permission key", NON_EMPTY, required=True)},
+            query=UserPermissionQuery,
             description="The decision, the most specific rule behind it, and every rule "
                         "considered with its specificity.")
 @require_permission(ADMIN_PERMISSION)
 def policy_explain():
     """Explain a decision."""
-    username, key = request.args.get("user"), request.args.get("permission")
-    missing = [name for name, value in (("user", username), ("permission", key)) if not value]
-    if missing:
-        raise InvalidParams(code="missing_params",
-                            errors=[{"field": name, "problem": "is required"} for name in missing])
-    return envelope(None, **ops.explain(db(), username=username, permission=key))
+    query = read_query(UserPermissionQuery)
+    return respond(None, **ops.explain(db(), username=query.user, permission=query.permission))
 
 
 @bp.get("/policies/<rule_id:rule_id>")
@@ -433,4 +439,4 @@ def policy_update(rule_id: str):
 def policy_delete(rule_id: str):
     """Delete a policy rule."""
     ops.delete_rule(db(), rule_id=rule_id, **_who())
-    return envelope("Policy rule deleted.")
+    return respond("Policy rule deleted.")

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from flask_api_functions import (
     ADMIN_PERMISSION,
     current_principal,
     db,
-    envelope,
     origin,
     read_json,
+    read_query,
     require_permission,
+    respond,
     services,
 )
 from security_api import admin_users
@@ -24,14 +25,13 @@ from security_api.errors import InvalidParams
 
 from . import schemas
 from .auth import user_json
-from .openapi import CURSOR, LIMIT, Query, documented
+from .openapi import documented
+from .queries import CURSOR_TEXT, DEFAULT_LIMIT, Limit, QueryModel, bounded_text, choice
 
 bp = Blueprint("admin_users", __name__, url_prefix="/v1/admin")
 E = schemas.Error
 TAG = "admin"
-MAX_LIMIT, DEFAULT_LIMIT = 200, 50
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-_SHORT = {"type": "string", "maxLength": 256}
 SHOWN_ONCE = "Shown once: hand it over safely, it cannot be read again."
 
 
@@ -81,7 +81,7 @@ class AdminUserSecret(BaseModel):
 
 def _with_secret(created: NewUser, *, status: int = 200):
     name = "secret" if created.user.kind == UserKind.SERVICE else "password"
-    return envelope(SHOWN_ONCE, status=status, user=user_json(created.user),
+    return respond(SHOWN_ONCE, status=status, user=user_json(created.user),
                     **{name: created.secret})
 
 
@@ -89,45 +89,39 @@ def _actor() -> str:
     return current_principal().account.username
 
 
-def _list_params() -> tuple[admin_users.UserFilters, int, str | None]:
-    args = request.args
-    errors = []
-    kind = args.get("kind")
-    if kind is not None and kind not in {k.value for k in UserKind}:
-        errors.append({"field": "kind", "problem": "person or service"})
-    active = args.get("active")
-    if active is not None and active not in ("true", "false"):
-        errors.append({"field": "active", "problem": "true or false"})
-    raw_limit = args.get("limit", str(DEFAULT_LIMIT))
-    limit = int(raw_limit) if raw_limit.isdigit() and raw_limit.isascii() else 0
-    if not 1 <= limit <= MAX_LIMIT:
-        errors.append({"field": "limit", "problem": f"a whole number from 1 to {MAX_LIMIT}"})
-    for name in ("role", "subrole", "q", "cursor"):
-        if len(args.get(name, "")) > 256:
-            errors.append({"field": name, "problem": "too long"})
-    if errors:
-        raise InvalidParams(errors=errors)
-    filters = admin_users.UserFilters(
-        role=args.get("role"), subrole=args.get("subrole"),
-        kind=UserKind(kind) if kind else None,
-        active=None if active is None else active == "true", q=args.get("q"))
-    return filters, limit, args.get("cursor")
+Kind = choice("person | service", [kind.value for kind in UserKind], "person or service")
+Active = choice("true | false", ["true", "false"], "true or false")
+MAX_FILTER = 256
+
+
+class UsersQuery(QueryModel):
+    """GET /v1/admin/users: filters, then the page (its cursor bounded like the filters)."""
+
+    kind: Kind = None
+    active: Active = None
+    limit: Limit = DEFAULT_LIMIT
+    role: bounded_text("filter by role", max_length=MAX_FILTER) = None
+    subrole: bounded_text("filter by subrole", max_length=MAX_FILTER) = None
+    q: bounded_text("username prefix", max_length=MAX_FILTER) = None
+    cursor: bounded_text(CURSOR_TEXT, max_length=MAX_FILTER) = None
+
+    def filters(self) -> admin_users.UserFilters:
+        """The domain's filters for these parameters."""
+        return admin_users.UserFilters(
+            role=self.role, subrole=self.subrole, kind=UserKind(self.kind) if self.kind else None,
+            active=None if self.active is None else self.active == "true", q=self.q)
 
 
 @bp.get("/users")
 @documented(summary="List users, ordered by username", tag=TAG,
-            responses={200: AdminUserList, 403: E, 412: E},
-            query={"role": Query("filter by role", _SHORT), "subrole": Query("filter by subrole", _SHORT),
-                   "kind": Query("person | service", {"type": "string", "enum": [k.value for k in UserKind]}),
-                   "active": Query("true | false", {"type": "string", "enum": ["true", "false"]}),
-                   "q": Query("username prefix", _SHORT), "limit": LIMIT,
-                   "cursor": Query(CURSOR.description, _SHORT)})
+            responses={200: AdminUserList, 403: E, 412: E}, query=UsersQuery)
 @require_permission(ADMIN_PERMISSION)
 def list_users():
     """List users one page at a time."""
-    filters, limit, cursor = _list_params()
-    page, next_cursor = admin_users.list_users(db(), filters=filters, limit=limit, cursor=cursor)
-    return envelope(None, users=[user_json(user) for user in page], next_cursor=next_cursor)
+    query = read_query(UsersQuery)
+    page, next_cursor = admin_users.list_users(db(), filters=query.filters(), limit=query.limit,
+                                               cursor=query.cursor)
+    return respond(None, users=[user_json(user) for user in page], next_cursor=next_cursor)
 
 
 @bp.post("/users")
@@ -154,7 +148,7 @@ def create_user():
 @require_permission(ADMIN_PERMISSION)
 def get_user(user_id: str):
     """Show one user."""
-    return envelope(None, user=user_json(admin_users.get_user(db(), user_id=user_id)))
+    return respond(None, user=user_json(admin_users.get_user(db(), user_id=user_id)))
 
 
 @bp.patch("/users/<user_id>")
@@ -180,7 +174,7 @@ def update_user(user_id: str):
             {"field": "(body)", "problem": "name at least one of role, subrole, email, active"}])
     user = admin_users.update_user(db(), services(), user_id=user_id, actor=_actor(),
                                    origin=origin(), now=utcnow(), **named)
-    return envelope(None, user=user_json(user))
+    return respond(None, user=user_json(user))
 
 
 @bp.post("/users/<user_id>/reset-totp")
@@ -194,7 +188,7 @@ def reset_totp(user_id: str):
     read_json(schemas.EmptyBody)
     user = admin_users.reset_totp(db(), user_id=user_id, actor=_actor(), origin=origin(),
                                   now=utcnow())
-    return envelope("Two-factor authentication reset; every session was signed out.",
+    return respond("Two-factor authentication reset; every session was signed out.",
                     user=user_json(user))
 
 
@@ -221,4 +215,4 @@ def unlock(user_id: str):
     read_json(schemas.EmptyBody)
     user = admin_users.unlock(db(), services(), user_id=user_id, actor=_actor(),
                               origin=origin(), now=utcnow())
-    return envelope("Unlocked.", user=user_json(user))
+    return respond("Unlocked.", user=user_json(user))

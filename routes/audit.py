@@ -5,10 +5,10 @@ import json
 import re
 from datetime import datetime
 from functools import wraps
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, current_app, request, stream_with_context
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
 
 from flask_api_functions import (
     ADMIN_PERMISSION,
@@ -16,34 +16,25 @@ from flask_api_functions import (
     db,
     envelope,
     holds,
+    read_query,
     require_token,
+    respond,
     services,
 )
 from security_api.audit import verify_chain
 from security_api.audit_views import AuditFilters, iterate_events, list_events, render
-from security_api.clock import parse_instant
-from security_api.errors import Forbidden, InvalidParams
+from security_api.errors import Forbidden
 
 from . import schemas
-from .openapi import CURSOR, LIMIT, Query, documented
+from .openapi import documented
+from .queries import DEFAULT_LIMIT, Cursor, Limit, QueryModel, instant, matching, problem
 
 bp = Blueprint("audit_api", __name__, url_prefix="/v1")
 E = schemas.Error
-MAX_LIMIT, DEFAULT_LIMIT = 200, 50
 MAX_FILTER_LENGTH = 256
 NDJSON = "application/x-ndjson"
 # 1 to 256 characters, none of them a control character: the parser and the document share it.
 FILTER_TEXT = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{1,{MAX_FILTER_LENGTH}}}")
-_TEXT = {"type": "string", "pattern": f"^{FILTER_TEXT.pattern}$"}
-_TIME = {"type": "string", "format": "date-time"}
-FILTER_DOCS = {
-    "actor": Query("exact actor (username, or system/test for built-in changes)", _TEXT),
-    "action": Query("exact action, e.g. login.failed", _TEXT),
-    "since": Query("ISO 8601; events at or after (no zone means UTC; must exist in UTC, else 412)", _TIME),
-    "until": Query("ISO 8601; events strictly before (no zone means UTC; must exist in UTC)", _TIME),
-}
-
-
 # ---- responses ---------------------------------------------------------------------------------
 class AuditEventOut(BaseModel):
     id: str
@@ -88,65 +79,58 @@ def require_audit_reader(view):
     return require_token(checked)
 
 
-def _parse_time(name: str, errors: list[dict]) -> datetime | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_instant(raw.strip(), naive_is_utc=True)
-    except ValueError:
-        errors.append({"field": name, "problem": "an ISO 8601 date-time that exists in UTC "
-                                                 "(years 1-9999), e.g. 2026-01-31T12:00:00Z"})
-        return None
+TEXT_PROBLEM = f"1 to {MAX_FILTER_LENGTH} printable characters"
 
 
-def _parse_text(name: str, errors: list[dict]) -> str | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    if not FILTER_TEXT.fullmatch(raw):
-        errors.append({"field": name, "problem": f"1 to {MAX_FILTER_LENGTH} printable characters"})
-        return None
-    return raw
+def _not_before_since(until: datetime | None, info: ValidationInfo) -> datetime | None:
+    since = info.data.get("since")
+    if until is not None and since is not None and until < since:
+        raise problem("must not be before since")
+    return until
 
 
-def _filters(errors: list[dict]) -> AuditFilters:
-    actor, action = _parse_text("actor", errors), _parse_text("action", errors)
-    since, until = _parse_time("since", errors), _parse_time("until", errors)
-    if since is not None and until is not None and until < since:
-        errors.append({"field": "until", "problem": "must not be before since"})
-    return AuditFilters(actor=actor, action=action, since=since, until=until)
+class AuditFilterQuery(QueryModel):
+    """The filters of GET /v1/audit and its export."""
+
+    actor: matching("exact actor (username, or system/test for built-in changes)",
+                    FILTER_TEXT, TEXT_PROBLEM) = None
+    action: matching("exact action, e.g. login.failed", FILTER_TEXT, TEXT_PROBLEM) = None
+    since: instant("ISO 8601; events at or after (no zone means UTC; must exist in UTC, "
+                   "else 412)") = None
+    until: Annotated[instant("ISO 8601; events strictly before (no zone means UTC; must exist "
+                             "in UTC)"), AfterValidator(_not_before_since)] = None
+
+    def filters(self) -> AuditFilters:
+        """The domain's filters for these parameters."""
+        return AuditFilters(actor=self.actor, action=self.action, since=self.since,
+                            until=self.until)
 
 
-def _raise_if(errors: list[dict]) -> None:
-    if errors:
-        raise InvalidParams(errors=errors)
+class AuditListQuery(AuditFilterQuery):
+    """GET /v1/audit: the filters, then the page."""
+
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor = None
 
 
 # ---- routes ------------------------------------------------------------------------------------
 @bp.get("/audit")
 @documented(summary="The audit log, newest first (admin or audit holders)", tag="audit",
             responses={200: AuditList, 403: E, 412: E},
-            query={**FILTER_DOCS, "limit": LIMIT, "cursor": CURSOR})
+            query=AuditListQuery)
 @require_audit_reader
 def audit_list():
     """List audit events one page at a time."""
-    errors: list[dict] = []
-    filters = _filters(errors)
-    raw_limit = request.args.get("limit", str(DEFAULT_LIMIT))
-    limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4 else 0
-    if not 1 <= limit <= MAX_LIMIT:
-        errors.append({"field": "limit", "problem": f"a whole number from 1 to {MAX_LIMIT}"})
-    _raise_if(errors)
-    page, next_cursor = list_events(db(), actor=filters.actor, action=filters.action,
-                                    since=filters.since, until=filters.until, limit=limit,
-                                    cursor=request.args.get("cursor"))
-    return envelope(None, events=[render(event) for event in page], next_cursor=next_cursor)
+    query = read_query(AuditListQuery)
+    page, next_cursor = list_events(db(), actor=query.actor, action=query.action,
+                                    since=query.since, until=query.until, limit=query.limit,
+                                    cursor=query.cursor)
+    return respond(None, events=[render(event) for event in page], next_cursor=next_cursor)
 
 
 @bp.get("/audit/export")
 @documented(summary="Export the audit log as NDJSON, oldest first (admin or audit holders)",
-            tag="audit", responses={200: None, 403: E, 412: E}, query=FILTER_DOCS,
+            tag="audit", responses={200: None, 403: E, 412: E}, query=AuditFilterQuery,
             description="`application/x-ndjson`: one event per line, in the shape of "
                         "`GET /v1/audit`, streamed without pagination. Accept "
                         "`application/x-ndjson`, `application/json` or `*/*`.")
@@ -157,9 +141,7 @@ def audit_export():
     if request.headers.get("Accept") and not (accepts[NDJSON] or accepts.accept_json):
         return envelope("The export is NDJSON; accept application/x-ndjson.", status=406,
                         error="not_acceptable")
-    errors: list[dict] = []
-    filters = _filters(errors)
-    _raise_if(errors)
+    filters = read_query(AuditFilterQuery).filters()
     session_factory = services().session_factory
 
     def lines():
@@ -193,5 +175,5 @@ def audit_verify():
         report = verify_chain(session)
     message = (f"Audit chain intact: {report.events} events." if report.ok else
                f"Audit chain broken at event {report.first_broken_seq}: {report.problem}.")
-    return envelope(message, ok=report.ok, events=report.events,
+    return respond(message, ok=report.ok, events=report.events,
                     first_broken_seq=report.first_broken_seq, problem=report.problem)

@@ -12,10 +12,10 @@ from flask_api_functions import (
     basic_credentials,
     current_principal,
     db,
-    envelope,
     origin,
     read_json,
     require_token,
+    respond,
     services,
 )
 from security_api import metrics, sessions, signin
@@ -38,7 +38,7 @@ def user_json(user: User | sessions.Account) -> dict:
 
 
 def _tokens(issued: sessions.IssuedTokens):
-    return envelope(None, token=issued.access_token, token_type="Bearer",  # noqa: S106
+    return respond(None, token=issued.access_token, token_type="Bearer",  # noqa: S106
                     expires_in=issued.expires_in, refresh_token=issued.refresh_token,
                     refresh_expires_in=issued.refresh_expires_in)
 
@@ -107,7 +107,7 @@ def totp_enroll():
     read_json(schemas.EmptyBody)
     secret, uri = signin.enroll_totp(db(), services(), username=username, password=password,
                                      origin=origin(), now=utcnow())
-    return envelope("Scan the QR code, then confirm with POST /v1/totp/confirm.",
+    return respond("Scan the QR code, then confirm with POST /v1/totp/confirm.",
                     secret=secret, otpauth_uri=uri, qr_png=_qr_data_uri(uri))
 
 
@@ -127,7 +127,7 @@ def totp_confirm():
     codes = signin.confirm_totp_enrollment(db(), services(), username=username,
                                            password=password, code=body.totp,
                                            origin=origin(), now=utcnow())
-    return envelope("Two-factor authentication is on. Keep these recovery codes safe; "
+    return respond("Two-factor authentication is on. Keep these recovery codes safe; "
                     "each works once.", recovery_codes=codes)
 
 
@@ -157,7 +157,7 @@ def logout():
     read_json(schemas.EmptyBody)
     sessions.end_session(db(), services(), principal=current_principal(), origin=origin(),
                          now=utcnow())
-    return envelope("Logged out.")
+    return respond("Logged out.")
 
 
 @bp.post("/password")
@@ -175,7 +175,7 @@ def change_password():
     signin.change_password(session, services(), user=user,
                            current_password=body.current_password,
                            new_password=body.new_password, origin=origin(), now=utcnow())
-    return envelope("Password changed. Every session was signed out; sign in again.")
+    return respond("Password changed. Every session was signed out; sign in again.")
 
 
 @bp.get("/profile")
@@ -185,4 +185,4 @@ def change_password():
 def profile():
     """Show who the token belongs to."""
     principal = current_principal()
-    return envelope(None, jwt_data=principal.claims, user=user_json(principal.account))
+    return respond(None, jwt_data=principal.claims, user=user_json(principal.account))

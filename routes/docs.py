@@ -7,7 +7,7 @@ import flask_swagger_ui
 from flask import Blueprint, Response, current_app, g, render_template, send_from_directory
 from werkzeug.exceptions import NotFound
 
-from flask_api_functions import envelope, services
+from flask_api_functions import respond, services
 from security_api.tokens import jwks as public_jwks
 
 from . import schemas
@@ -26,10 +26,10 @@ DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inl
 @documented(summary="This OpenAPI 3.1 document", tag="service", responses={200: None})
 def openapi():
     """Describe every route, generated from the code's own schemas."""
-    from flask_api import VERSION
     document = current_app.extensions.get("openapi_document")
     if document is None:
-        document = build_document(current_app, version=VERSION)
+        # The app factory hands the version down in the config: routes never import the app.
+        document = build_document(current_app, version=current_app.config["API_VERSION"])
         current_app.extensions["openapi_document"] = document
     return current_app.response_class(current_app.json.dumps(document),
                                       mimetype="application/json")
@@ -67,4 +67,4 @@ def jwks():
     """Publish the public signing keys; empty when tokens use a shared HMAC secret."""
     keys = public_jwks(services().keys)["keys"]
     message = None if keys else "Tokens are signed with HS256 (shared secret): no public keys."
-    return envelope(message, keys=keys)
+    return respond(message, keys=keys)

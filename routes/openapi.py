@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flask import Flask
 from pydantic import BaseModel
@@ -30,20 +30,6 @@ COMMON_ERRORS = (400, 406, 414, 431, 500, 503)
 BODY_ERRORS = (412, 413, 415)
 
 
-@dataclass(frozen=True)
-class Query:
-    """A query parameter as the handler really parses it: a plain string unless told."""
-
-    description: str
-    schema: dict = field(default_factory=lambda: {"type": "string"})
-    required: bool = False
-
-
-NON_EMPTY = {"type": "string", "minLength": 1}
-LIMIT = Query("1-200, default 50", {"type": "integer", "minimum": 1, "maximum": 200})
-CURSOR = Query("next_cursor of the previous page, as given; anything else is 412")
-
-
 @dataclass
 class ApiDoc:
     """What the document says about one operation."""
@@ -54,14 +40,18 @@ class ApiDoc:
     body: type[BaseModel] | None = None
     auth: str | None = None
     description: str = ""
-    query: dict[str, str | Query] = field(default_factory=dict)
+    query: type[BaseModel] | None = None
 
 
 def documented(*, summary: str, tag: str, responses: dict, body=None, auth=None,
-               description: str = "", query: dict | None = None):
-    """Attach OpenAPI facts to a view; put it under the route decorator."""
+               description: str = "", query: type[BaseModel] | None = None):
+    """Attach OpenAPI facts to a view; put it under the route decorator.
+
+    `query` is the model the view reads its query string with (read_query), so the
+    parameters documented are the ones validated.
+    """
     def decorate(view):
-        view.api_doc = ApiDoc(summary, tag, responses, body, auth, description, query or {})
+        view.api_doc = ApiDoc(summary, tag, responses, body, auth, description, query)
         return view
     return decorate
 
@@ -103,9 +93,8 @@ def _json_content(model, components, *, request: bool = False) -> dict:
     return {"application/json": {"schema": _schema_ref(model, components, request=request)}}
 
 
-def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
-               operation_id: str) -> dict:
-    auth = getattr(view, "required_auth", None) or doc.auth
+def _statuses(doc: ApiDoc, auth: str | None, path_params: list[str]) -> dict:
+    """The operation's answers: its own, plus the errors any such operation can give."""
     statuses = dict(doc.responses)
     for status in COMMON_ERRORS + (BODY_ERRORS if doc.body else ()):
         statuses.setdefault(status, schemas.Error)
@@ -115,6 +104,10 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
         statuses.setdefault(404, schemas.Error)  # nothing has that id (a NUL matches no route)
     if auth:
         statuses.setdefault(401, schemas.Error)
+    return statuses
+
+
+def _responses(statuses: dict, components: dict) -> dict:
     responses = {}
     for status, model in sorted(statuses.items()):
         entry = {"description": STATUS_TEXT.get(status, "")}
@@ -127,19 +120,41 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
             entry["headers"] = {"Retry-After": {"schema": {"type": "integer"},
                                                 "description": "Seconds to wait."}}
         responses[str(status)] = entry
-    operation = {"summary": doc.summary, "tags": [doc.tag], "responses": responses,
+    return responses
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict]:
+    """The query parameters of a read_query model, each with the schema its field pins."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, spec in schema.get("properties", {}).items():
+        spec = dict(spec)
+        description = spec.pop("description", "")
+        # The description says the default where it matters; absent means no filter.
+        spec.pop("title", None), spec.pop("default", None)
+        parameters.append({"name": name, "in": "query", "required": name in required,
+                           "schema": no_nul_in_strings(spec), "description": description})
+    return parameters
+
+
+def _parameters(doc: ApiDoc, path_params: list[str]) -> list[dict]:
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in path_params]
+    return parameters + (query_parameters(doc.query) if doc.query else [])
+
+
+def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
+               operation_id: str) -> dict:
+    auth = getattr(view, "required_auth", None) or doc.auth
+    operation = {"summary": doc.summary, "tags": [doc.tag],
+                 "responses": _responses(_statuses(doc, auth, path_params), components),
                  "operationId": operation_id}
     if doc.description:
         operation["description"] = doc.description
     operation["security"] = [{"basicAuth": []}] if auth == "basic" else \
         [{"bearerAuth": []}] if auth == "bearer" else []
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in path_params]
-    for name, spec in doc.query.items():
-        spec = Query(spec) if isinstance(spec, str) else spec
-        parameters.append({"name": name, "in": "query", "required": spec.required,
-                           "schema": no_nul_in_strings(dict(spec.schema)),
-                           "description": spec.description})
+    parameters = _parameters(doc, path_params)
     if parameters:
         operation["parameters"] = parameters
     if doc.body is not None:
