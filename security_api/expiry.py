@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 from . import audit, outbox
 from .enums import AuditAction, RequestStatus
 from .models import AccessRequest
-from .provisioning import finish_revoke
+from .provisioning import revoke_each_claimed
 from .services import Services
 from .transitions import Event, transition
-from .unit_of_work import end_reads, unit_of_work
+from .unit_of_work import end_reads
 
 
 def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
@@ -41,11 +41,4 @@ def expire_due(session: Session, services: Services, *, now: datetime, origin: a
         .where(AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at <= now)
         .order_by(AccessRequest.expires_at).limit(limit)))
     end_reads(session)
-    expired = 0
-    for request_id in due:
-        with unit_of_work(session):
-            claimed = expire_one(session, request_id, origin=origin, now=now)
-        if claimed:
-            finish_revoke(session, services, request_id, origin=origin, now=now)
-            expired += 1
-    return expired
+    return revoke_each_claimed(session, services, due, claim=expire_one, origin=origin, now=now)

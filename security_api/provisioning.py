@@ -236,15 +236,26 @@ def recover_abandoned_grants(session: Session, services: Services, *, origin: au
                                        AccessRequest.provisioning_started_at < now - claim_lease())
         .limit(limit)))
     end_reads(session)
-    done = 0
-    for request_id in abandoned:
+    # Whatever an interrupted grant did outside is undone (recorded as cleanup).
+    return revoke_each_claimed(session, services, abandoned, claim=fail_abandoned,
+                               origin=origin, now=now)
+
+
+def revoke_each_claimed(session: Session, services: Services, request_ids: list[str], *,
+                        claim, origin: audit.Origin, now: datetime) -> int:
+    """For each id: `claim(session, id, origin=, now=)` in a unit of work of its own; if it
+    claimed, run the owed revoke after that commit. Return how many were claimed.
+
+    One unit of work per request, so one slow or failing revoke does not hold back the rest.
+    """
+    claimed = 0
+    for request_id in request_ids:
         with unit_of_work(session):
-            failed = fail_abandoned(session, request_id, origin=origin, now=now)
-        if failed:
-            # Whatever the interrupted grant did outside is undone (recorded as cleanup).
+            won = claim(session, request_id, origin=origin, now=now)
+        if won:
             finish_revoke(session, services, request_id, origin=origin, now=now)
-            done += 1
-    return done
+            claimed += 1
+    return claimed
 
 
 def _retry_revokes(session: Session, services: Services, *, origin: audit.Origin,
