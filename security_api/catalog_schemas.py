@@ -3,8 +3,9 @@
 Each rule about a concept (slug patterns, lengths, ranges, cross-field rules) is written once,
 here. The admin HTTP bodies (routes/admin_catalog.py) subclass these models, the policy file
 reader (policyfile_read.py) validates each YAML item with them, and the CLI and seed code check
-their arguments through them (catalog.py). A provisioner's own config is checked by the
-provisioner (provisioners/), since only it knows its shape.
+their arguments through them (catalog.py). A provisioner's own config and params are
+declared by the provisioner as its `config_model` and `params_model` (provisioners/), since
+only it knows their shape; `problem_text` words their problems too.
 
 The coming "conflict set" concept belongs here too, as one more model next to `RuleSpec`.
 """

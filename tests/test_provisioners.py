@@ -461,3 +461,68 @@ def test_config_refused(config, field):
     with pytest.raises(InvalidParams) as caught:
         checker().validate_config(config)
     assert caught.value.errors[0]["field"] == field
+
+
+# ---- declared config and params models (base.Provisioner validates through them) --------------
+def test_every_module_is_discovered():
+    from security_api.provisioners import modules
+    assert modules() == ["aws_security_group", "none", "webhook"]
+    assert names() == ["aws_security_group", "none", "webhook"]
+
+
+def test_importing_the_app_does_not_load_boto3():
+    import subprocess
+    import sys
+    code = "import sys, flask_api; assert 'boto3' not in sys.modules, 'boto3 loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_each_provisioner_declares_its_models():
+    from security_api.provisioners.aws_security_group import SecurityGroupConfig, SecurityGroupParams
+    from security_api.provisioners.base import Nothing
+    from security_api.provisioners.none import NoneProvisioner
+    from security_api.provisioners.webhook import WebhookConfig, WebhookParams
+    assert (NoneProvisioner.config_model, NoneProvisioner.params_model) == (Nothing, Nothing)
+    assert (WebhookProvisioner.config_model, WebhookProvisioner.params_model) == \
+        (WebhookConfig, WebhookParams)
+    assert AwsSecurityGroupProvisioner.config_model is SecurityGroupConfig
+    assert AwsSecurityGroupProvisioner.params_model is SecurityGroupParams
+
+
+@pytest.mark.parametrize("call,problem", [
+    (lambda p: p.validate_config({"a": 1}), "the none provisioner takes no config"),
+    (lambda p: p.validate_params({"a": 1}, config={}), "the none provisioner takes no params"),
+])
+def test_none_takes_nothing(call, problem):
+    with pytest.raises(InvalidParams) as caught:
+        call(get_provisioner("none", make_settings()))
+    assert caught.value.errors == [{"field": problem.split()[-1], "problem": problem}]
+    assert get_provisioner("none", make_settings()).validate_config({}) == {}
+
+
+def test_problems_read_as_before():
+    """One sentence per field, the message `field: problem`, each problem once."""
+    with pytest.raises(InvalidParams) as caught:
+        checker().validate_config({"group_id": "sg-0123abcd", "ports": [True], "extra": 1})
+    assert [e["field"] for e in caught.value.errors] == ["config", "config.ports"]
+    assert caught.value.errors[0]["problem"] == "unknown keys ['extra']"
+    assert caught.value.message.startswith("config: unknown keys ['extra']; config.ports: must be")
+
+
+def test_validator_messages_are_kept():
+    with pytest.raises(InvalidParams) as caught:
+        webhook().validate_config({"url": "https://example.com/", "headers": {"Host": "x"}})
+    assert caught.value.errors == [{"field": "config.headers", "problem": "Host is set by the service"}]
+    assert caught.value.message == "config.headers: Host is set by the service"
+
+
+def test_explicit_null_cidr_refused_absent_cidr_fine():
+    with pytest.raises(InvalidParams) as caught:
+        checker().validate_params({"cidr": None}, config={})
+    assert caught.value.errors[0]["field"] == "params.cidr"
+    assert checker().validate_params({"cidr": " 203.0.113.0/24"}, config={}) == {"cidr": "203.0.113.0/24"}
+
+
+def test_webhook_null_headers_are_none():
+    assert webhook().validate_config({"url": "https://example.com/", "headers": None}) == \
+        {"url": "https://example.com/", "headers": {}}

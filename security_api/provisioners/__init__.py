@@ -1,7 +1,8 @@
-"""Provisioners by name: each module registers its class (see `base.Provisioner`)."""
+"""Provisioners by name: every module of this package but `base` registers its class (see `base`)."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from ..errors import InvalidParams
 from ..settings import Settings
@@ -9,12 +10,19 @@ from .base import REGISTRY, GrantContext, Provisioner, ProvisioningError
 
 __all__ = ["GrantContext", "Provisioner", "ProvisioningError", "get_provisioner", "names"]
 
-# Imported on first use, so a provisioner's own dependencies (boto3) load only when needed.
-MODULES = ("none", "webhook", "aws_security_group")
+
+def modules() -> list[str]:
+    """Return the provisioner modules of this package: every module but `base`.
+
+    Listing reads file names only; nothing is imported, so a provisioner's own dependencies
+    (boto3) load on the first use of the registry, never on `import security_api`.
+    """
+    return sorted(info.name for info in pkgutil.iter_modules(__path__)
+                  if info.name != "base" and not info.name.startswith("_"))
 
 
 def _registry() -> dict[str, type[Provisioner]]:
-    for module in MODULES:
+    for module in modules():
         importlib.import_module(f"{__name__}.{module}")
     return REGISTRY
 

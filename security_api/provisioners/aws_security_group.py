@@ -20,18 +20,23 @@ from __future__ import annotations
 import ipaddress
 import re
 import threading
+from typing import Annotated, ClassVar, Literal
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
 from ..errors import InvalidParams
-from .base import GrantContext, Provisioner, ProvisioningError
+from .base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
-GROUP_ID = re.compile(r"sg-[0-9a-f]{8,17}")
-REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+GROUP_ID = r"^sg-[0-9a-f]{8,17}$"
+REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
 PROTOCOLS = ("tcp", "udp")
 MAX_PORT_RANGES = 10
+CIDR_PROBLEM = "must be a network like 203.0.113.7/32"
+PORTS_PROBLEM = (f"must be a list of 1 to {MAX_PORT_RANGES} ports (1-65535) "
+                 "or {\"from\", \"to\"} ranges with from <= to")
 MAX_DESCRIPTION = 255
 # A personal access is one address or a small network, never a large part of the internet.
 MIN_PREFIX = {4: 16, 6: 48}
@@ -41,39 +46,81 @@ DUPLICATE = "InvalidPermission.Duplicate"
 NOT_FOUND = "InvalidPermission.NotFound"
 
 
+def canonical_network(value) -> str:
+    """Return the network in canonical form; ValueError unless it is exact and narrow enough."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise ValueError(CIDR_PROBLEM)
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError:
+        raise ValueError(_cidr_problem(value.strip())) from None
+    if network.prefixlen < MIN_PREFIX[network.version]:
+        raise ValueError(f"too broad: IPv{network.version} networks need a prefix of at least "
+                         f"/{MIN_PREFIX[network.version]}")
+    return str(network)
+
+
+def _cidr_problem(value: str) -> str:
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return CIDR_PROBLEM
+    return f"host bits are set; did you mean {loose}?"
+
+
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+
+
+class PortRange(ProvisionerModel):
+    """Ports `from` to `to`, both included; a single port is a range of one."""
+
+    from_: Port = Field(alias="from")
+    to: Port
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.from_ > self.to:
+            raise ValueError(PORTS_PROBLEM)
+        return self
+
+
+def _as_ranges(ports: list[int | PortRange]) -> list[PortRange]:
+    return [PortRange(from_=p, to=p) if isinstance(p, int) else p for p in ports]
+
+
+class SecurityGroupConfig(ProvisionerModel):
+    """Which group, which ports and protocol; region defaults to AWS_REGION."""
+
+    problems: ClassVar[dict[str, str]] = {
+        "group_id": "must be a security group id like sg-0123abcd",
+        "ports": PORTS_PROBLEM,
+        "protocol": f"must be one of {list(PROTOCOLS)}",
+        "region": "must be an AWS region like eu-west-1",
+        "description": f"must be a string of at most {MAX_DESCRIPTION} characters"}
+
+    group_id: Annotated[StrictStr, Field(pattern=GROUP_ID)]
+    ports: Annotated[list[Port | PortRange], Field(min_length=1, max_length=MAX_PORT_RANGES),
+                     AfterValidator(_as_ranges)]
+    # "-1" (every protocol) is refused: a personal access names its ports.
+    protocol: Literal["tcp", "udp"] = "tcp"
+    region: Annotated[StrictStr, Field(pattern=REGION)] | None = None
+    description: Annotated[StrictStr, Field(max_length=MAX_DESCRIPTION)] | None = None
+
+
+class SecurityGroupParams(ProvisionerModel):
+    """Optionally a network to open instead of the requester's own address."""
+
+    # Validated only when given: an explicit null is refused like any other non-network.
+    cidr: Annotated[object, AfterValidator(canonical_network)] = None
+
+
 class AwsSecurityGroupProvisioner(Provisioner):
     """Authorizes, then revokes, ingress for one address on configured ports."""
 
     name = "aws_security_group"
 
-    def validate_config(self, config: dict) -> dict:
-        """Return the config with protocol filled in and port ranges as {"from", "to"}."""
-        if not isinstance(config, dict):
-            raise InvalidParams.one("config", "must be a JSON object")
-        unknown = set(config) - {"group_id", "ports", "protocol", "region", "description"}
-        if unknown:
-            raise InvalidParams.one("config", f"unknown keys {sorted(unknown)}")
-        group_id = config.get("group_id")
-        if not isinstance(group_id, str) or not GROUP_ID.fullmatch(group_id):
-            raise InvalidParams.one("config.group_id", "must be a security group id like sg-0123abcd")
-        checked = {"group_id": group_id, "ports": _checked_ports(config.get("ports")),
-                   "protocol": _checked_protocol(config.get("protocol", "tcp"))}
-        if config.get("region") is not None:
-            checked["region"] = _checked_region(config["region"])
-        if config.get("description") is not None:
-            checked["description"] = _checked_description(config["description"])
-        return checked
-
-    def validate_params(self, params: dict, *, config: dict) -> dict:
-        """Return {} or {"cidr": network}; 412 for a malformed or too broad network."""
-        if params is None:
-            return {}
-        if not isinstance(params, dict):
-            raise InvalidParams.one("params", "must be a JSON object")
-        unknown = set(params) - {"cidr"}
-        if unknown:
-            raise InvalidParams.one("params", f"unknown keys {sorted(unknown)}; only cidr")
-        return {"cidr": checked_cidr(params["cidr"])} if "cidr" in params else {}
+    config_model = SecurityGroupConfig
+    params_model = SecurityGroupParams
 
     def grant(self, ctx: GrantContext) -> dict:
         """Open every configured port range to the cidr param or the requester's address."""
@@ -162,16 +209,10 @@ def _new_client(*, region: str, endpoint_url: str | None, timeout: int):
 
 def checked_cidr(value) -> str:
     """Return the network in canonical form; 412 unless it is exact and narrow enough."""
-    if not isinstance(value, str) or not value or len(value) > 64:
-        raise InvalidParams.one("params.cidr", "must be a network like 203.0.113.7/32")
     try:
-        network = ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError:
-        raise InvalidParams.one("params.cidr", _cidr_problem(value.strip())) from None
-    if network.prefixlen < MIN_PREFIX[network.version]:
-        raise InvalidParams.one("params.cidr", f"too broad: IPv{network.version} networks need a "
-                                               f"prefix of at least /{MIN_PREFIX[network.version]}")
-    return str(network)
+        return canonical_network(value)
+    except ValueError as exc:
+        raise InvalidParams.one("params.cidr", str(exc)) from None
 
 
 def rule_description(ctx: GrantContext, config: dict) -> str:
@@ -184,14 +225,6 @@ def rule_description(ctx: GrantContext, config: dict) -> str:
 
 def _marker(request_id: str) -> str:
     return DISALLOWED_DESCRIPTION_CHARS.sub("_", f"security-api request {request_id}")
-
-
-def _cidr_problem(value: str) -> str:
-    try:
-        loose = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        return "must be a network like 203.0.113.7/32"
-    return f"host bits are set; did you mean {loose}?"
 
 
 def _grant_cidr(ctx: GrantContext) -> str:
@@ -294,45 +327,3 @@ def _range_of(permission: dict) -> dict:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code") or "ClientError")[:100]
-
-
-def _checked_ports(ports) -> list[dict]:
-    if not isinstance(ports, list) or not 1 <= len(ports) <= MAX_PORT_RANGES:
-        raise InvalidParams.one("config.ports", f"must be a list of 1 to {MAX_PORT_RANGES} ports "
-                                                "or {\"from\", \"to\"} ranges")
-    return [_checked_port_range(entry) for entry in ports]
-
-
-def _checked_port_range(entry) -> dict:
-    if isinstance(entry, dict) and set(entry) == {"from", "to"}:
-        low, high = entry["from"], entry["to"]
-    else:
-        low = high = entry
-    if not (_is_port(low) and _is_port(high) and low <= high):
-        raise InvalidParams.one("config.ports", f"{entry!r} is not a port (1-65535) or a range "
-                                                "with from <= to")
-    return {"from": low, "to": high}
-
-
-def _is_port(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
-
-
-def _checked_protocol(protocol) -> str:
-    # "-1" (every protocol) is refused: a personal access names its ports.
-    if protocol not in PROTOCOLS:
-        raise InvalidParams.one("config.protocol", f"must be one of {list(PROTOCOLS)}")
-    return protocol
-
-
-def _checked_region(region) -> str:
-    if not isinstance(region, str) or not REGION.fullmatch(region):
-        raise InvalidParams.one("config.region", "must be an AWS region like eu-west-1")
-    return region
-
-
-def _checked_description(description) -> str:
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        raise InvalidParams.one("config.description",
-                                f"must be a string of at most {MAX_DESCRIPTION} characters")
-    return description

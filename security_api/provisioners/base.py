@@ -1,4 +1,13 @@
-"""What every provisioner offers: check params, grant, revoke. Adding one is one new module."""
+"""What every provisioner offers: its config and params models, grant, revoke.
+
+Adding a provisioner is one new module in this package: it subclasses `Provisioner`, which
+registers the class under its `name`, and `provisioners/__init__.py` finds the module by
+itself. The module declares the shape of a permission's config and of a request's params as
+pydantic models (`config_model`, `params_model`); the base class validates through them and
+words the problems the way the rest of the API does (field `config.url`, `params.cidr`).
+Checks a model cannot express (they need the network or the settings) follow the model, in
+an override that calls `super()`.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -6,6 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
+
+from ..catalog_schemas import problem_text
+from ..errors import InvalidParams
 from ..settings import Settings
 
 
@@ -26,18 +39,32 @@ class GrantContext:
     expires_at: datetime | None = None
 
 
+class ProvisionerModel(BaseModel):
+    """A config or params shape: unknown keys and wrong types are refused, never coerced.
+
+    `problems` gives, per field, the one sentence an admin reads for any error in that field
+    (pydantic's own wording names types and constraints, not what the field should hold).
+    A validator's ValueError keeps its own message.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    problems: ClassVar[dict[str, str]] = {}
+
+
+class Nothing(ProvisionerModel):
+    """The config or params of a provisioner that takes none."""
+
+
 # Every concrete provisioner, by name; filled as their modules are imported.
 REGISTRY: dict[str, type[Provisioner]] = {}
 
 
 class Provisioner(ABC):
-    """Makes a permission real in the outside world (a VPN, a database, a security group).
-
-    A subclass registers itself under its `name` when its module is imported, so adding a
-    provisioner is one new module plus its import in `provisioners/__init__.py`.
-    """
+    """Makes a permission real in the outside world (a VPN, a database, a security group)."""
 
     name: ClassVar[str]
+    config_model: ClassVar[type[BaseModel]] = Nothing
+    params_model: ClassVar[type[BaseModel]] = Nothing
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -51,14 +78,40 @@ class Provisioner(ABC):
 
     def validate_config(self, config: dict) -> dict:
         """Return the normalised permission config; raise InvalidParams when it is unusable."""
-        return dict(config)
+        return self._validated(self.config_model, {} if config is None else config, where="config")
 
     def validate_params(self, params: dict, *, config: dict) -> dict:
         """Return the normalised request params; raise InvalidParams for ones it cannot use."""
-        if params:
-            from ..errors import InvalidParams
-            raise InvalidParams.one("params", f"the {self.name} provisioner takes no params")
-        return {}
+        return self._validated(self.params_model, {} if params is None else params, where="params")
+
+    def _validated(self, model: type[BaseModel], data, *, where: str) -> dict:
+        try:
+            return model.model_validate(data).model_dump(by_alias=True, exclude_none=True)
+        except ValidationError as exc:
+            errors = self._errors(model, exc, where=where)
+            # The message reads as before: "config.url: must be an http or https URL ...".
+            message = "; ".join(f"{error['field']}: {error['problem']}" for error in errors)
+            raise InvalidParams(message, errors=errors) from None
+
+    def _errors(self, model: type[BaseModel], exc: ValidationError, *, where: str) -> list[dict]:
+        errors, unknown = [], []
+        for error in exc.errors(include_url=False):
+            loc = error["loc"]
+            if error["type"] == "extra_forbidden":
+                unknown.append(str(loc[0]))
+            elif not loc and error["type"] in ("model_type", "dict_type"):
+                errors.append({"field": where, "problem": "must be a JSON object"})
+            elif issubclass(model, RootModel) or not loc:
+                errors.append({"field": where, "problem": _problem(model, "", error)})
+            else:
+                errors.append({"field": f"{where}.{loc[0]}",
+                               "problem": _problem(model, str(loc[0]), error)})
+        if unknown:
+            problem = (f"the {self.name} provisioner takes no {where}" if not model.model_fields
+                       else f"unknown keys {sorted(set(unknown))}")
+            errors.insert(0, {"field": where, "problem": problem})
+        # A union (a port or a range) reports each branch; the reader needs the problem once.
+        return [dict(pair) for pair in dict.fromkeys(tuple(error.items()) for error in errors)]
 
     @abstractmethod
     def grant(self, ctx: GrantContext) -> dict:
@@ -67,3 +120,10 @@ class Provisioner(ABC):
     @abstractmethod
     def revoke(self, ctx: GrantContext) -> dict:
         """Take the access back; return a JSON-able result; raise ProvisioningError on failure."""
+
+
+def _problem(model: type[BaseModel], field_name: str, error: dict) -> str:
+    """A validator's own sentence, else the model's sentence for the field, else the catalog's."""
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return getattr(model, "problems", {}).get(field_name) or problem_text(error)

@@ -5,16 +5,9 @@ from .base import GrantContext, Provisioner
 
 
 class NoneProvisioner(Provisioner):
-    """Records the grant only; nothing outside changes."""
+    """Records the grant only; nothing outside changes (no config, no params: the defaults)."""
 
     name = "none"
-
-    def validate_config(self, config: dict) -> dict:
-        """The `none` provisioner takes no config: anything given is a mistake."""
-        if config:
-            from ..errors import InvalidParams
-            raise InvalidParams.one("config", "the none provisioner takes no config")
-        return {}
 
     def grant(self, ctx: GrantContext) -> dict:
         """Nothing to do outside."""

@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
 import requests
+from pydantic import AfterValidator, ConfigDict, Field, RootModel, StrictBool, StrictInt, StrictStr
 
 from ..clock import epoch, isoformat, utcnow
 from ..errors import InvalidParams
-from .base import GrantContext, Provisioner, ProvisioningError
+from .base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
 SIGNATURE_HEADER = "X-Security-API-Signature"
 TIMESTAMP_HEADER = "X-Security-API-Timestamp"
@@ -36,11 +37,67 @@ MAX_PARAM_KEY = 64
 MAX_PARAM_STRING = 500
 # Larger integers lose precision in JavaScript receivers.
 MAX_PARAM_INT = 2**53 - 1
-PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+PARAM_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 # Headers the signature and the transport depend on: config may not replace them.
 RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", "connection",
                     SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()}
+URL_PROBLEM = "must be an http or https URL with a host"
+
+
+def _checked_url(url: str) -> str:
+    """What a pattern cannot say about a URL: it parses, as http(s), with a host and port."""
+    if any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
+        raise ValueError("not a valid URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(URL_PROBLEM)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return url
+
+
+def _unreserved(headers: dict[str, str] | None) -> dict[str, str]:
+    """Refuse headers the signature and the transport depend on; null means none."""
+    for name in headers or {}:
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"{name} is set by the service")
+    return dict(headers or {})
+
+
+HeaderName = Annotated[StrictStr, Field(pattern=HEADER_NAME)]
+# CR or LF in a value would let the config inject extra headers; a tab is fine.
+HeaderValue = Annotated[StrictStr, Field(pattern=r"^[^\x00-\x08\x0a-\x1f]*$")]
+ParamKey = Annotated[StrictStr, Field(pattern=PARAM_KEY, max_length=MAX_PARAM_KEY)]
+ParamValue = (StrictBool | Annotated[StrictInt, Field(ge=-MAX_PARAM_INT, le=MAX_PARAM_INT)]
+              | Annotated[StrictStr, Field(max_length=MAX_PARAM_STRING)])
+
+
+class WebhookConfig(ProvisionerModel):
+    """Where to POST the events, and extra headers for the receiver (e.g. its own token)."""
+
+    problems: ClassVar[dict[str, str]] = {
+        "url": URL_PROBLEM,
+        "headers": f"must be an object of at most {MAX_HEADERS} one-line string headers "
+                   "with valid names"}
+
+    url: Annotated[StrictStr, Field(min_length=1, max_length=MAX_URL_LENGTH),
+                   AfterValidator(_checked_url)]
+    # null is read as no headers, as before.
+    headers: Annotated[dict[HeaderName, HeaderValue] | None, Field(max_length=MAX_HEADERS),
+                       AfterValidator(_unreserved)] = Field(default_factory=dict)
+
+
+class WebhookParams(RootModel[Annotated[dict[ParamKey, ParamValue], Field(max_length=MAX_PARAMS)]]):
+    """A flat object the receiver gets as is: JSON-safe scalars only, small keys and values."""
+
+    model_config = ConfigDict(strict=True)
+    problems: ClassVar[dict[str, str]] = {
+        "": f"must be an object of at most {MAX_PARAMS} keys (slugs of at most {MAX_PARAM_KEY} "
+            f"characters) with string (at most {MAX_PARAM_STRING} characters), integer or "
+            "boolean values"}
 
 
 class WebhookProvisioner(Provisioner):
@@ -48,27 +105,8 @@ class WebhookProvisioner(Provisioner):
 
     name = "webhook"
 
-    def validate_config(self, config: dict) -> dict:
-        """Return {"url", "headers"}; 412 for a missing or non-HTTP URL or bad headers."""
-        if not isinstance(config, dict):
-            raise InvalidParams.one("config", "must be a JSON object")
-        unknown = set(config) - {"url", "headers"}
-        if unknown:
-            raise InvalidParams.one("config", f"unknown keys {sorted(unknown)}")
-        return {"url": _checked_url(config.get("url")),
-                "headers": _checked_headers(config.get("headers"))}
-
-    def validate_params(self, params: dict, *, config: dict) -> dict:
-        """Return a flat object of str, int and bool values for the receiver."""
-        if params is None:
-            return {}
-        if not isinstance(params, dict):
-            raise InvalidParams.one("params", "must be a JSON object")
-        if len(params) > MAX_PARAMS:
-            raise InvalidParams.one("params", f"at most {MAX_PARAMS} keys")
-        for key, value in params.items():
-            _check_param(key, value)
-        return dict(params)
+    config_model = WebhookConfig
+    params_model = WebhookParams
 
     def grant(self, ctx: GrantContext) -> dict:
         """POST the grant event; the request is active only on a 2xx answer."""
@@ -130,52 +168,3 @@ def sign(body: bytes, *, secret: str) -> str:
     """Return the signature header value for these exact body bytes."""
     digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
-
-
-def _checked_url(url) -> str:
-    if not isinstance(url, str) or not url:
-        raise InvalidParams.one("config.url", "required")
-    if len(url) > MAX_URL_LENGTH or any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
-        raise InvalidParams.one("config.url", "not a valid URL")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidParams.one("config.url", "must be an http or https URL with a host")
-    try:
-        parts.port  # noqa: B018 -- raises ValueError for a port out of range
-    except ValueError:
-        raise InvalidParams.one("config.url", "has an invalid port") from None
-    return url
-
-
-def _checked_headers(headers) -> dict:
-    if headers is None:
-        return {}
-    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
-        raise InvalidParams.one("config.headers", f"must be an object of at most {MAX_HEADERS} "
-                                                  "string headers")
-    for name, value in headers.items():
-        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
-            raise InvalidParams.one("config.headers", f"invalid header name {name!r}")
-        if name.lower() in RESERVED_HEADERS:
-            raise InvalidParams.one("config.headers", f"{name} is set by the service")
-        # CR or LF in a value would let the config inject extra headers.
-        if not isinstance(value, str) or any(ord(ch) < 32 and ch != "\t" for ch in value):
-            raise InvalidParams.one("config.headers", f"value of {name} must be a one-line string")
-    return dict(headers)
-
-
-def _check_param(key, value) -> None:
-    if not isinstance(key, str) or len(key) > MAX_PARAM_KEY or not PARAM_KEY.fullmatch(key):
-        raise InvalidParams.one("params", f"key {str(key)[:80]!r} must be a slug of at most "
-                                          f"{MAX_PARAM_KEY} characters")
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if abs(value) > MAX_PARAM_INT:
-            raise InvalidParams.one("params", f"{key}: integer out of range")
-        return
-    if isinstance(value, str):
-        if len(value) > MAX_PARAM_STRING:
-            raise InvalidParams.one("params", f"{key}: at most {MAX_PARAM_STRING} characters")
-        return
-    raise InvalidParams.one("params", f"{key}: values must be strings, integers or booleans")
