@@ -1,8 +1,12 @@
-"""Administration of roles, permissions and policy rules (holders of security-api.admin)."""
+"""Administration of roles, permissions and policy rules (holders of security-api.admin).
+
+The bodies, query models and responses are in routes/admin_catalog_schemas.py; the operations in
+security_api.admin_roles, admin_permissions and admin_rules.
+"""
 from __future__ import annotations
 
 from flask import Blueprint
-from pydantic import BaseModel, Field, StrictBool, StrictStr
+from pydantic import BaseModel
 
 from flask_api_functions import (
     ADMIN_PERMISSION,
@@ -16,27 +20,30 @@ from flask_api_functions import (
     respond,
     services,
 )
-from security_api import admin_catalog as ops
-from security_api.catalog_schemas import (
-    Approvals,
-    Approver,
-    Minutes,
-    Mode,
-    PermissionDescription,
-    PermissionName,
-    PermissionSpec,
-    RoleDescription,
-    RoleName,
-    RuleSpec,
-    SubroleSpec,
-)
+from security_api import admin_permissions, admin_roles, admin_rules
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 
 from . import schemas
+from .admin_catalog_schemas import (
+    Explanation,
+    PermissionCreateBody,
+    PermissionEnvelope,
+    PermissionList,
+    PermissionUpdateBody,
+    PoliciesQuery,
+    PolicyCreateBody,
+    PolicyEnvelope,
+    PolicyList,
+    PolicyUpdateBody,
+    RoleCreateBody,
+    RoleEnvelope,
+    RoleList,
+    RoleUpdateBody,
+    SubroleCreateBody,
+)
 from .openapi import documented
-from .queries import QueryModel, UserPermissionQuery, text
-from .schemas import Body
+from .queries import UserPermissionQuery
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
 
@@ -55,139 +62,6 @@ bp.record_once(lambda state: state.app.url_map.converters.setdefault("rule_id", 
 E = schemas.Error
 
 
-# ---- bodies ------------------------------------------------------------------------------------
-# The rules live in security_api.catalog_schemas; these add only the HTTP shape.
-class RoleCreateBody(Body):
-    name: RoleName = Field(description="Lowercase slug, e.g. developer.")
-    description: RoleDescription = ""
-    subroles: list[RoleName] = Field(
-        min_length=1, max_length=100, json_schema_extra={"uniqueItems": True},
-        description="At least one subrole, e.g. [\"backend\"].")
-
-
-class RoleUpdateBody(Body):
-    description: RoleDescription
-
-
-class SubroleCreateBody(Body, SubroleSpec):
-    pass
-
-
-class PermissionCreateBody(Body, PermissionSpec):
-    # Over HTTP the provisioner is a name, and its config a field of its own.
-    provisioner: StrictStr = Field(default="none", max_length=64)
-    provisioner_config: dict = Field(default_factory=dict,
-                                     description="Checked by the provisioner.")
-
-
-class PermissionUpdateBody(Body):
-    name: PermissionName | None = None
-    description: PermissionDescription | None = None
-    max_duration_minutes: Minutes | None = None
-    requires_justification: StrictBool | None = None
-    provisioner: StrictStr | None = Field(default=None, max_length=64)
-    provisioner_config: dict | None = Field(
-        default=None, description="Replaces the config; a new provisioner starts from {}.")
-
-
-class PolicyCreateBody(Body, RuleSpec):
-    pass
-
-
-class PolicyUpdateBody(Body):
-    mode: Mode | None = None
-    max_duration_minutes: Minutes | None = Field(default=None,
-                                                 description="null: the permission's maximum.")
-    approvers: list[Approver] | None = Field(default=None, max_length=50)
-    approvals_required: Approvals | None = None
-
-
-# ---- responses ---------------------------------------------------------------------------------
-class SubroleOut(BaseModel):
-    name: str
-    description: str
-    created_at: str
-
-
-class RoleOut(BaseModel):
-    name: str
-    description: str
-    created_at: str
-    subroles: list[SubroleOut]
-
-
-class RoleEnvelope(BaseModel):
-    message: str | None
-    role: RoleOut
-
-
-class RoleList(BaseModel):
-    message: str | None
-    roles: list[RoleOut]
-
-
-class PermissionOut(BaseModel):
-    key: str
-    name: str
-    description: str
-    max_duration_minutes: int
-    requires_justification: bool
-    provisioner: str
-    provisioner_config: dict
-    builtin: bool
-    created_at: str
-
-
-class PermissionEnvelope(BaseModel):
-    message: str | None
-    permission: PermissionOut
-
-
-class PermissionList(BaseModel):
-    message: str | None
-    permissions: list[PermissionOut]
-
-
-class PolicyOut(BaseModel):
-    id: str
-    permission: str
-    role: str
-    subrole: str
-    mode: str
-    max_duration_minutes: int | None
-    approvers: list[str]
-    approvals_required: int
-    created_at: str | None = None
-
-
-class PolicyEnvelope(BaseModel):
-    message: str | None
-    policy: PolicyOut
-
-
-class PolicyList(BaseModel):
-    message: str | None
-    policies: list[PolicyOut]
-
-
-class ConsideredRule(PolicyOut):
-    specificity: int | None = Field(description="2 role/subrole, 1 role/*, 0 */*.")
-    matched: bool = Field(description="True for the rule that decides.")
-
-
-class Explanation(BaseModel):
-    message: str | None
-    user: str
-    role: str
-    subrole: str
-    user_active: bool
-    permission: str
-    decision: str | None = Field(description="standing, auto, approval, or null: not requestable.")
-    max_duration_minutes: int | None
-    rule: PolicyOut | None
-    considered: list[ConsideredRule]
-
-
 # ---- helpers -----------------------------------------------------------------------------------
 def _who() -> dict:
     return {"actor": current_principal().account.username, "origin": origin(), "now": utcnow()}
@@ -199,15 +73,15 @@ def _changes(body: BaseModel) -> dict:
 
 
 def _role(role, status=200, message=None):
-    return respond(message, status=status, role=ops.render_role(db(), role))
+    return respond(message, status=status, role=admin_roles.render_role(db(), role))
 
 
 def _permission(permission, status=200, message=None):
-    return respond(message, status=status, permission=ops.render_permission(permission))
+    return respond(message, status=status, permission=admin_permissions.render_permission(permission))
 
 
 def _policy(rule, status=200, message=None):
-    return respond(message, status=status, policy=ops.render_rule(rule))
+    return respond(message, status=status, policy=admin_rules.render_rule(rule))
 
 
 # ---- roles -------------------------------------------------------------------------------------
@@ -217,7 +91,7 @@ def _policy(rule, status=200, message=None):
 @require_permission(ADMIN_PERMISSION)
 def roles_list():
     """List every role."""
-    return respond(None, roles=ops.list_roles(db()))
+    return respond(None, roles=admin_roles.list_roles(db()))
 
 
 @bp.post("/roles")
@@ -227,7 +101,7 @@ def roles_list():
 def role_create():
     """Create a role."""
     body = read_json(RoleCreateBody)
-    role = ops.create_new_role(db(), name=body.name, subroles=body.subroles,
+    role = admin_roles.create_new_role(db(), name=body.name, subroles=body.subroles,
                                description=body.description, **_who())
     return _role(role, status=201, message="Role created.")
 
@@ -238,7 +112,7 @@ def role_create():
 @require_permission(ADMIN_PERMISSION)
 def role_detail(name: str):
     """Show one role."""
-    return _role(ops.get_role(db(), name=name))
+    return _role(admin_roles.get_role(db(), name=name))
 
 
 @bp.patch("/roles/<name>")
@@ -248,7 +122,7 @@ def role_detail(name: str):
 def role_update(name: str):
     """Update a role."""
     body = read_json(RoleUpdateBody)
-    role = ops.update_role(db(), name=name, description=body.description, **_who())
+    role = admin_roles.update_role(db(), name=name, description=body.description, **_who())
     return _role(role, message="Role updated.")
 
 
@@ -260,7 +134,7 @@ def role_update(name: str):
 @require_permission(ADMIN_PERMISSION)
 def role_delete(name: str):
     """Delete a role that nothing refers to."""
-    ops.delete_role(db(), name=name, **_who())
+    admin_roles.delete_role(db(), name=name, **_who())
     return respond("Role deleted.")
 
 
@@ -271,7 +145,7 @@ def role_delete(name: str):
 def subrole_create(name: str):
     """Add a subrole."""
     body = read_json(SubroleCreateBody)
-    role = ops.add_subrole(db(), role=name, name=body.name, description=body.description,
+    role = admin_roles.add_subrole(db(), role=name, name=body.name, description=body.description,
                            **_who())
     return _role(role, status=201, message="Subrole added.")
 
@@ -283,8 +157,8 @@ def subrole_create(name: str):
 @require_permission(ADMIN_PERMISSION)
 def subrole_delete(name: str, subrole: str):
     """Delete a subrole that nothing refers to."""
-    ops.delete_subrole(db(), role=name, name=subrole, **_who())
-    return _role(ops.get_role(db(), name=name), message="Subrole deleted.")
+    admin_roles.delete_subrole(db(), role=name, name=subrole, **_who())
+    return _role(admin_roles.get_role(db(), name=name), message="Subrole deleted.")
 
 
 # ---- permissions -------------------------------------------------------------------------------
@@ -293,7 +167,8 @@ def subrole_delete(name: str, subrole: str):
 @require_permission(ADMIN_PERMISSION)
 def permissions_list():
     """List every permission with its provisioner."""
-    return respond(None, permissions=[ops.render_permission(p) for p in ops.list_permissions(db())])
+    permissions = admin_permissions.list_permissions(db())
+    return respond(None, permissions=[admin_permissions.render_permission(p) for p in permissions])
 
 
 @bp.post("/permissions")
@@ -304,7 +179,7 @@ def permissions_list():
 def permission_create():
     """Create a permission."""
     body = read_json(PermissionCreateBody)
-    permission = ops.create_permission(
+    permission = admin_permissions.create_permission(
         db(), key=body.key, name=body.name, description=body.description,
         max_duration_minutes=body.max_duration_minutes,
         requires_justification=body.requires_justification, provisioner=body.provisioner,
@@ -318,7 +193,7 @@ def permission_create():
 @require_permission(ADMIN_PERMISSION)
 def permission_detail(key: str):
     """Show one permission."""
-    return _permission(ops.get_permission(db(), key=key))
+    return _permission(admin_permissions.get_permission(db(), key=key))
 
 
 @bp.patch("/permissions/<key>")
@@ -329,7 +204,7 @@ def permission_detail(key: str):
 def permission_update(key: str):
     """Update the fields sent."""
     changes = _changes(read_json(PermissionUpdateBody))
-    permission = ops.update_permission(db(), key=key, changes=changes,
+    permission = admin_permissions.update_permission(db(), key=key, changes=changes,
                                        settings=services().settings, **_who())
     return _permission(permission, message="Permission updated.")
 
@@ -343,22 +218,11 @@ def permission_update(key: str):
 @require_permission(ADMIN_PERMISSION)
 def permission_delete(key: str):
     """Delete a permission nothing refers to."""
-    ops.delete_permission(db(), key=key, **_who())
+    admin_permissions.delete_permission(db(), key=key, **_who())
     return respond("Permission deleted.")
 
 
 # ---- policy rules ------------------------------------------------------------------------------
-PermissionFilter = text("only rules of this permission key")
-RoleFilter = text("only rules of this role (or *)")
-
-
-class PoliciesQuery(QueryModel):
-    """GET /v1/admin/policies: optional filters."""
-
-    permission: PermissionFilter = None
-    role: RoleFilter = None
-
-
 @bp.get("/policies")
 @documented(summary="List policy rules", tag="admin", responses={200: PolicyList, 403: E},
             query=PoliciesQuery)
@@ -366,8 +230,8 @@ class PoliciesQuery(QueryModel):
 def policies_list():
     """List policy rules, optionally filtered (an empty filter is no filter)."""
     query = read_query(PoliciesQuery)
-    rules = ops.list_rules(db(), permission=query.permission or None, role=query.role or None)
-    return respond(None, policies=[ops.render_rule(rule) for rule in rules])
+    rules = admin_rules.list_rules(db(), permission=query.permission or None, role=query.role or None)
+    return respond(None, policies=[admin_rules.render_rule(rule) for rule in rules])
 
 
 @bp.post("/policies")
@@ -382,7 +246,7 @@ def policies_list():
 def policy_create():
     """Create a policy rule."""
     body = read_json(PolicyCreateBody)
-    rule = ops.create_rule(
+    rule = admin_rules.create_rule(
         db(), permission=body.permission, role=body.role, subrole=body.subrole,
         mode=PolicyMode(body.mode), max_duration_minutes=body.max_duration_minutes,
         approvers=body.approvers, approvals_required=body.approvals_required, **_who())
@@ -399,7 +263,7 @@ def policy_create():
 def policy_explain():
     """Explain a decision."""
     query = read_query(UserPermissionQuery)
-    return respond(None, **ops.explain(db(), username=query.user, permission=query.permission))
+    return respond(None, **admin_rules.explain(db(), username=query.user, permission=query.permission))
 
 
 @bp.get("/policies/<rule_id:rule_id>")
@@ -408,7 +272,7 @@ def policy_explain():
 @require_permission(ADMIN_PERMISSION)
 def policy_detail(rule_id: str):
     """Show one policy rule."""
-    return _policy(ops.get_rule(db(), rule_id=rule_id))
+    return _policy(admin_rules.get_rule(db(), rule_id=rule_id))
 
 
 @bp.patch("/policies/<rule_id:rule_id>")
@@ -425,7 +289,7 @@ def policy_detail(rule_id: str):
 def policy_update(rule_id: str):
     """Update the terms sent."""
     changes = _changes(read_json(PolicyUpdateBody))
-    rule = ops.update_rule(db(), rule_id=rule_id, changes=changes, **_who())
+    rule = admin_rules.update_rule(db(), rule_id=rule_id, changes=changes, **_who())
     return _policy(rule, message="Policy rule updated.")
 
 
@@ -438,5 +302,5 @@ def policy_update(rule_id: str):
 @require_permission(ADMIN_PERMISSION)
 def policy_delete(rule_id: str):
     """Delete a policy rule."""
-    ops.delete_rule(db(), rule_id=rule_id, **_who())
+    admin_rules.delete_rule(db(), rule_id=rule_id, **_who())
     return respond("Policy rule deleted.")

@@ -1,7 +1,7 @@
 """The catalog's concepts as pydantic models: role, subrole, permission, policy rule.
 
 Each rule about a concept (slug patterns, lengths, ranges, cross-field rules) is written once,
-here. The admin HTTP bodies (routes/admin_catalog.py) subclass these models, the policy file
+here. The admin HTTP bodies (routes/admin_catalog_schemas.py) subclass these models, the policy file
 reader (policyfile_read.py) validates each YAML item with them, and the CLI and seed code check
 their arguments through them (catalog.py). A provisioner's own config and params are
 declared by the provisioner as its `config_model` and `params_model` (provisioners/), since

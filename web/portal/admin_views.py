@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from flask_api_functions import current_actor, db, origin, services
 from routes.audit import FILTER_TEXT, MAX_FILTER_LENGTH
-from security_api import admin_catalog
+from security_api import admin_rules
 from security_api import admin_users as users_domain
 from security_api.audit import verify_chain
 from security_api.audit_views import list_events
@@ -256,7 +256,7 @@ def admin_explain() -> Response:
                         for name, value in args.items() if len(value) > MAX_PARAM]
             if missing or too_long:
                 raise InvalidParams(errors=missing + too_long)
-            answer = admin_catalog.explain(db(), username=args["user"],
+            answer = admin_rules.explain(db(), username=args["user"],
                                            permission=args["permission"])
         except (InvalidParams, NotFound) as exc:
             flash(problems_text(exc) if isinstance(exc, InvalidParams) else
