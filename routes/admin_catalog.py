@@ -10,12 +10,11 @@ from flask_api_functions import (
     current_principal,
     db,
     origin,
-    read_json,
-    read_query,
     require_permission,
     respond,
     services,
 )
+from routes.inputs import read_json, read_query
 from security_api import admin_catalog as ops
 from security_api.catalog_schemas import (
     Approvals,
