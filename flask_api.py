@@ -15,7 +15,7 @@ import flask_api_functions as helpers
 import observability
 import structured_logging
 from flask_api_functions import envelope, error_response
-from routes import access, admin_catalog, admin_users, audit, auth, docs, metrics, schemas
+from routes import access, admin_catalog, admin_users, audit, auth, docs, inputs, metrics, schemas
 from routes.openapi import documented
 from security_api import outbox_delivery
 from security_api.db import probe_database
@@ -98,7 +98,7 @@ def _register_hooks(app: Flask) -> None:
         # who is asking; portal pages read `next`, `cursor` and filters by hand, so a NUL is
         # refused for all of them here, before it can reach the database.
         if request.blueprint == "portal":
-            helpers.refuse_nul_in_query()
+            inputs.refuse_nul_in_query()
         return None
 
     app.after_request(helpers.apply_security_headers)

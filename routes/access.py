@@ -9,13 +9,12 @@ from flask_api_functions import (
     current_subject,
     db,
     origin,
-    read_json,
-    read_query,
     require_permission,
     require_token,
     respond,
     services,
 )
+from routes.inputs import read_json, read_query
 from security_api import grants, lifecycle
 from security_api.clock import isoformat, utcnow
 from security_api.enums import RequestStatus

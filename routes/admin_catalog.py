@@ -14,12 +14,11 @@ from flask_api_functions import (
     current_principal,
     db,
     origin,
-    read_json,
-    read_query,
     require_permission,
     respond,
     services,
 )
+from routes.inputs import read_json, read_query
 from security_api import admin_permissions, admin_roles, admin_rules
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode

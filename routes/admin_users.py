@@ -11,12 +11,11 @@ from flask_api_functions import (
     current_principal,
     db,
     origin,
-    read_json,
-    read_query,
     require_permission,
     respond,
     services,
 )
+from routes.inputs import read_json, read_query
 from security_api import admin_users
 from security_api.accounts import NewUser
 from security_api.clock import utcnow

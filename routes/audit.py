@@ -16,11 +16,11 @@ from flask_api_functions import (
     db,
     envelope,
     holds,
-    read_query,
     require_token,
     respond,
     services,
 )
+from routes.inputs import read_query
 from security_api.audit import verify_chain
 from security_api.audit_views import AuditFilters, iterate_events, list_events, render
 from security_api.errors import Forbidden

@@ -13,12 +13,12 @@ from flask_api_functions import (
     current_principal,
     db,
     origin,
-    read_json,
     require_token,
     respond,
     services,
 )
-from security_api import metrics, sessions, signin
+from routes.inputs import read_json
+from security_api import metrics, sessions, signin, signin_attempts
 from security_api.clock import isoformat, utcnow
 from security_api.errors import ApiError, Forbidden, Throttled, Unauthenticated
 from security_api.models import User
@@ -44,7 +44,7 @@ def _tokens(issued: sessions.IssuedTokens):
 
 
 def _throttle(scope: str) -> None:
-    signin.throttle_address(services(), ip=origin().ip, scope=scope, now=utcnow())
+    signin_attempts.throttle_address(services(), ip=origin().ip, scope=scope, now=utcnow())
 
 
 @bp.post("/login")

@@ -1,6 +1,6 @@
 """Query parameters as pydantic models: one model per endpoint both validates and documents them.
 
-`read_query(Model)` (flask_api_functions) validates `request.args` with a model from here, and
+`read_query(Model)` (routes/inputs.py) validates `request.args` with a model from here, and
 routes/openapi.py turns the same model into the operation's query parameters, so what is
 accepted and what is documented cannot drift. Every field pins its OpenAPI schema
 (WithJsonSchema) because a query parameter is always a string on the wire, whatever Python

@@ -19,7 +19,7 @@ class Body(BaseModel):
         return value
 
     # NUL and lone surrogates, in any string or key, are refused before validation, by
-    # flask_api_functions.read_json (security_api.jsontext.unstorable).
+    # routes.inputs.read_json (security_api.jsontext.unstorable).
 
 
 class LoginBody(Body):

@@ -17,7 +17,7 @@ from .models import RecoveryCode, Role, Subrole, User
 from .passwords import generate_password, hash_password
 from .services import Services
 from .sessions import invalidate_all_tokens
-from .signin import _lock_key
+from .signin_attempts import lock_key
 
 
 class _Keep:
@@ -223,5 +223,5 @@ def unlock(session: Session, services: Services, *, user_id: str, actor: str,
     # Audit first and commit: an unlock must never happen unrecorded, and the database store
     # must not wait on the audit chain lock this request would otherwise still hold.
     session.commit()
-    services.store.clear_failures(_lock_key(user.username))
+    services.store.clear_failures(lock_key(user.username))
     return user

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from .clock import utcnow
 from .enums import PolicyMode, RequestStatus
 from .models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
-from .notify import DECIDED, PENDING
+from .notify_texts import DECIDED, PENDING
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
 # failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.

@@ -13,7 +13,8 @@ from .errors import Unauthenticated
 from .models import User
 from .services import Services
 from .sessions import Account, account_from_row, revoke_family, start_session
-from .signin import check_totp, reserved_attempt
+from .signin import check_totp
+from .signin_attempts import reserved_attempt
 
 
 def signed_in_account(services: Services, *, user_id: str, family_id: str) -> Account:

@@ -24,7 +24,8 @@ from . import audit
 from .clock import utcnow
 from .enums import AuditAction
 from .errors import InvalidParams
-from .notify import NotificationError, clean
+from .notify import NotificationError
+from .notify_texts import clean
 from .provisioners import GrantContext, ProvisioningError, get_provisioner
 from .services import Services
 from .settings import Settings

@@ -21,7 +21,7 @@ from security_api.clock import utcnow
 from security_api.db import Base
 from security_api.enums import AuditAction, PolicyMode
 from security_api.models import AuditEvent
-from security_api.signin import _lock_key
+from security_api.signin_attempts import lock_key
 from tests.conftest import bearer
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
@@ -230,14 +230,14 @@ def _lock_out(app, username: str) -> None:
     settings = services.settings
     limits = {"threshold": settings.lockout_threshold, "lock_seconds": settings.lockout_seconds}
     for _ in range(settings.lockout_threshold):
-        services.store.reserve_attempt(_lock_key(username), **limits, now=int(time.time()))
-        services.store.record_failure(_lock_key(username), **limits, now=int(time.time()))
+        services.store.reserve_attempt(lock_key(username), **limits, now=int(time.time()))
+        services.store.record_failure(lock_key(username), **limits, now=int(time.time()))
     assert _locked(app, username)
 
 
 def _locked(app, username: str) -> bool:
     store = app.extensions["security_api"].store
-    return store.lock_state(_lock_key(username), now=int(time.time())).locked
+    return store.lock_state(lock_key(username), now=int(time.time())).locked
 
 
 def snapshot(app) -> dict[str, list[str]]:

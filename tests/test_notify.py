@@ -12,7 +12,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from config import load_settings
-from security_api.notify import Notifier, clean, slack_escape
+from security_api.notify import Notifier
+from security_api.notify_texts import clean, slack_escape
 from tests.receivers import serving
 
 JWT_SECRET = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"

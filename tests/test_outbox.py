@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from security_api import outbox
 from security_api.clock import utcnow
 from security_api.models import AccessRequest, OutboxMessage
-from security_api.notify import DELIVERY_HEADER
+from security_api.notify_channels import DELIVERY_HEADER
 from security_api.outbox_delivery import BACKOFF_CAP_SECONDS, backoff, deliver_due
 from security_api.reaper import reap_once
 from tests import test_notify as kit

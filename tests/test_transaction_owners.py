@@ -11,7 +11,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from security_api import audit, sessions, signin
+from security_api import audit, sessions, signin, signin_attempts
 from security_api.clock import utcnow
 from security_api.enums import AuditAction, FailureReason
 from security_api.errors import Unauthenticated
@@ -52,7 +52,7 @@ def test_failed_sign_in_is_recorded_apart_from_the_callers_dropped_work(services
 
 def test_fail_writes_nothing_until_the_attempt_is_settled(services, make_user):
     make_user("bob")
-    attempt = signin.Attempt(services, username="bob", purpose="login", origin=ORIGIN,
+    attempt = signin_attempts.Attempt(services, username="bob", purpose="login", origin=ORIGIN,
                              now=utcnow())
     error = attempt.fail(user=None, reason=FailureReason.UNKNOWN_USER)
     assert isinstance(error, Unauthenticated)

@@ -26,7 +26,7 @@ from security_api.clock import epoch, utcnow
 from security_api.enums import UserKind
 from security_api.errors import ApiError, InvalidParams, NotFound
 from security_api.models import Role, User
-from security_api.signin import _lock_key
+from security_api.signin_attempts import lock_key
 
 from . import error_page
 from .blueprint import admin_required, bp, login_required, render
@@ -60,7 +60,7 @@ def _user_filters(args: dict[str, str]) -> users_domain.UserFilters:
 
 def _row(user: User, now: int) -> dict:
     return {"user": user, "is_service": user.kind == UserKind.SERVICE,
-            "locked": services().store.lock_state(_lock_key(user.username), now=now).locked}
+            "locked": services().store.lock_state(lock_key(user.username), now=now).locked}
 
 
 @bp.get("/admin/users")

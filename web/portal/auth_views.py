@@ -10,7 +10,7 @@ from flask_babel import gettext as _
 
 from flask_api_functions import db, origin, services
 from routes.auth import _qr_data_uri, login_outcome
-from security_api import accounts, metrics, portal_signin, signin, totp
+from security_api import accounts, metrics, portal_signin, signin, signin_attempts, totp
 from security_api.accounts import find_user
 from security_api.clock import epoch, utcnow
 from security_api.errors import Forbidden, Throttled, Unauthenticated
@@ -48,7 +48,7 @@ def sign_in_submit() -> Response:
     totp_code = code if TOTP_FORMAT.fullmatch(code) else None
     recovery_code = code if code and totp_code is None else None
     try:
-        signin.throttle_address(services(), ip=origin().ip, scope="auth", now=utcnow())
+        signin_attempts.throttle_address(services(), ip=origin().ip, scope="auth", now=utcnow())
         user, issued = signin.sign_in(db(), services(), username=username, password=password,
                                       totp_code=totp_code, recovery_code=recovery_code,
                                       origin=origin(), now=utcnow())

@@ -9,7 +9,7 @@ from flask import flash, request
 from flask_babel import lazy_gettext as _l
 from pydantic import BaseModel
 
-from flask_api_functions import validate_fields
+from routes.inputs import validate_fields
 from security_api.errors import ApiError
 
 from .formatting import error_text

@@ -6,7 +6,7 @@ from flask_babel import gettext as _
 
 from flask_api_functions import db, origin, services
 from routes import schemas
-from security_api import signin
+from security_api import signin, signin_attempts
 from security_api.clock import utcnow
 from security_api.errors import ApiError, Forbidden, InvalidParams, Throttled
 from security_api.models import User
@@ -28,7 +28,7 @@ def password() -> Response:
 
 def _change_password() -> None:
     """Check the form and change the password; raise the domain's error on any refusal."""
-    signin.throttle_address(services(), ip=origin().ip, scope="auth", now=utcnow())
+    signin_attempts.throttle_address(services(), ip=origin().ip, scope="auth", now=utcnow())
     body = validated(schemas.PasswordBody, {"current_password": field("current_password"),
                                             "new_password": field("new_password")})
     if field("confirm_password") != body.new_password:

@@ -1,0 +1,125 @@
+"""The words of a notification: mail subject and body, chat text, and the cleaning of user text.
+
+Apart from the channels and the Notifier so the wording can be read (and tested) as text: every
+value from a request passes clean() (one line, no controls or bidi overrides, capped) and,
+for chat, slack_escape().
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+SUBJECT_PREFIX = "[Security API]"
+MAX_FIELD = 200
+MAX_JUSTIFICATION = 1000
+# Bidirectional overrides can make a subject read differently from what it says.
+BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+WHITESPACE_RUNS = re.compile(r"\s+")
+PENDING, DECIDED = "request.pending", "request.decided"
+STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
+                "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
+
+
+def clean(value, *, limit: int = MAX_FIELD) -> str:
+    """Make user text one line: control characters become spaces, runs collapse, length capped."""
+    text = "" if value is None else str(value)
+    text = "".join(" " if _is_control(ch) else ch for ch in text)
+    text = WHITESPACE_RUNS.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slack_escape(text: str) -> str:
+    """Escape the three characters Slack treats as markup (mentions, links)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def pending_subject(request: dict) -> str:
+    """Return e.g. '[Security API] alice requests vpn'."""
+    return f"{SUBJECT_PREFIX} {_requester(request)} requests {clean(request.get('permission'))}"
+
+
+def decided_subject(request: dict) -> str:
+    """Return e.g. '[Security API] alice's request for vpn: approved'."""
+    return (f"{SUBJECT_PREFIX} {_requester(request)}'s request for "
+            f"{clean(request.get('permission'))}: {_status_word(request)}")
+
+
+def pending_body(request: dict, *, link: str) -> str:
+    """Return the plain-text email for approvers."""
+    return "\n".join([
+        f"{_requester(request)} requests {clean(request.get('permission'))} "
+        f"for {clean(request.get('duration_minutes'))} minutes.",
+        "",
+        f"Justification: {_justification(request)}",
+        f"Status: {clean(request.get('status'))}",
+        "",
+        f"Review it: {link}",
+    ]) + "\n"
+
+
+def decided_body(request: dict, *, link: str) -> str:
+    """Return the plain-text email for the requester."""
+    lines = [f"Your request for {clean(request.get('permission'))} is {_status_word(request)}.", ""]
+    lines += [f"{name} decided: {word}" + (f" ({comment})" if comment else "")
+              for name, word, comment in _decisions(request)]
+    if request.get("expires_at"):
+        lines.append(f"Access ends at {clean(request['expires_at'])}.")
+    lines += [f"Justification: {_justification(request)}", "", f"Details: {link}"]
+    return "\n".join(lines) + "\n"
+
+
+def pending_chat(request: dict, *, link: str) -> str:
+    """Return the Slack text for a new pending request."""
+    return (f"*Access request pending*: {slack_escape(_requester(request))} requests "
+            f"`{slack_escape(clean(request.get('permission')))}` for "
+            f"{slack_escape(clean(request.get('duration_minutes')))} minutes\n"
+            f"Justification: {slack_escape(_justification(request))}\n"
+            f"<{link}|Review request>")
+
+
+def decided_chat(request: dict, *, link: str) -> str:
+    """Return the Slack text for a decided request."""
+    deciders = ", ".join(f"{name} ({word})" for name, word, _ in _decisions(request))
+    return (f"*Access request {slack_escape(_status_word(request))}*: "
+            f"{slack_escape(_requester(request))} for "
+            f"`{slack_escape(clean(request.get('permission')))}`"
+            + (f" by {slack_escape(deciders)}" if deciders else "")
+            + f"\nJustification: {slack_escape(_justification(request))}\n<{link}|View request>")
+
+
+def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (mail subject, mail body, chat text) of one notification kind."""
+    if kind == PENDING:
+        return (pending_subject(request), pending_body(request, link=link),
+                pending_chat(request, link=link))
+    return (decided_subject(request), decided_body(request, link=link),
+            decided_chat(request, link=link))
+
+
+def _requester(request: dict) -> str:
+    requester = request.get("requester")
+    if isinstance(requester, dict):
+        requester = requester.get("username")
+    return clean(requester) or "someone"
+
+
+def _justification(request: dict) -> str:
+    return clean(request.get("justification"), limit=MAX_JUSTIFICATION) or "(none)"
+
+
+def _status_word(request: dict) -> str:
+    status = clean(request.get("status"))
+    return STATUS_WORDS.get(status, status)
+
+
+def _decisions(request: dict) -> list[tuple[str, str, str]]:
+    """Return (approver, decision, comment) for each approval, all cleaned."""
+    approvals = request.get("approvals") or []
+    return [(clean(a.get("approver")) or "someone", clean(a.get("decision")),
+             clean(a.get("comment"), limit=MAX_JUSTIFICATION))
+            for a in approvals if isinstance(a, dict)]
+
+
+def _is_control(ch: str) -> bool:
+    # Cc: C0/C1 controls (CR, LF, NUL...); Zl/Zp: Unicode line and paragraph separators.
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS
