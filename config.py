@@ -137,7 +137,7 @@ def _fill_defaults(settings: Settings) -> Settings:
         elif settings.env == "testing":
             changes["jwt_secret"] = secrets.token_urlsafe(48)
     if not settings.data_encryption_keys and settings.env != "production":
-        from security_api.secretbox import derived_key
+        from security_api.accounts.secretbox import derived_key
         material = changes.get("jwt_secret") or settings.jwt_secret or settings.jwt_private_key
         if material:
             changes["data_encryption_keys"] = (derived_key(material),)
@@ -233,7 +233,7 @@ def _check_observability(settings: Settings) -> None:
 
 
 def _check_encryption_keys(settings: Settings) -> None:
-    from security_api.secretbox import is_valid_key
+    from security_api.accounts.secretbox import is_valid_key
 
     if not settings.data_encryption_keys:
         raise ConfigError("DATA_ENCRYPTION_KEYS is required: comma-separated Fernet keys, "

@@ -12,17 +12,15 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 import flask_api_functions as helpers
-import observability
-import structured_logging
 from flask_api_functions import envelope, error_response
-from routes import access, admin_catalog, admin_users, audit, auth, docs, inputs, metrics, schemas
-from routes.openapi import documented
-from security_api import outbox_delivery
+from security_api.accounts.stores import StoreUnavailable
 from security_api.db import probe_database
 from security_api.errors import ApiError, ServiceUnavailable
+from security_api.integrations import outbox_delivery
 from security_api.services import build_services
-from security_api.stores import StoreUnavailable
-from web import portal
+from web import observability, portal, structured_logging
+from web.api import access, admin_catalog, admin_users, audit, auth, docs, inputs, metrics, schemas
+from web.api.openapi import documented
 
 VERSION = "1.0.0"
 METHOD_NOT_ALLOWED_MESSAGE = "Method not allowed or missing params, check API doc to solve the problem."
@@ -60,7 +58,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
     portal.init_app(app)
-    import cli
+    from web import cli
     cli.init_app(app)
     return app
 

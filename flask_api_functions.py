@@ -14,14 +14,15 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
-from security_api import grants, sessions
+from security_api.access import grants
+from security_api.access.grants import Subject
+from security_api.access.lifecycle import Actor
+from security_api.accounts import sessions
+from security_api.accounts.signin_attempts import BASIC_CHALLENGE
 from security_api.audit import Origin
 from security_api.clock import utcnow
 from security_api.errors import ApiError, BadRequest, Forbidden, Unauthenticated
-from security_api.grants import Subject
-from security_api.lifecycle import Actor
 from security_api.services import Services
-from security_api.signin_attempts import BASIC_CHALLENGE
 
 ADMIN_PERMISSION = "security-api.admin"
 AUDIT_PERMISSION = "security-api.audit"
@@ -96,7 +97,7 @@ def respond(message: str | None = None, *, status: int = 200, headers: dict | No
             **payload) -> Response:
     """Send a success body through the model the view documents for that status.
 
-    The model (an *Out model from routes/schemas.py) is the one in the view's
+    The model (an *Out model from web/api/schemas.py) is the one in the view's
     `documented(responses=...)`, so what is sent is what /v1/openapi.json says. Validation is
     strict (no coercion: a field of the wrong type is drift, not something to paper over) and
     only the fields the view set are sent. Under test, a payload the model would change

@@ -3,7 +3,7 @@ import multiprocessing
 import os
 import tempfile
 
-import gunicorn_refusals
+from web import gunicorn_refusals
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:16381")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
@@ -41,7 +41,7 @@ if control_socket_disable:
 
 def post_worker_init(worker):
     """Start this worker's background reaper (never on import, never in tests or the CLI)."""
-    from security_api.reaper import start_background_reaper
+    from security_api.access.reaper import start_background_reaper
 
     services = worker.wsgi.extensions["security_api"]
     interval = services.settings.reaper_interval_seconds
@@ -83,7 +83,7 @@ def when_ready(server):
 
 # ---- observability: JSON error log, Prometheus multiprocess mode ----------------------------
 # gunicorn's own error log in the application's LOG_FORMAT.
-logger_class = "structured_logging.GunicornLogger"
+logger_class = "web.structured_logging.GunicornLogger"
 if os.environ.get("METRICS_ENABLED", "").strip().lower() in ("1", "true", "yes", "on"):
     # Every worker writes its metrics under this directory; /metrics adds them up. It must be
     # set before prometheus_client is imported, which happens in the workers after this file.
@@ -121,5 +121,5 @@ def on_exit(server):
 
 # gunicorn's own refusals (414, 431, 400, 501) in the JSON envelope with our headers and a
 # request id, and a Server header naming the product, never a version (gunicorn's default is
-# "gunicorn"): the only monkeypatches, see gunicorn_refusals.py.
+# "gunicorn"): the only monkeypatches, see web/gunicorn_refusals.py.
 gunicorn_refusals.install()

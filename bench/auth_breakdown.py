@@ -69,9 +69,9 @@ def wsgi_call(app, path: str, headers: dict):
 
 def pieces(app, token: str) -> dict[str, object]:
     """The timed actions: whole requests, then the parts of the token check."""
-    from security_api import sessions
+    from security_api.accounts import sessions
+    from security_api.accounts.principal_query import PRINCIPAL_QUERY
     from security_api.clock import utcnow
-    from security_api.principal_query import PRINCIPAL_QUERY
 
     services = app.extensions["security_api"]
     engine = services.engine

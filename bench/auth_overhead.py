@@ -91,7 +91,7 @@ def measure_profile_overhead(runner: Runner, token: str, *, seconds: int, rounds
 
 def bcrypt_check_seconds(rounds: int) -> float:
     """Median time of one password check at this cost, in this process (the service's code)."""
-    from security_api.passwords import hash_password, verify_password
+    from security_api.accounts.passwords import hash_password, verify_password
 
     password = secrets.token_urlsafe(24)
     password_hash = hash_password(password, rounds=rounds)

@@ -460,11 +460,12 @@ def seed_people(app, *, count: int, role: str, subrole: str, prefix: str = "benc
 
     Returns their access tokens. People, not service accounts: only people may request.
     """
-    from security_api import accounts, audit
+    from security_api import audit
+    from security_api.accounts import users as accounts
+    from security_api.accounts.sessions import start_session
     from security_api.clock import utcnow
     from security_api.enums import UserKind
     from security_api.models import Subrole
-    from security_api.sessions import start_session
 
     services = app.extensions["security_api"]
     tokens = []
@@ -486,7 +487,7 @@ def seed_auto_permissions(app, *, count: int, role: str, subrole: str,
                           prefix: str = "bench-perm") -> list[str]:
     """Create `count` permissions (provisioner none) that `role/subrole` gets at once (auto)."""
     from security_api import audit
-    from security_api.catalog import ensure_permission, ensure_rule
+    from security_api.access.catalog import ensure_permission, ensure_rule
     from security_api.clock import utcnow
     from security_api.enums import PolicyMode
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, make_url, text  # noqa: E402
 
-from security_api.schema import migrate  # noqa: E402
+from security_api.installation import migrate  # noqa: E402
 from tests.servers import basic_header, call, start_gunicorn  # noqa: E402
 
 

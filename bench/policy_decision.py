@@ -1,8 +1,8 @@
 """Measure the policy decision time with 10 and with 10,000 rules (target: at most 1.2x).
 
 Times what a request's creation asks of the policy: the indexed look-up of the rules that can
-match the user (security_api.grants.candidate_rules) and the engine's choice among them
-(security_api.policy.decide), in-process against a real database. Two databases are filled,
+match the user (security_api.access.grants.candidate_rules) and the engine's choice among them
+(security_api.access.policy.decide), in-process against a real database. Two databases are filled,
 one per size, and timed batch by batch in alternation so drift affects both. See README.md.
 
     .venv/bin/python bench/policy_decision.py [--iterations 3000] [--json out.json]
@@ -44,13 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fill_rules(app, *, permissions: int, roles: int) -> None:
     """Store permissions x roles rules; the first role is the subject's, the rest are others'."""
-    from security_api import accounts, audit
+    from security_api import audit
+    from security_api.accounts import users
     from security_api.clock import utcnow
     from security_api.models import Permission, PolicyRule
 
     now = utcnow()
     with app.extensions["security_api"].session_factory() as session:
-        accounts.create_role(session, name=ROLE, subroles=[SUBROLE], actor="bench",
+        users.create_role(session, name=ROLE, subroles=[SUBROLE], actor="bench",
                              origin=audit.Origin(), now=now)
         for p in range(permissions):
             session.add(Permission(key=f"bench-perm-{p:03d}", name=f"perm {p}", description="",
@@ -88,7 +89,7 @@ def filled_database(rules: int):
 
 def timed_batch(session, subject, permission, count: int) -> float:
     """Seconds per decision over `count` decisions; checks that the decision is the right one."""
-    from security_api.grants import decision_for
+    from security_api.access.grants import decision_for
 
     started = time.perf_counter()
     for _ in range(count):
@@ -102,7 +103,7 @@ def timed_batch(session, subject, permission, count: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     """Fill both databases, alternate timed batches, print the medians and their ratio."""
     args = parse_args(argv)
-    from security_api.grants import Subject
+    from security_api.access.grants import Subject
     from security_api.models import Permission
 
     note = common.load_average_note()

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/lifecycle_diagram.py          # rewrite README.md's diagram
     .venv/bin/python scripts/lifecycle_diagram.py --check  # exit 1 if README's is stale
 
-Why generated: the table in security_api/transitions.py is what the code performs; a diagram
+Why generated: the table in security_api/access/transitions.py is what the code performs; a diagram
 drawn by hand would drift from it. The Mermaid `stateDiagram-v2` goes between the markers
 `<!-- lifecycle:begin -->` and `<!-- lifecycle:end -->`; tests/test_lifecycle_diagram.py
 fails when README's copy is not what this script would write today.
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from security_api.transitions import MOVES, SAME, Column  # noqa: E402
+from security_api.access.transitions import MOVES, SAME, Column  # noqa: E402
 
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
 README = ROOT / "README.md"

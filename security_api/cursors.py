@@ -13,8 +13,8 @@ import json
 import re
 from datetime import datetime
 
-from .clock import as_utc, parse_instant
-from .errors import InvalidParams
+from security_api.clock import as_utc, parse_instant
+from security_api.errors import InvalidParams
 
 PARAMETER = "cursor"
 PROBLEM = "is not a cursor this API returned"

@@ -11,8 +11,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from .clock import as_utc
-from .library_shims import is_wait_timeout, pool_without_pre_ping
+from security_api.clock import as_utc
+from security_api.library_shims import is_wait_timeout, pool_without_pre_ping
 
 
 class Base(DeclarativeBase):

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from . import audit, policyfile, totp
-from .accounts import create_user
-from .enums import UserKind
-from .services import Services
+from security_api import audit
+from security_api.access import policyfile
+from security_api.accounts import totp
+from security_api.accounts.users import create_user
+from security_api.enums import UserKind
+from security_api.services import Services
 
 DEMO_PEOPLE = [
     ("admin", "security", "admin"),

@@ -10,7 +10,7 @@ Reading is tolerant exactly like `jsontext.loads_stored`: rows written before bo
 checked may hold lone-surrogate escapes ("\\udc00"); they come back as U+FFFD.
 
 Not for audit event details: the audit chain hashes their stored text as written, and a
-tolerant read cannot give back the text of such old rows, so they stay text (see audit.py).
+tolerant read cannot give back the text of such old rows, so they stay text (see audit/).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import json
 from sqlalchemy import Text
 from sqlalchemy.types import TypeDecorator
 
-from .jsontext import loads_stored
+from security_api.jsontext import loads_stored
 
 
 class JSONText(TypeDecorator):

@@ -13,7 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from .db import ServiceSession
+from security_api.db import ServiceSession
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PENDING_STATUSES = "metrics_request_statuses"

@@ -18,8 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import Base, UTCDateTime
-from .json_column import JSONText
+from security_api.db import Base, UTCDateTime
+from security_api.json_column import JSONText
 
 
 def new_id() -> str:

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from .audit import KEYS_INFO, ChainKeys
-from .db import ReadOnlyQuery, make_engine, make_session_factory
-from .notify import Notifier
-from .passwords import dummy_hash
-from .principal_query import principal_reader
-from .secretbox import SecretBox
-from .settings import Settings
-from .stores import StateStore, make_store
-from .tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
+from security_api.accounts.passwords import dummy_hash
+from security_api.accounts.principal_query import principal_reader
+from security_api.accounts.secretbox import SecretBox
+from security_api.accounts.stores import StateStore, make_store
+from security_api.accounts.tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
+from security_api.audit import KEYS_INFO, ChainKeys
+from security_api.db import ReadOnlyQuery, make_engine, make_session_factory
+from security_api.integrations.notify import Notifier
+from security_api.settings import Settings
 
 
 @dataclass(frozen=True)

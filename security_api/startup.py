@@ -20,15 +20,15 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import audit
-from .clock import utcnow
-from .enums import AuditAction
-from .errors import InvalidParams
-from .notify import NotificationError
-from .notify_texts import clean
-from .provisioners import GrantContext, ProvisioningError, get_provisioner
-from .services import Services
-from .settings import Settings
+from security_api import audit
+from security_api.clock import utcnow
+from security_api.enums import AuditAction
+from security_api.errors import InvalidParams
+from security_api.integrations.notify import NotificationError
+from security_api.integrations.notify_texts import clean
+from security_api.provisioners import GrantContext, ProvisioningError, get_provisioner
+from security_api.services import Services
+from security_api.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ from sqlalchemy import create_engine, make_url, text
 os.environ.setdefault("SECURITY_API_ENV", "testing")
 
 from flask_api import create_app  # noqa: E402
-from security_api import accounts, audit  # noqa: E402
+from security_api import audit
+from security_api.accounts import users as accounts  # noqa: E402
 from security_api.clock import utcnow  # noqa: E402
 from security_api.db import Base  # noqa: E402
 from security_api.enums import UserKind  # noqa: E402
+from security_api.installation import bootstrap, migrate  # noqa: E402
 from security_api.models import Subrole, User  # noqa: E402
-from security_api.schema import bootstrap, migrate  # noqa: E402
 
 # Fixtures of real servers (moto's EC2) shared by several test modules.
 pytest_plugins = ["tests.servers"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from routes import admin_catalog
 from security_api.clock import utcnow
 from security_api.enums import AuditAction, RequestStatus
 from security_api.models import AccessRequest, AuditEvent, Permission, PolicyRule, Role, Subrole
 from tests.conftest import bearer
+from web.api import admin_catalog
 
 WEBHOOK = {"url": "https://hooks.example.com/grant"}
 

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import func, select
 
-from security_api import accounts, audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api import audit
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.accounts import users as accounts
+from security_api.accounts.signin_attempts import lock_key
 from security_api.clock import utcnow
 from security_api.db import Base
 from security_api.enums import AuditAction, PolicyMode
 from security_api.models import AuditEvent
-from security_api.signin_attempts import lock_key
 from tests.conftest import bearer
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class

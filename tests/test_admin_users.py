@@ -6,11 +6,12 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from routes import admin_users
-from security_api import accounts, audit
+from security_api import audit
+from security_api.accounts import users as accounts
 from security_api.clock import utcnow
 from security_api.models import AuditEvent, RecoveryCode, User
 from tests.conftest import DEFAULT_PASSWORD, basic, bearer
+from web.api import admin_users
 
 USERS = "/v1/admin/users"
 MASS_ASSIGNMENT_FIELDS = {"kind": "service", "password_hash": "x", "totp_secret": "x",

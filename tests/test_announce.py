@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import OutboxMessage

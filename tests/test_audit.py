@@ -10,8 +10,8 @@ from sqlalchemy import create_engine, delete, func, insert, select, text, update
 
 from security_api import audit
 from security_api.clock import utcnow
+from security_api.installation import alembic_config, migrate
 from security_api.models import AuditChainHead, AuditEvent, new_id
-from security_api.schema import alembic_config, migrate
 from tests.conftest import TEST_AUDIT_KEY, basic, private_database
 from tests.test_query_counts import counted
 

@@ -11,14 +11,14 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
-from routes import audit as audit_routes
 from security_api import audit
-from security_api.audit_views import AuditFilters, encode_cursor, iterate_events
-from security_api.catalog import ensure_rule
+from security_api.access.catalog import ensure_rule
+from security_api.audit.views import AuditFilters, encode_cursor, iterate_events
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AuditChainHead, AuditEvent, new_id
 from tests.conftest import bearer
+from web.api import audit as audit_routes
 
 PATHS = ("/v1/audit", "/v1/audit/export", "/v1/audit/verify")
 NDJSON = {"Accept": "application/x-ndjson"}

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import func, select
 
-from security_api import audit, lifecycle
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api import audit
+from security_api.access import lifecycle
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.access.grants import Subject
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
-from security_api.grants import Subject
 from security_api.models import AccessRequest, AuditEvent
 from tests.conftest import bearer
 

@@ -117,7 +117,7 @@ def test_init_db_says_what_it_did(tmp_path):
     from alembic import command
     from sqlalchemy import create_engine
 
-    from security_api.schema import alembic_config
+    from security_api.installation import alembic_config
 
     root = Path(__file__).resolve().parent.parent
     url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"

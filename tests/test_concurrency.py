@@ -14,11 +14,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from security_api import audit, lifecycle, reaper
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api import audit
+from security_api.access import lifecycle, reaper
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.access.grants import Subject
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
-from security_api.grants import Subject
 from security_api.models import AccessRequest, Approval, AuditEvent
 from tests.conftest import bearer
 from tests.receivers import serving

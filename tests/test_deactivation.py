@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from security_api import audit
-from security_api.catalog import ensure_rule
+from security_api.access.catalog import ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AuditEvent, PolicyRule, User
@@ -169,7 +169,7 @@ def test_role_change_takes_back_only_what_the_new_role_could_not_request(
     wiki = _request(client, world["alice_h"], "wiki")
     db = _request(client, world["alice_h"], "db")
     with services.session_factory() as session:
-        from security_api import accounts
+        from security_api.accounts import users as accounts
         accounts.create_role(session, name="sales", subroles=["emea"], actor="test",
                              origin=audit.Origin(), now=utcnow())
         session.commit()

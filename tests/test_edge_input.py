@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.jsontext import MAX_DEPTH
@@ -416,7 +416,7 @@ def test_gunicorn_answers_413_to_a_chunked_body_over_the_limit(served):
 # ---- the shared codec and the scanner, directly --------------------------------------------------
 def test_every_cursor_kind_round_trips():
     from security_api import cursors
-    from security_api.accounts import USERNAME_PATTERN
+    from security_api.accounts.users import USERNAME_PATTERN
     at, row_id = utcnow(), str(uuid.uuid4())
     assert cursors.decode_position(cursors.encode_position(at, row_id)) == (at, row_id)
     assert cursors.decode_seq(cursors.encode_seq(0)) == 0

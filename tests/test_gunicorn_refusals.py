@@ -1,4 +1,4 @@
-"""The adapter that answers gunicorn's own refusals (gunicorn_refusals.py), without a server.
+"""The adapter that answers gunicorn's own refusals (web/gunicorn_refusals.py), without a server.
 
 tests/test_gunicorn.py sends the same refusals to a real gunicorn over raw sockets.
 """
@@ -9,7 +9,7 @@ import gunicorn.http.wsgi
 import gunicorn.util
 import gunicorn.workers.base
 
-import gunicorn_refusals
+from web import gunicorn_refusals
 
 
 def test_the_reason_matches_the_status():

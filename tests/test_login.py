@@ -70,7 +70,7 @@ def test_every_failure_gives_the_same_answer(client, make_user):
 
 
 def test_unknown_user_costs_a_bcrypt_check_like_a_known_one(app, monkeypatch, make_user):
-    from security_api import signin
+    from security_api.accounts import signin
 
     checked = []
     real = signin.verify_password

@@ -5,7 +5,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from security_api.db import Base
-from security_api.schema import alembic_config, migrate
+from security_api.installation import alembic_config, migrate
 
 
 def test_migrated_database_matches_the_models(database_url):

@@ -15,14 +15,15 @@ def _imported_after(module: str) -> set[str]:
 
 
 def test_input_reading_needs_no_request_context():
-    loaded = _imported_after("routes.inputs")
-    assert "routes.inputs" in loaded
+    loaded = _imported_after("web.api.inputs")
+    assert "web.api.inputs" in loaded
     assert not {"flask_api", "flask_api_functions"} & loaded
 
 
-@pytest.mark.parametrize("module", ["security_api.signin_attempts", "security_api.signin",
-                                    "security_api.notify", "security_api.notify_channels",
-                                    "security_api.notify_texts"])
+@pytest.mark.parametrize("module", [
+    "security_api.accounts.signin_attempts", "security_api.accounts.signin",
+    "security_api.integrations.notify", "security_api.integrations.notify_channels",
+    "security_api.integrations.notify_texts"])
 def test_split_domain_modules_never_import_flask(module):
     loaded = _imported_after(module)
     assert module in loaded

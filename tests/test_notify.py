@@ -12,8 +12,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from config import load_settings
-from security_api.notify import Notifier
-from security_api.notify_texts import clean, slack_escape
+from security_api.integrations.notify import Notifier
+from security_api.integrations.notify_texts import clean, slack_escape
 from tests.receivers import serving
 
 JWT_SECRET = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
@@ -217,7 +217,7 @@ def test_unreachable_channels_do_not_raise(caplog):
         smtp_host="127.0.0.1", smtp_port=free_port(), smtp_username="robot",
         smtp_password=SMTP_PASSWORD,
         notify_webhook_url=f"http://127.0.0.1:{free_port()}/hook?token=hook-secret"))
-    with caplog.at_level(logging.WARNING, logger="security_api.notify"):
+    with caplog.at_level(logging.WARNING, logger="security_api.integrations.notify"):
         notifier.request_pending(a_request(), approver_emails=["bob@example.com"])
         notifier.request_decided(a_request(status="denied"), requester_email="alice@example.com")
 
@@ -229,14 +229,14 @@ def test_a_failing_webhook_does_not_stop_the_mail(inbox, receiver, caplog):
     receiver.status = 500
     notifier = Notifier(make_settings(smtp_host="127.0.0.1", smtp_port=inbox.port,
                                       notify_webhook_url=receiver.url))
-    with caplog.at_level(logging.WARNING, logger="security_api.notify"):
+    with caplog.at_level(logging.WARNING, logger="security_api.integrations.notify"):
         notifier.request_pending(a_request(), approver_emails=["bob@example.com"])
     assert "HTTP 500" in caplog.text
     assert len(inbox.envelopes) == 1
 
 
 def test_a_malformed_request_does_not_raise(notifier, caplog):
-    with caplog.at_level(logging.WARNING, logger="security_api.notify"):
+    with caplog.at_level(logging.WARNING, logger="security_api.integrations.notify"):
         notifier.request_pending(None, approver_emails=["bob@example.com"])
         notifier.request_decided({"id": "x", "approvals": ["junk", None]}, requester_email="a@b.c")
     assert "notification pending for request ? failed: AttributeError" in caplog.text
@@ -254,7 +254,7 @@ def test_login_uses_the_configured_credentials(inbox):
 def test_wrong_credentials_do_not_raise(inbox, caplog):
     notifier = Notifier(make_settings(smtp_host="127.0.0.1", smtp_port=inbox.port,
                                       smtp_username="robot", smtp_password="wrong-password"))
-    with caplog.at_level(logging.WARNING, logger="security_api.notify"):
+    with caplog.at_level(logging.WARNING, logger="security_api.integrations.notify"):
         notifier.request_pending(a_request(), approver_emails=["bob@example.com"])
     assert "SMTPAuthenticationError" in caplog.text and "wrong-password" not in caplog.text
     assert inbox.envelopes == []
@@ -280,7 +280,7 @@ def test_starttls_verifies_the_server_certificate(untrusted_tls_inbox, caplog):
     notifier = Notifier(make_settings(smtp_host="127.0.0.1", smtp_port=untrusted_tls_inbox.port,
                                       smtp_starttls=True, smtp_username="robot",
                                       smtp_password=SMTP_PASSWORD))
-    with caplog.at_level(logging.WARNING, logger="security_api.notify"):
+    with caplog.at_level(logging.WARNING, logger="security_api.integrations.notify"):
         notifier.request_pending(a_request(), approver_emails=["bob@example.com"])
     assert "SSLCertVerificationError" in caplog.text
     assert untrusted_tls_inbox.logins == [] and untrusted_tls_inbox.envelopes == []

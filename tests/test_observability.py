@@ -14,12 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import config
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
-from structured_logging import JsonFormatter, RequestIdFilter, make_handler
 from tests.conftest import basic, bearer
 from tests.servers import free_port, start_gunicorn
+from web.structured_logging import JsonFormatter, RequestIdFilter, make_handler
 
 METRICS_TOKEN = "metrics-" + secrets.token_urlsafe(32)
 SCRAPER_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"

@@ -15,12 +15,12 @@ from aiosmtpd.controller import Controller
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from security_api import outbox
+from security_api.access.reaper import reap_once
 from security_api.clock import utcnow
+from security_api.integrations import outbox
+from security_api.integrations.notify_channels import DELIVERY_HEADER
+from security_api.integrations.outbox_delivery import BACKOFF_CAP_SECONDS, backoff, deliver_due
 from security_api.models import AccessRequest, OutboxMessage
-from security_api.notify_channels import DELIVERY_HEADER
-from security_api.outbox_delivery import BACKOFF_CAP_SECONDS, backoff, deliver_due
-from security_api.reaper import reap_once
 from tests import test_notify as kit
 from tests.conftest import bearer
 from tests.test_announce import _world, undelivered, wait_for

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from security_api.passwords import dummy_hash, hash_password, policy_problems, verify_password
+from security_api.accounts.passwords import dummy_hash, hash_password, policy_problems, verify_password
 from tests.conftest import DEFAULT_PASSWORD, basic, bearer
 
 ROUNDS = 4

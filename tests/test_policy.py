@@ -3,13 +3,13 @@ import pytest
 from sqlalchemy import event, insert, text
 
 from security_api import audit
-from security_api.accounts import create_role
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.access.grants import Subject, candidate_rules
+from security_api.access.policy import NOT_REQUESTABLE, Rule, approver_matches, decide, specificity
+from security_api.accounts.users import create_role
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
-from security_api.grants import Subject, candidate_rules
 from security_api.models import Permission, PolicyRule
-from security_api.policy import NOT_REQUESTABLE, Rule, approver_matches, decide, specificity
 
 AUTO, APPROVAL, STANDING = PolicyMode.AUTO, PolicyMode.APPROVAL, PolicyMode.STANDING
 

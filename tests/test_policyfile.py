@@ -6,12 +6,13 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-import cli_policy
-from security_api import audit, policyfile
+from security_api import audit
+from security_api.access import policyfile
 from security_api.clock import utcnow
 from security_api.demo import DEMO_POLICY_FILE
 from security_api.enums import AuditAction, RequestStatus
 from security_api.models import AccessRequest, AuditEvent, Permission, PolicyRule, Role, Subrole
+from web import cli_policy
 
 DEMO = DEMO_POLICY_FILE.read_text(encoding="utf-8")
 HEADER = "version: 1\n"
@@ -24,7 +25,7 @@ def settings(app):
 
 @pytest.fixture
 def policy_runner(app, runner):
-    """The CLI runner, with the policy group registered even before cli.py does it."""
+    """The CLI runner, with the policy group registered even before web/cli.py does it."""
     if "policy" not in app.cli.commands:
         cli_policy.init_app(app)
     return runner

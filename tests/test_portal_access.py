@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import func, select
 
-from security_api import audit, lifecycle
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api import audit
+from security_api.access import lifecycle
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.access.grants import Subject
+from security_api.accounts.passwords import verify_password
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
-from security_api.grants import Subject
 from security_api.models import AccessRequest, Approval, User
-from security_api.passwords import verify_password
 from tests.portal_support import portal_client, post_form, signed_in_client
 from tests.test_announce import undelivered, wait_for
 

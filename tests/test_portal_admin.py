@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AuditEvent, User

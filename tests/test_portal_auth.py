@@ -7,9 +7,9 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import update
 
+from security_api.accounts.portal_sessions import id_hash
 from security_api.clock import utcnow
 from security_api.models import PortalSession
-from security_api.portal_sessions import id_hash
 
 from .conftest import basic, bearer
 from .portal_support import csrf_token, portal_client, post_form, sign_in, signed_in_client

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from security_api import audit
-from security_api.catalog import ensure_rule
+from security_api.access.catalog import ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from tests.conftest import bearer

@@ -5,11 +5,11 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.access.reaper import start_background_reaper
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AccessRequest
-from security_api.reaper import start_background_reaper
 from tests.conftest import bearer
 
 

@@ -4,11 +4,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from security_api import reaper
+from security_api.access import reaper
+from security_api.access.provisioning import REVOKE_RETRY_SECONDS, stuck_after
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AccessRequest
-from security_api.provisioning import REVOKE_RETRY_SECONDS, stuck_after
 from tests import test_concurrency as kit
 
 receiver = kit.receiver

@@ -2,7 +2,7 @@
 from sqlalchemy import select
 
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from tests.conftest import bearer

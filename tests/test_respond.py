@@ -8,7 +8,7 @@ from flask import Flask
 from pydantic import BaseModel, ValidationError
 
 from flask_api_functions import respond
-from routes.openapi import documented
+from web.api.openapi import documented
 
 
 class Thing(BaseModel):

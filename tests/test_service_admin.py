@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
-import cli_policy
 from security_api import audit
-from security_api.catalog import ensure_rule
+from security_api.access.catalog import ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import PolicyRule, User
 from tests.conftest import basic, bearer
+from web import cli_policy
 
 USERS = "/v1/admin/users"
 POLICIES = "/v1/admin/policies"

@@ -4,9 +4,9 @@ import secrets
 import pytest
 from sqlalchemy import select
 
+from security_api.accounts.sessions import invalidate_all_tokens
 from security_api.clock import utcnow
 from security_api.models import AuditEvent, User
-from security_api.sessions import invalidate_all_tokens
 from tests.conftest import basic, bearer
 
 

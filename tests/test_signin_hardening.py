@@ -14,9 +14,9 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
+from security_api.accounts.passwords import hash_password
 from security_api.errors import INVALID_CREDENTIALS_MESSAGE
 from security_api.models import AuditEvent, User
-from security_api.passwords import hash_password
 from tests.conftest import TEST_REDIS_URL, basic
 
 THREADS = 30

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from security_api.stores import DatabaseStore, RedisStore
+from security_api.accounts.stores import DatabaseStore, RedisStore
 from tests.conftest import TEST_REDIS_URL
 
 BACKENDS = ["database", pytest.param("redis", marks=pytest.mark.skipif(

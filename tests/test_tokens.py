@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 
+from security_api.accounts.tokens import REQUIRED_CLAIMS, issue_access_token, verify_access_token
 from security_api.errors import Unauthenticated
 from security_api.models import RecoveryCode, RefreshFamily, RefreshToken, User
-from security_api.tokens import REQUIRED_CLAIMS, issue_access_token, verify_access_token
 from tests.conftest import basic, bearer
 
 DROP = object()  # a claim override that removes the claim

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pyotp
 import pytest
 
-from security_api import totp
+from security_api.accounts import totp
 
 RFC_SECRET = base64.b32encode(b"12345678901234567890").decode("ascii")
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"

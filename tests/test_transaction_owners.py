@@ -11,7 +11,8 @@ import json
 import pytest
 from sqlalchemy import select
 
-from security_api import audit, sessions, signin, signin_attempts
+from security_api import audit
+from security_api.accounts import sessions, signin, signin_attempts
 from security_api.clock import utcnow
 from security_api.enums import AuditAction, FailureReason
 from security_api.errors import Unauthenticated

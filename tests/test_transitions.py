@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from security_api import audit
-from security_api.catalog import ensure_permission, ensure_rule
+from security_api.access.catalog import ensure_permission, ensure_rule
+from security_api.access.transitions import MOVES, SAME, Event, move_for, transition
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, ProvisioningState, RequestStatus
 from security_api.errors import Conflict
 from security_api.models import AccessRequest
-from security_api.transitions import MOVES, SAME, Event, move_for, transition
 from tests.conftest import bearer
 
 

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import select, text
 
 from security_api import audit
+from security_api.access.provisioning import claim_lease, recover
 from security_api.clock import as_utc, utcnow
 from security_api.enums import AuditAction, PolicyMode, RequestStatus
 from security_api.models import AccessRequest, AuditChainHead, AuditEvent
-from security_api.provisioning import claim_lease, recover
 from tests import test_concurrency as kit
 from tests.conftest import TEST_DATABASE_URL
 from tests.servers import basic_header, call, start_gunicorn

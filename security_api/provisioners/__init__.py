@@ -4,9 +4,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..errors import InvalidParams
-from ..settings import Settings
-from .base import REGISTRY, GrantContext, Provisioner, ProvisioningError
+from security_api.errors import InvalidParams
+from security_api.provisioners.base import REGISTRY, GrantContext, Provisioner, ProvisioningError
+from security_api.settings import Settings
 
 __all__ = ["GrantContext", "Provisioner", "ProvisioningError", "get_provisioner", "names"]
 

@@ -27,8 +27,8 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
-from ..errors import InvalidParams
-from .base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
+from security_api.errors import InvalidParams
+from security_api.provisioners.base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
 GROUP_ID = r"^sg-[0-9a-f]{8,17}$"
 REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"

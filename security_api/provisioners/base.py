@@ -17,9 +17,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 
-from ..catalog_schemas import problem_text
-from ..errors import InvalidParams
-from ..settings import Settings
+from security_api.access.catalog_schemas import problem_text
+from security_api.errors import InvalidParams
+from security_api.settings import Settings
 
 
 class ProvisioningError(Exception):

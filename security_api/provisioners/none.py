@@ -1,7 +1,7 @@
 """The `none` provisioner: the grant lives only in this service's records."""
 from __future__ import annotations
 
-from .base import GrantContext, Provisioner
+from security_api.provisioners.base import GrantContext, Provisioner
 
 
 class NoneProvisioner(Provisioner):

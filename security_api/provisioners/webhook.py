@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import requests
 from pydantic import AfterValidator, ConfigDict, Field, RootModel, StrictBool, StrictInt, StrictStr
 
-from ..clock import epoch, isoformat, utcnow
-from ..errors import InvalidParams
-from .base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
+from security_api.clock import epoch, isoformat, utcnow
+from security_api.errors import InvalidParams
+from security_api.provisioners.base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
 SIGNATURE_HEADER = "X-Security-API-Signature"
 TIMESTAMP_HEADER = "X-Security-API-Timestamp"

@@ -25,11 +25,13 @@ import pytest
 from sqlalchemy import create_engine
 
 from flask_api import create_app
-from security_api import accounts, audit, policyfile
+from security_api import audit
+from security_api.access import policyfile
+from security_api.accounts import users as accounts
 from security_api.clock import utcnow
 from security_api.enums import UserKind
+from security_api.installation import bootstrap, migrate
 from security_api.models import Subrole
-from security_api.schema import bootstrap, migrate
 from tests.conftest import DEFAULT_PASSWORD, TEST_DATA_KEY, TestUser, private_database
 from tests.servers import start_gunicorn
 

@@ -12,7 +12,7 @@ from flask import Flask
 from flask_babel import Babel
 from flask_wtf.csrf import CSRFProtect
 
-from security_api.portal_sessions import make_portal_sessions
+from security_api.accounts.portal_sessions import make_portal_sessions
 
 from .blueprint import bp
 from .i18n import select_locale

@@ -16,17 +16,17 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from flask_api_functions import current_actor, db, origin, services
-from routes.audit import FILTER_TEXT, MAX_FILTER_LENGTH
-from security_api import admin_rules
-from security_api import admin_users as users_domain
+from security_api.access import admin_rules
+from security_api.accounts import admin_users as users_domain
+from security_api.accounts.signin_attempts import lock_key
 from security_api.audit import verify_chain
-from security_api.audit_views import list_events
-from security_api.audit_views import render as render_event
+from security_api.audit.views import list_events
+from security_api.audit.views import render as render_event
 from security_api.clock import epoch, utcnow
 from security_api.enums import UserKind
 from security_api.errors import ApiError, InvalidParams, NotFound
 from security_api.models import Role, User
-from security_api.signin_attempts import lock_key
+from web.api.audit import FILTER_TEXT, MAX_FILTER_LENGTH
 
 from . import error_page
 from .blueprint import admin_required, bp, login_required, render

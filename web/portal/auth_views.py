@@ -9,12 +9,13 @@ from flask import Response, flash, g, redirect, request, session, url_for
 from flask_babel import gettext as _
 
 from flask_api_functions import db, origin, services
-from routes.auth import _qr_data_uri, login_outcome
-from security_api import accounts, metrics, portal_signin, signin, signin_attempts, totp
-from security_api.accounts import find_user
+from security_api import metrics
+from security_api.accounts import portal_signin, signin, signin_attempts, totp, users
+from security_api.accounts.users import find_user
 from security_api.clock import epoch, utcnow
 from security_api.errors import Forbidden, Throttled, Unauthenticated
 from security_api.models import User
+from web.api.auth import _qr_data_uri, login_outcome
 
 from .blueprint import bp, render, safe_next, signed_in
 from .forms import field
@@ -120,7 +121,7 @@ def enroll() -> Response:
         secret = services().secret_box.decrypt(user.totp_secret)
         uri = totp.provisioning_uri(secret, account=user.username, issuer=issuer)
     else:
-        secret, uri = accounts.start_totp_enrollment(
+        secret, uri = users.start_totp_enrollment(
             db(), user=user, issuer=issuer, secret_box=services().secret_box, origin=origin(),
             now=utcnow())
         session["enroll_secret_issued"] = True

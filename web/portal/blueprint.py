@@ -10,9 +10,9 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 
 from flask_api_functions import current_actor, services
+from security_api.accounts.portal_signin import signed_in_account
+from security_api.accounts.sessions import Principal
 from security_api.errors import ApiError, ServiceUnavailable, Unauthenticated
-from security_api.portal_signin import signed_in_account
-from security_api.sessions import Principal
 
 from .formatting import error_text
 from .i18n import LANGUAGES

@@ -11,13 +11,13 @@ from flask_babel import ngettext
 from sqlalchemy import select
 
 from flask_api_functions import current_subject, db, origin, services
-from routes import schemas
-from security_api import grants, lifecycle
+from security_api.access import grants, lifecycle
+from security_api.access.request_views import effective_status
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
 from security_api.errors import ApiError, InvalidParams
 from security_api.models import AccessRequest
-from security_api.request_views import effective_status
+from web.api import schemas
 
 from .blueprint import bp, login_required, render
 from .formatting import approvers_text, duration, provisioning_error, time_left, when

@@ -9,8 +9,8 @@ from flask import flash, request
 from flask_babel import lazy_gettext as _l
 from pydantic import BaseModel
 
-from routes.inputs import validate_fields
 from security_api.errors import ApiError
+from web.api.inputs import validate_fields
 
 from .formatting import error_text
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from flask import Response
 
 from flask_api_functions import current_actor, current_subject, db
-from security_api import grants
+from security_api.access import grants
+from security_api.access.request_views import list_requests
+from security_api.access.request_views import render as render_requests
 from security_api.clock import utcnow
-from security_api.request_views import list_requests
-from security_api.request_views import render as render_requests
 
 from .blueprint import bp, login_required, render
 from .formatting import time_left

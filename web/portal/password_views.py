@@ -5,11 +5,11 @@ from flask import Response, flash, g, redirect, session, url_for
 from flask_babel import gettext as _
 
 from flask_api_functions import db, origin, services
-from routes import schemas
-from security_api import signin, signin_attempts
+from security_api.accounts import signin, signin_attempts
 from security_api.clock import utcnow
 from security_api.errors import ApiError, Forbidden, InvalidParams, Throttled
 from security_api.models import User
+from web.api import schemas
 
 from .blueprint import bp, login_required, render
 from .forms import field, flash_error, validated

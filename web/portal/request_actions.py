@@ -9,12 +9,12 @@ from flask import Response, flash, redirect, request, url_for
 from flask_babel import gettext as _
 
 from flask_api_functions import current_actor, db, origin, services
-from routes import schemas
-from security_api import lifecycle
+from security_api.access import lifecycle
 from security_api.clock import utcnow
 from security_api.enums import RequestStatus
 from security_api.errors import ApiError, NotFound
 from security_api.models import AccessRequest
+from web.api import schemas
 
 from .blueprint import bp, login_required, safe_next
 from .formatting import provisioning_error, when

@@ -8,11 +8,11 @@ from __future__ import annotations
 from flask import Response, request, url_for
 
 from flask_api_functions import current_actor, db
-from security_api import lifecycle
+from security_api.access import lifecycle
+from security_api.access.request_views import list_requests
+from security_api.access.request_views import render as render_requests
 from security_api.clock import utcnow
 from security_api.enums import RequestStatus
-from security_api.request_views import list_requests
-from security_api.request_views import render as render_requests
 
 from .blueprint import bp, login_required, render
 from .formatting import approvers_text, duration, status_label, time_left, when

@@ -5,9 +5,9 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from security_api.accounts.portal_sessions import PortalSessionStore, StoredSession, new_session_id
+from security_api.accounts.stores import StoreUnavailable
 from security_api.clock import utcnow
-from security_api.portal_sessions import PortalSessionStore, StoredSession, new_session_id
-from security_api.stores import StoreUnavailable
 
 COOKIE_NAME = "__Host-session"
 PORTAL_PREFIX = "/portal"

@@ -1,0 +1,1 @@
+"""What people may hold: catalog, policy, requests and their one transition table, provisioning."""

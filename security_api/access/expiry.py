@@ -1,0 +1,45 @@
+"""Ending grants whose time is up: the claim in a transaction, the revoke after its commit."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from security_api import audit
+from security_api.access.provisioning import revoke_each_claimed
+from security_api.access.transitions import Event, transition
+from security_api.enums import AuditAction, RequestStatus
+from security_api.integrations import outbox
+from security_api.models import AccessRequest
+from security_api.services import Services
+from security_api.unit_of_work import end_reads
+
+
+def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
+               now: datetime) -> bool:
+    """In the caller's transaction: expire a due grant; its revoke is owed from the commit on.
+
+    The conditional update is the claim: a second reaper finds nothing left to do.
+    """
+    if not transition(session, request_id, event=Event.EXPIRE, ended_at=now,
+                      provisioning_started_at=now):
+        return False
+    audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
+                 target=request_id, origin=origin, now=now)
+    outbox.requests_ended(session, [request_id])
+    return True
+
+
+def expire_due(session: Session, services: Services, *, now: datetime, origin: audit.Origin,
+               limit: int = 100) -> int:
+    """Expire grants whose time is up and run each provisioner's revoke exactly once.
+
+    Each grant is its own unit of work: one slow or failing revoke does not hold back the rest.
+    """
+    due = list(session.scalars(
+        select(AccessRequest.id)
+        .where(AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at <= now)
+        .order_by(AccessRequest.expires_at).limit(limit)))
+    end_reads(session)
+    return revoke_each_claimed(session, services, due, claim=expire_one, origin=origin, now=now)

@@ -1,0 +1,148 @@
+"""The decisions on an access request: approve, deny, cancel, revoke, retry.
+
+Each is a public operation that owns its transaction (`unit_of_work`) and moves the request
+through the table in `transitions.py`; an outside call (grant or revoke) runs after the commit.
+The rest of the lifecycle lives beside it and is re-exported here for the routes, the portal
+and the CLI: creation (`request_creation`), who may act (`request_actors`), expiry
+(`expiry`), and eligibility after deactivation or a role change (`eligibility`).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from security_api import audit
+from security_api.access.eligibility import (
+    end_ineligible,
+    grant_and_recheck,
+    ineligibility,
+    require_eligible_requester,
+    settle_ended,
+)
+from security_api.access.expiry import expire_due
+from security_api.access.provisioning import finish_revoke
+from security_api.access.request_actors import Actor, approver_groups, is_eligible_approver, visible_request
+from security_api.access.request_creation import create_request
+from security_api.access.transitions import Event, transition
+from security_api.enums import AuditAction, Decision, RequestStatus
+from security_api.errors import Conflict, Forbidden
+from security_api.integrations import outbox
+from security_api.models import AccessRequest, Approval
+from security_api.services import Services
+from security_api.unit_of_work import unit_of_work
+
+__all__ = ["Actor", "approve", "approver_groups", "cancel", "create_request", "deny",
+           "end_ineligible", "expire_due", "ineligibility", "is_eligible_approver", "retry",
+           "revoke", "settle_ended", "visible_request"]
+
+
+def _require_decider(session: Session, request: AccessRequest, actor: Actor) -> None:
+    if request.requester_id == actor.subject.id:
+        raise Forbidden("You cannot decide your own request.", code="separation_of_duties")
+    if not is_eligible_approver(session, request, actor):
+        raise Forbidden("You are not an approver of this request.")
+
+
+def _record_decision(session: Session, request: AccessRequest, actor: Actor, decision: Decision,
+                     comment: str, now: datetime) -> None:
+    session.add(Approval(request_id=request.id, approver_id=actor.subject.id,
+                         decision=decision, comment=comment or "", at=now))
+    try:
+        session.flush()
+    except IntegrityError:
+        # One decision per approver: no second approval, no taking an approval back by denying.
+        raise Conflict("You have already decided this request.", code="already_decided") from None
+
+
+def _reloaded(session: Session, request_id: str) -> AccessRequest:
+    return session.get(AccessRequest, request_id, populate_existing=True)
+
+
+def approve(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
+            origin: audit.Origin, now: datetime) -> AccessRequest:
+    """Record an approval; the last one needed grants and provisions, once."""
+    with unit_of_work(session):
+        request = visible_request(session, request_id, actor)
+        _require_decider(session, request, actor)
+        require_eligible_requester(session, request)
+        # Touching the row takes its write lock: deciders of one request go one at a time.
+        transition(session, request.id, event=Event.DECIDE)
+        _record_decision(session, request, actor, Decision.APPROVE, comment, now)
+        audit.record(session, action=AuditAction.REQUEST_APPROVED, actor=actor.subject.username,
+                     target=request.id, origin=origin, now=now, details={"comment": comment or ""})
+        approvals = session.scalar(select(func.count()).select_from(Approval).where(
+            Approval.request_id == request.id, Approval.decision == Decision.APPROVE))
+        granting = approvals >= request.approvals_required
+        if granting:  # the request's new status (granting) is known here, before the commit
+            transition(session, request.id, event=Event.APPROVE, decided_at=now,
+                       provisioning_started_at=now)
+    if granting:
+        grant_and_recheck(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)
+
+
+def deny(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
+         origin: audit.Origin, now: datetime) -> AccessRequest:
+    """Refuse a pending request; one eligible approver's no is enough."""
+    with unit_of_work(session):
+        request = visible_request(session, request_id, actor)
+        _require_decider(session, request, actor)
+        transition(session, request.id, event=Event.DENY, decided_at=now)
+        _record_decision(session, request, actor, Decision.DENY, comment, now)
+        audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,
+                     target=request.id, origin=origin, now=now, details={"comment": comment or ""})
+        outbox.request_decided(session, request.id)
+    session.refresh(request)
+    return request
+
+
+def cancel(session: Session, services: Services, *, request_id: str, actor: Actor,
+           origin: audit.Origin, now: datetime) -> AccessRequest:
+    """Withdraw one's own pending request."""
+    with unit_of_work(session):
+        request = visible_request(session, request_id, actor)
+        if request.requester_id != actor.subject.id:
+            raise Forbidden("Only the requester can cancel a request.")
+        transition(session, request.id, event=Event.CANCEL, decided_at=now)
+        audit.record(session, action=AuditAction.REQUEST_CANCELLED, actor=actor.subject.username,
+                     target=request.id, origin=origin, now=now)
+    session.refresh(request)
+    return request
+
+
+def revoke(session: Session, services: Services, *, request_id: str, actor: Actor,
+           origin: audit.Origin, now: datetime) -> AccessRequest:
+    """End an active grant early (requester or admin) and run the provisioner's revoke once.
+
+    Two public steps: the revoke is owed from this commit on, then `finish_revoke` calls out.
+    """
+    with unit_of_work(session):
+        request = visible_request(session, request_id, actor)
+        if request.requester_id != actor.subject.id and not actor.is_admin:
+            raise Forbidden("Only the requester or an administrator can revoke a grant.")
+        transition(session, request.id, event=Event.REVOKE, ended_at=now,
+                   provisioning_started_at=now, extra_where=(AccessRequest.expires_at > now,))
+        audit.record(session, action=AuditAction.REQUEST_REVOKED, actor=actor.subject.username,
+                     target=request.id, origin=origin, now=now)
+    finish_revoke(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)
+
+
+def retry(session: Session, services: Services, *, request_id: str, actor: Actor,
+          origin: audit.Origin, now: datetime) -> AccessRequest:
+    """Provision a failed request again (an approver or an administrator)."""
+    with unit_of_work(session):
+        request = visible_request(session, request_id, actor)
+        if not (actor.is_admin or is_eligible_approver(session, request, actor)):
+            raise Forbidden("Only an approver or an administrator can retry a request.")
+        if request.status == RequestStatus.FAILED:
+            require_eligible_requester(session, request)
+        transition(session, request.id, event=Event.RETRY, decided_at=now,
+                   provisioning_started_at=now)
+        audit.record(session, action=AuditAction.REQUEST_RETRIED, actor=actor.subject.username,
+                     target=request.id, origin=origin, now=now)
+    grant_and_recheck(session, services, request.id, origin=origin, now=now)
+    return _reloaded(session, request.id)

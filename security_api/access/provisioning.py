@@ -1,0 +1,282 @@
+"""Calling provisioners outside any transaction, and recording what they answered.
+
+A provisioner talks to the outside world and may take seconds. No database lock (the
+request's row, the audit chain head, SQLite's write lock) is ever held while it runs: the
+transition is committed first (a claim), the call happens, then the outcome is recorded
+with a second conditional update. A crash in between leaves a claim the reaper finishes.
+
+While a grant's outside call runs, a heartbeat thread of the worker refreshes the claim's
+timestamp (`provisioning_started_at`) every HEARTBEAT_SECONDS. A claim whose heartbeat is
+older than CLAIM_LEASE_SECONDS belongs to a worker that is gone: the reaper (or the
+requester's next request for the same permission) fails it and has the provisioner undo it
+(`cleanup`) within seconds, instead of waiting out the longest call a live worker might make.
+A live worker heartbeats for at most `stuck_after` (4 x timeout + 60 s), so a call that hangs
+past every timeout is also taken over, as before.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from security_api import audit, metrics
+from security_api.access.transitions import OWED, Event, transition
+from security_api.clock import isoformat, utcnow
+from security_api.enums import AuditAction, ProvisioningAction, ProvisioningState, RequestStatus
+from security_api.integrations import outbox
+from security_api.models import AccessRequest, Permission, User
+from security_api.provisioners import GrantContext, ProvisioningError, get_provisioner
+from security_api.services import Services
+from security_api.unit_of_work import end_reads, unit_of_work
+
+log = logging.getLogger(__name__)
+GRANT, CLEANUP, REVOKE = ProvisioningAction.GRANT, ProvisioningAction.CLEANUP, ProvisioningAction.REVOKE
+# A failed revoke is tried again this long after the last attempt.
+REVOKE_RETRY_SECONDS = 300
+# A worker running a grant refreshes its claim this often ...
+HEARTBEAT_SECONDS = 2
+# ... and a grant claim not refreshed for this long was left by a worker that is gone.
+CLAIM_LEASE_SECONDS = 12
+
+
+def stuck_after(services: Services) -> timedelta:
+    """Return the longest a live worker may hold a claim (beyond every provisioner timeout)."""
+    return timedelta(seconds=services.settings.provisioner_timeout_seconds * 4 + 60)
+
+
+def claim_lease() -> timedelta:
+    """Return how long a grant claim lives without a heartbeat."""
+    return timedelta(seconds=CLAIM_LEASE_SECONDS)
+
+
+@contextmanager
+def _heartbeat(services: Services, request_id: str) -> Iterator[None]:
+    """Keep refreshing the grant claim while the block runs (at most `stuck_after`)."""
+    stop = threading.Event()
+    until = utcnow() + stuck_after(services)
+
+    def beat():
+        with services.session_factory() as session:
+            while not stop.wait(HEARTBEAT_SECONDS) and utcnow() < until:
+                try:
+                    with unit_of_work(session):
+                        transition(session, request_id, event=Event.HEARTBEAT,
+                                   provisioning_started_at=utcnow())
+                except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
+                    log.warning("could not refresh the grant claim of %s", request_id,
+                                exc_info=True)
+
+    thread = threading.Thread(target=beat, name="security-api-claim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _load(session: Session, services: Services, request_id: str):
+    # One statement, read fresh: the request, its permission and its requester's name.
+    request, permission, requester = session.execute(
+        select(AccessRequest, Permission, User.username)
+        .join(Permission, Permission.key == AccessRequest.permission_key)
+        .join(User, User.id == AccessRequest.requester_id)
+        .where(AccessRequest.id == request_id)
+        .execution_options(populate_existing=True)).one()
+    ctx = GrantContext(request_id=request.id, requester=requester,
+                       requester_ip=request.requester_ip, permission=permission.key,
+                       params=request.params,
+                       config=permission.provisioner_config,
+                       expires_at=request.expires_at)
+    return request, permission, ctx
+
+
+def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, action: str) -> dict:
+    provisioner = get_provisioner(provisioner_name, services.settings)
+    try:
+        # A cleanup is a revoke to the provisioner; only the record tells them apart.
+        result = provisioner.grant(ctx) if action == GRANT else provisioner.revoke(ctx)
+        return {"ok": True, "result": result, "error": None, "at": isoformat(utcnow())}
+    except ProvisioningError as exc:
+        metrics.count_provisioning_failure(provisioner=provisioner_name, action=action)
+        return {"ok": False, "result": None, "error": str(exc)[:500], "at": isoformat(utcnow())}
+
+
+def _record(session: Session, request: AccessRequest, permission: Permission,
+            outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> dict:
+    record = dict(request.provisioning)  # a copy: JSONText values are not change-tracked
+    for action, outcome in outcomes.items():
+        record[action] = outcome
+        audit.record(session, action=AuditAction.PROVISIONING_SUCCEEDED if outcome["ok"]
+                     else AuditAction.PROVISIONING_FAILED, actor="system", target=request.id,
+                     origin=origin, now=now,
+                     details={"action": action, "provisioner": permission.provisioner,
+                              "error": outcome["error"]})
+    return record
+
+
+def finish_grant(session: Session, services: Services, request_id: str, *,
+                 origin: audit.Origin, now: datetime) -> None:
+    """Run the grant of a claimed request, then land it on active or failed (once).
+
+    The second public step after a claim's commit: the outside call runs with no transaction
+    open, and its outcome is recorded in a transaction of its own.
+    """
+    request, permission, ctx = _load(session, services, request_id)
+    # Read before ending the reads: touching an expired attribute would open a transaction again.
+    provisioner_name, owed = permission.provisioner, request.status == RequestStatus.GRANTING
+    end_reads(session)  # no transaction stays open during the outside call
+    if not owed:
+        return
+    with _heartbeat(services, request_id):
+        outcomes = {GRANT: _call(services, provisioner_name, ctx, action=GRANT)}
+        if not outcomes[GRANT]["ok"]:
+            # A webhook that timed out may still have granted: ask it to undo.
+            outcomes[CLEANUP] = _call(services, provisioner_name, ctx, action=CLEANUP)
+    if _land_grant(session, services, request_id, outcomes, origin=origin, now=now):
+        session.commit()
+        return
+    session.rollback()  # the reaper declared it abandoned meanwhile: nothing of this lands
+    if outcomes[GRANT]["ok"]:
+        # Its cleanup may have reached the target before this grant did: undo once more.
+        _late_cleanup(session, services, request_id, provisioner_name, ctx,
+                      origin=origin, now=now)
+
+
+def _land_grant(session: Session, services: Services, request_id: str,
+                outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> bool:
+    """Record the grant's outcome and move granting -> active | failed; False if it lost."""
+    ok = outcomes[GRANT]["ok"]
+    request, permission, _ = _load(session, services, request_id)
+    expires_at = now + timedelta(minutes=request.duration_minutes) if ok else None
+    record = _record(session, request, permission, outcomes, origin=origin, now=now)
+    if not transition(session, request_id,
+                      event=Event.GRANT_FINISHED if ok else Event.GRANT_FAILED,
+                      provisioning=record, provisioning_state=None, expires_at=expires_at):
+        return False
+    audit.record(session, action=AuditAction.REQUEST_ACTIVATED if ok
+                 else AuditAction.REQUEST_FAILED, actor="system", target=request_id,
+                 origin=origin, now=now,
+                 details={"expires_at": isoformat(expires_at)} if ok else {})
+    outbox.request_decided(session, request_id)
+    return True
+
+
+def _late_cleanup(session: Session, services: Services, request_id: str,
+                  provisioner_name: str, ctx: GrantContext, *, origin: audit.Origin,
+                  now: datetime) -> None:
+    # Only the provisioning record changes (no status moves): no transition of the table.
+    outcome = _call(services, provisioner_name, ctx, action=CLEANUP)
+    with unit_of_work(session):
+        request, permission, _ = _load(session, services, request_id)
+        session.execute(update(AccessRequest).where(AccessRequest.id == request_id).values(
+            provisioning=_record(session, request, permission, {CLEANUP: outcome},
+                                 origin=origin, now=now)))
+
+
+def finish_revoke(session: Session, services: Services, request_id: str, *,
+                  origin: audit.Origin, now: datetime) -> None:
+    """Run the revoke of an ended grant (or the cleanup of a failed one) and record it;
+    a failure is retried by the reaper.
+
+    The second public step after the commit that made the revoke owed (see finish_grant).
+    """
+    request, permission, ctx = _load(session, services, request_id)
+    owed = request.provisioning_state in OWED
+    # A grant that never became active is undone (cleanup); one that was active is revoked.
+    action = CLEANUP if request.status == RequestStatus.FAILED else REVOKE
+    provisioner_name = permission.provisioner  # read before ending the reads, as in finish_grant
+    end_reads(session)
+    if not owed:
+        return
+    outcome = _call(services, provisioner_name, ctx, action=action)
+    with unit_of_work(session):
+        request, permission, _ = _load(session, services, request_id)
+        transition(session, request_id,
+                   event=Event.REVOKE_FINISHED if outcome["ok"] else Event.REVOKE_FAILED,
+                   provisioning=_record(session, request, permission, {action: outcome},
+                                        origin=origin, now=now),
+                   provisioning_started_at=now)
+
+
+def recover(session: Session, services: Services, *, origin: audit.Origin, now: datetime,
+            limit: int = 100) -> int:
+    """Finish what crashed workers left: abandoned grants fail, unfinished revokes run again."""
+    done = recover_abandoned_grants(session, services, origin=origin, now=now, limit=limit)
+    return done + _retry_revokes(session, services, origin=origin, now=now, limit=limit)
+
+
+def fail_abandoned(session: Session, request_id: str, *, origin: audit.Origin,
+                   now: datetime) -> bool:
+    """In the caller's transaction: fail a grant claim whose worker stopped heartbeating.
+
+    Its cleanup is owed from the caller's commit on (run `finish_revoke` after it).
+    """
+    # The heartbeat moves provisioning_started_at; a claim it stopped moving is abandoned.
+    lapsed = now - claim_lease()
+    if not transition(session, request_id, event=Event.RECOVER,
+                      extra_where=(AccessRequest.provisioning_started_at < lapsed,),
+                      provisioning_started_at=now):
+        return False
+    audit.record(session, action=AuditAction.REQUEST_FAILED, actor="system",
+                 target=request_id, origin=origin, now=now,
+                 details={"reason": "provisioning interrupted; retry it"})
+    return True
+
+
+def recover_abandoned_grants(session: Session, services: Services, *, origin: audit.Origin,
+                             now: datetime, limit: int = 100) -> int:
+    """Fail and undo grant claims whose worker stopped heartbeating; return how many."""
+    abandoned = list(session.scalars(
+        select(AccessRequest.id).where(AccessRequest.status == RequestStatus.GRANTING,
+                                       AccessRequest.provisioning_started_at < now - claim_lease())
+        .limit(limit)))
+    end_reads(session)
+    # Whatever an interrupted grant did outside is undone (recorded as cleanup).
+    return revoke_each_claimed(session, services, abandoned, claim=fail_abandoned,
+                               origin=origin, now=now)
+
+
+def revoke_each_claimed(session: Session, services: Services, request_ids: list[str], *,
+                        claim, origin: audit.Origin, now: datetime) -> int:
+    """For each id: `claim(session, id, origin=, now=)` in a unit of work of its own; if it
+    claimed, run the owed revoke after that commit. Return how many were claimed.
+
+    One unit of work per request, so one slow or failing revoke does not hold back the rest.
+    """
+    claimed = 0
+    for request_id in request_ids:
+        with unit_of_work(session):
+            won = claim(session, request_id, origin=origin, now=now)
+        if won:
+            finish_revoke(session, services, request_id, origin=origin, now=now)
+            claimed += 1
+    return claimed
+
+
+def _retry_revokes(session: Session, services: Services, *, origin: audit.Origin,
+                   now: datetime, limit: int) -> int:
+    stale = now - stuck_after(services)
+    retry_before = now - timedelta(seconds=REVOKE_RETRY_SECONDS)
+    due = list(session.execute(select(AccessRequest.id, AccessRequest.provisioning_started_at).where(or_(
+        and_(AccessRequest.provisioning_state == ProvisioningState.REVOKING,
+             AccessRequest.provisioning_started_at < stale),
+        and_(AccessRequest.provisioning_state == ProvisioningState.REVOKE_FAILED,
+             AccessRequest.provisioning_started_at < retry_before))).limit(limit)))
+    end_reads(session)
+    done = 0
+    for request_id, started_at in due:
+        # Claim the retry by moving the attempt time: a second reaper's update finds no row.
+        with unit_of_work(session):
+            claimed = transition(
+                session, request_id, event=Event.RETRY_REVOKE, provisioning_started_at=now,
+                extra_where=(AccessRequest.provisioning_started_at == started_at,))
+        if claimed:
+            finish_revoke(session, services, request_id, origin=origin, now=now)
+            done += 1
+    return done

@@ -1,0 +1,108 @@
+"""Reading requests: the contract's rendering, and lists with filters and cursor pagination."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, exists, literal, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from security_api import cursors
+from security_api.access.request_actors import Actor
+from security_api.clock import as_utc, isoformat
+from security_api.db import UTCDateTime
+from security_api.enums import RequestStatus
+from security_api.errors import Forbidden
+from security_api.models import AccessRequest, Approval, RequestApproverGroup, User
+
+SCOPES = ("own", "approvable", "all")
+
+
+def effective_status(request: AccessRequest, now: datetime) -> str:
+    """Return the status a reader sees: an active grant past its end is expired, reaped or not."""
+    if request.status == RequestStatus.ACTIVE and request.expires_at is not None \
+            and as_utc(request.expires_at) <= now:
+        return RequestStatus.EXPIRED
+    if request.status == RequestStatus.GRANTING:
+        return RequestStatus.PENDING  # approved; the provisioner is still at work
+    return request.status
+
+
+def render(session: Session, requests: list[AccessRequest], *, now: datetime) -> list[dict]:
+    """Render requests as the contract describes them, in a fixed number of queries."""
+    if not requests:
+        return []
+    ids = [r.id for r in requests]
+    user_ids = {r.requester_id for r in requests}
+    approvals: dict[str, list] = {request_id: [] for request_id in ids}
+    rows = session.execute(select(Approval, User.username)
+                           .join(User, User.id == Approval.approver_id)
+                           .where(Approval.request_id.in_(ids)).order_by(Approval.at))
+    for approval, username in rows:
+        approvals[approval.request_id].append({
+            "approver": username, "decision": approval.decision, "comment": approval.comment,
+            "at": isoformat(approval.at)})
+    names = dict(session.execute(select(User.id, User.username).where(User.id.in_(user_ids))).all())
+    return [{
+        "id": r.id, "requester": names.get(r.requester_id), "permission": r.permission_key,
+        "justification": r.justification, "params": r.params,
+        "duration_minutes": r.duration_minutes, "status": effective_status(r, now),
+        "mode": r.mode, "approvals_required": r.approvals_required,
+        "created_at": isoformat(r.created_at), "decided_at": isoformat(r.decided_at),
+        "approvals": approvals[r.id], "expires_at": isoformat(r.expires_at),
+        "ended_at": isoformat(r.ended_at), "provisioning": r.provisioning,
+    } for r in requests]
+
+
+def _status_filter(status: str, now: datetime):
+    if status == RequestStatus.ACTIVE:
+        return and_(AccessRequest.status == status, AccessRequest.expires_at > now)
+    if status == RequestStatus.EXPIRED:
+        return or_(AccessRequest.status == status,
+                   and_(AccessRequest.status == RequestStatus.ACTIVE,
+                        AccessRequest.expires_at <= now))
+    if status == RequestStatus.PENDING:
+        return AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.GRANTING])
+    return AccessRequest.status == status
+
+
+def _approvable(actor: Actor):
+    subject = actor.subject
+    decided = exists().where(Approval.request_id == AccessRequest.id,
+                             Approval.approver_id == subject.id)
+    condition = and_(AccessRequest.requester_id != subject.id, ~decided)
+    if actor.is_admin:
+        return and_(condition, AccessRequest.status == RequestStatus.PENDING)
+    group = exists().where(RequestApproverGroup.request_id == AccessRequest.id,
+                           RequestApproverGroup.role == subject.role,
+                           RequestApproverGroup.subrole.in_([subject.subrole, "*"]))
+    return and_(condition, AccessRequest.status == RequestStatus.PENDING, group)
+
+
+def list_requests(session: Session, *, actor: Actor, scope: str, status: str | None,
+                  permission: str | None, limit: int, cursor: str | None,
+                  now: datetime) -> tuple[list[AccessRequest], str | None]:
+    """Return one page of the requests the actor may list, newest first, and the next cursor."""
+    stmt = select(AccessRequest)
+    if scope == "own":
+        stmt = stmt.where(AccessRequest.requester_id == actor.subject.id)
+    elif scope == "approvable":
+        if actor.subject.kind != "person":
+            return [], None
+        stmt = stmt.where(_approvable(actor))
+    elif scope == "all":
+        if not (actor.is_admin or actor.is_auditor):
+            raise Forbidden("scope=all is for holders of security-api.admin or security-api.audit.")
+    if status is not None:
+        stmt = stmt.where(_status_filter(status, now))
+    if permission is not None:
+        stmt = stmt.where(AccessRequest.permission_key == permission)
+    if cursor:
+        created_at, request_id = cursors.decode_position(cursor)
+        # Bound with the column's type: stored naive UTC, whatever the session's time zone.
+        stmt = stmt.where(tuple_(AccessRequest.created_at, AccessRequest.id)
+                          < tuple_(literal(created_at, UTCDateTime()), request_id))
+    rows = list(session.scalars(stmt.order_by(AccessRequest.created_at.desc(),
+                                              AccessRequest.id.desc()).limit(limit + 1)))
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = cursors.encode_position(last.created_at, last.id) if last else None
+    return rows[:limit], next_cursor

@@ -1,0 +1,1 @@
+"""People and their sign-in: users, passwords, TOTP, sessions, tokens, throttling."""

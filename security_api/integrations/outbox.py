@@ -1,0 +1,100 @@
+"""The outbox: every notification is a row written in the transaction of the change it tells of.
+
+Why a table and not a call after the commit: a call after the commit is lost when the process
+dies in between, when the receiver is down, or when the change was made by a path that forgot
+to call (the reaper, the CLI). A row committed with the change cannot be forgotten; it is sent
+after the commit by `outbox_delivery`, retried until it goes through.
+
+What is said is decided and rendered here, at enqueue time, from the state the transaction
+sees: who the approvers are, what the request looks like. A later delivery sends exactly that.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import event, or_, select
+from sqlalchemy.orm import Session
+
+from security_api.clock import utcnow
+from security_api.enums import PolicyMode, RequestStatus
+from security_api.integrations.notify_texts import DECIDED, PENDING
+from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
+
+# PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
+# failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.
+KINDS = (PENDING, DECIDED)
+DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
+# Set on a session that wrote rows; its commit wakes the background deliverer.
+WROTE_INFO = "outbox_wrote"
+
+
+def enqueue(session: Session, kind: str, payload: dict, *, now: datetime | None = None) -> str:
+    """Add a notification to the caller's transaction; it exists only if that commits."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown notification kind {kind!r}")
+    now = now or utcnow()
+    message_id = new_id()
+    session.add(OutboxMessage(id=message_id, kind=kind, payload=payload,
+                              created_at=now, next_attempt_at=now, attempts=0,
+                              sent_channels=[]))
+    session.info[WROTE_INFO] = True
+    return message_id
+
+
+def request_created(session: Session, request_id: str) -> None:
+    """A new request waiting for approval: tell its approvers (an auto grant needs no news)."""
+    request = _fresh(session, request_id)
+    if request.status == RequestStatus.PENDING:
+        enqueue(session, PENDING, {"request": _rendered(session, request),
+                                   "recipients": _approver_emails(session, request)})
+
+
+def request_decided(session: Session, request_id: str) -> None:
+    """A decision or a provisioning outcome: tell the requester when people decided it, or it failed."""
+    request = _fresh(session, request_id)
+    if request.status in DECIDED_STATUSES and (request.mode == PolicyMode.APPROVAL
+                                               or request.status == RequestStatus.FAILED):
+        _tell_requester(session, request)
+
+
+def requests_ended(session: Session, request_ids: list[str]) -> None:
+    """Requests the system ended (expired, or cancelled/revoked for ineligibility): tell each requester."""
+    for request_id in request_ids:
+        _tell_requester(session, _fresh(session, request_id))
+
+
+def _tell_requester(session: Session, request: AccessRequest) -> None:
+    email = session.scalar(select(User.email).where(User.id == request.requester_id))
+    enqueue(session, DECIDED, {"request": _rendered(session, request),
+                               "recipients": [email] if email else []})
+
+
+def _fresh(session: Session, request_id: str) -> AccessRequest:
+    # The transition was a bulk UPDATE: read the row as this transaction now sees it.
+    return session.get(AccessRequest, request_id, populate_existing=True)
+
+
+def _rendered(session: Session, request: AccessRequest) -> dict:
+    # Imported here: rendering imports lifecycle, which imports this module.
+    from security_api.access.request_views import render
+    return render(session, [request], now=utcnow())[0]
+
+
+def _approver_emails(session: Session, request: AccessRequest) -> list[str]:
+    groups = session.execute(select(RequestApproverGroup.role, RequestApproverGroup.subrole)
+                             .where(RequestApproverGroup.request_id == request.id))
+    conditions = [(User.role == role) & (User.subrole == subrole) if subrole != "*"
+                  else User.role == role for role, subrole in groups]
+    if not conditions:
+        return []
+    rows = session.scalars(select(User.email).where(
+        or_(*conditions), User.active.is_(True), User.email.is_not(None),
+        User.id != request.requester_id))
+    return sorted(set(rows))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_unwritten(session: Session, transaction) -> None:
+    # A commit's after_commit (outbox_delivery) has already taken the mark; a rollback drops it.
+    if transaction.parent is None:
+        session.info.pop(WROTE_INFO, None)

@@ -1,0 +1,202 @@
+"""Permissions and access requests: catalog, holdings, checks, and the request lifecycle."""
+from __future__ import annotations
+
+from flask import Blueprint
+
+from flask_api_functions import (
+    CHECK_PERMISSION,
+    current_actor,
+    current_subject,
+    db,
+    origin,
+    require_permission,
+    require_token,
+    respond,
+    services,
+)
+from security_api.access import grants, lifecycle
+from security_api.access.grants import Subject
+from security_api.access.request_views import SCOPES, list_requests, render
+from security_api.clock import isoformat, utcnow
+from security_api.enums import RequestStatus
+from security_api.errors import NotFound
+from security_api.models import User
+from web.api import schemas
+from web.api.inputs import read_json, read_query
+from web.api.openapi import documented
+from web.api.queries import DEFAULT_LIMIT, Cursor, Limit, QueryModel, UserPermissionQuery, choice, text
+
+bp = Blueprint("access", __name__, url_prefix="/v1")
+E = schemas.Error
+
+
+@bp.get("/permissions")
+@documented(summary="The permissions the caller may request, with mode and maximum duration",
+            tag="permissions", responses={200: schemas.Catalog})
+@require_token
+def permissions_catalog():
+    """List what the caller's role may request."""
+    items = [{"key": p.key, "name": p.name, "description": p.description, "mode": d.mode,
+              "max_duration_minutes": d.max_duration_minutes,
+              "requires_justification": p.requires_justification,
+              "approvals_required": d.rule.approvals_required if d.mode == "approval" else None}
+             for p, d in grants.requestable_catalog(db(), current_subject())]
+    return respond(None, permissions=items)
+
+
+@bp.get("/me/permissions")
+@documented(summary="What the caller holds now: standing permissions and active grants",
+            tag="permissions", responses={200: schemas.Held})
+@require_token
+def my_permissions():
+    """List the caller's standing permissions and active grants."""
+    held = grants.held_permissions(db(), current_subject(), now=utcnow())
+    for item in held:
+        item["expires_at"] = isoformat(item["expires_at"])
+    return respond(None, permissions=held)
+
+
+@bp.get("/check")
+@documented(summary="Does a user hold a permission now? (holders of security-api.check)",
+            tag="permissions", responses={200: schemas.CheckResult, 403: E, 404: E, 412: E},
+            query=UserPermissionQuery)
+@require_permission(CHECK_PERMISSION)
+def check():
+    """Answer an internal tool's question about another user."""
+    query = read_query(UserPermissionQuery)
+    key = query.permission
+    user = db().query(User).filter_by(username=query.user.strip().lower()).one_or_none()
+    if user is None:
+        raise NotFound("No such user.")
+    if not user.active:
+        return respond(None, allowed=False, expires_at=None)
+    subject = Subject(user.id, user.username, user.role, user.subrole, user.kind)
+    holding = grants.holding(db(), subject, permission=key, now=utcnow())
+    return respond(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
+
+
+def _one(access_request, status=200, message=None):
+    rendered = render(db(), [access_request], now=utcnow())[0]
+    return respond(message, status=status, request=rendered)
+
+
+@bp.post("/requests")
+@documented(summary="Request a permission", tag="requests", body=schemas.RequestCreateBody,
+            responses={201: schemas.RequestEnvelope, 403: E, 409: E},
+            description="Active at once when the caller's rule is `auto` (provisioned), "
+                        "`pending` for `approval`, `failed` when provisioning failed. 403 "
+                        "`not_requestable` when no rule allows it; 409 when already held, "
+                        "active or pending; 412 for a duration above the maximum, a missing "
+                        "justification, or params the provisioner refuses.")
+@require_token
+def create_request():
+    """Ask for a permission."""
+    body = read_json(schemas.RequestCreateBody)
+    created = lifecycle.create_request(
+        db(), services(), requester=current_subject(), permission_key=body.permission,
+        justification=body.justification, duration_minutes=body.duration_minutes,
+        params=body.params, origin=origin(), now=utcnow())
+    return _one(created, status=201)
+
+
+Scope = choice("own (default) | approvable | all (admin or audit holders)", SCOPES,
+               f"one of {', '.join(SCOPES)}")
+Status = choice("filter by status", [s.value for s in RequestStatus], "not a request status")
+PermissionFilter = text("filter by permission key")
+
+
+class RequestsQuery(QueryModel):
+    """GET /v1/requests: whose requests, which ones, and the page."""
+
+    scope: Scope = "own"
+    status: Status = None
+    permission: PermissionFilter = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor = None
+
+
+@bp.get("/requests")
+@documented(summary="List requests: own (default), approvable, or all", tag="requests",
+            responses={200: schemas.RequestList, 403: E, 412: E}, query=RequestsQuery)
+@require_token
+def requests_list():
+    """List requests newest first, one page at a time."""
+    query = read_query(RequestsQuery)
+    page, next_cursor = list_requests(db(), actor=current_actor(), now=utcnow(),
+                                      **query.model_dump())
+    return respond(None, requests=render(db(), page, now=utcnow()), next_cursor=next_cursor)
+
+
+@bp.get("/requests/<request_id>")
+@documented(summary="One request (requester, its approvers, admin and audit holders)",
+            tag="requests", responses={200: schemas.RequestEnvelope, 404: E})
+@require_token
+def request_detail(request_id: str):
+    """Show one request; 404 for anyone who may not see it."""
+    return _one(lifecycle.visible_request(db(), request_id, current_actor()))
+
+
+def _decide(transition, request_id: str, *, with_comment: bool):
+    kwargs = {}
+    if with_comment:
+        kwargs["comment"] = read_json(schemas.DecisionBody).comment
+    else:
+        read_json(schemas.EmptyBody)
+    changed = transition(db(), services(), request_id=request_id, actor=current_actor(),
+                         origin=origin(), now=utcnow(), **kwargs)
+    return _one(changed)
+
+
+_TRANSITION_ERRORS = {200: schemas.RequestEnvelope, 403: E, 404: E, 409: E}
+
+
+@bp.post("/requests/<request_id>/approve")
+@documented(summary="Approve (eligible approvers and admins, never the requester)",
+            tag="requests", body=schemas.DecisionBody, responses=_TRANSITION_ERRORS,
+            description="The last approval needed grants and provisions, exactly once. "
+                        "409 unless pending or when you already decided; 409 "
+                        "`no_longer_eligible` when the requester was deactivated or their "
+                        "role's rules no longer let them ask for it (nothing is granted).")
+@require_token
+def approve(request_id: str):
+    """Approve a pending request."""
+    return _decide(lifecycle.approve, request_id, with_comment=True)
+
+
+@bp.post("/requests/<request_id>/deny")
+@documented(summary="Deny (eligible approvers and admins, never the requester)",
+            tag="requests", body=schemas.DecisionBody, responses=_TRANSITION_ERRORS)
+@require_token
+def deny(request_id: str):
+    """Deny a pending request."""
+    return _decide(lifecycle.deny, request_id, with_comment=True)
+
+
+@bp.post("/requests/<request_id>/cancel")
+@documented(summary="Cancel one's own pending request", tag="requests",
+            body=schemas.EmptyBody, responses=_TRANSITION_ERRORS)
+@require_token
+def cancel(request_id: str):
+    """Withdraw a pending request."""
+    return _decide(lifecycle.cancel, request_id, with_comment=False)
+
+
+@bp.post("/requests/<request_id>/revoke")
+@documented(summary="Revoke an active grant (requester or admin)", tag="requests",
+            body=schemas.EmptyBody, responses=_TRANSITION_ERRORS,
+            description="Runs the provisioner's revoke once.")
+@require_token
+def revoke(request_id: str):
+    """End an active grant now."""
+    return _decide(lifecycle.revoke, request_id, with_comment=False)
+
+
+@bp.post("/requests/<request_id>/retry")
+@documented(summary="Provision a failed request again (approvers and admins)", tag="requests",
+            body=schemas.EmptyBody, responses=_TRANSITION_ERRORS,
+            description="409 `request_not_failed` unless failed; 409 `no_longer_eligible` when "
+                        "the requester was deactivated or may no longer ask for it.")
+@require_token
+def retry(request_id: str):
+    """Retry the provisioning of a failed request."""
+    return _decide(lifecycle.retry, request_id, with_comment=False)

@@ -1,0 +1,210 @@
+"""Request and response bodies: validation and the OpenAPI document come from these."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+
+class Body(BaseModel):
+    """A request body: unknown fields and wrong types are refused, never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_float_to_int(cls, value: object) -> object:
+        # JSON Schema counts 16.0 as an integer, so an `integer` field must accept it; strict
+        # mode still refuses "16", true and 16.5, and a string or boolean field refuses 16.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    # NUL and lone surrogates, in any string or key, are refused before validation, by
+    # web.api.inputs.read_json (security_api.jsontext.unstorable).
+
+
+class LoginBody(Body):
+    totp: StrictStr | None = Field(
+        default=None, pattern=r"^[0-9]{6}$",
+        description="Current code of the authenticator app: 6 ASCII digits.")
+    recovery_code: StrictStr | None = Field(default=None, min_length=1, max_length=64,
+                                            description="One of the recovery codes, instead of totp.")
+
+
+class EmptyBody(Body):
+    """No fields: an empty body or {}."""
+
+
+class TotpConfirmBody(Body):
+    totp: StrictStr = Field(pattern=r"^[0-9]{6}$", description="Current code: 6 ASCII digits.")
+
+
+class RefreshBody(Body):
+    refresh_token: StrictStr = Field(min_length=1, max_length=128)
+
+
+class PasswordBody(Body):
+    current_password: StrictStr = Field(min_length=1, max_length=4096)
+    new_password: StrictStr = Field(
+        min_length=1, max_length=4096,
+        description="12 to 1024 characters; common or guessable ones are refused.")
+
+
+# Responses: documented shapes, every one with the contract's `message`.
+class Message(BaseModel):
+    message: str | None
+
+
+class ErrorItem(BaseModel):
+    field: str
+    problem: str
+
+
+class Error(BaseModel):
+    message: str
+    error: str = Field(description="Stable snake_case code.")
+    errors: list[ErrorItem] | None = None
+    request_id: str | None = None
+
+
+class Tokens(BaseModel):
+    message: str | None
+    token: str = Field(description="Access token (JWT).")
+    token_type: str = Field(examples=["Bearer"])
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class Enrollment(BaseModel):
+    message: str | None
+    secret: str
+    otpauth_uri: str
+    qr_png: str = Field(description="data:image/png;base64,... of the otpauth URI.")
+
+
+class RecoveryCodes(BaseModel):
+    message: str | None
+    recovery_codes: list[str]
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    email: str | None
+    role: str
+    subrole: str
+    kind: str
+    active: bool
+    totp_enabled: bool
+    created_at: str
+
+
+class Profile(BaseModel):
+    message: str | None
+    jwt_data: dict
+    user: UserOut
+
+
+class Health(BaseModel):
+    message: str | None = Field(description="healthy, degraded (200) or unhealthy (503)")
+    checks: dict[str, str] = Field(
+        description="Each dependency: ok or down; the database also slow (no answer within "
+                    "health's own 2 s bound: 200, degraded).")
+
+
+class Jwks(BaseModel):
+    message: str | None
+    keys: list[dict]
+
+
+class Index(BaseModel):
+    message: str | None
+    name: str
+    version: str
+    links: dict[str, str]
+
+
+# ---- permissions and access requests -----------------------------------------------------------
+SLUG = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class RequestCreateBody(Body):
+    permission: StrictStr = Field(pattern=SLUG, description="Permission key, e.g. vpn.")
+    justification: StrictStr = Field(default="", max_length=2000)
+    duration_minutes: int | None = Field(default=None, ge=1, le=525600,
+                                         description="Defaults to the effective maximum.")
+    params: dict = Field(default_factory=dict, description="Checked by the permission's provisioner.")
+
+
+class DecisionBody(Body):
+    comment: StrictStr = Field(default="", max_length=2000)
+
+
+class ApprovalOut(BaseModel):
+    approver: str
+    decision: str
+    comment: str
+    at: str
+
+
+class RequestOut(BaseModel):
+    id: str
+    requester: str
+    permission: str
+    justification: str
+    params: dict
+    duration_minutes: int
+    status: str = Field(description="pending, active, denied, cancelled, failed, expired, revoked")
+    mode: str
+    approvals_required: int
+    created_at: str
+    decided_at: str | None
+    approvals: list[ApprovalOut]
+    expires_at: str | None
+    ended_at: str | None
+    provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
+
+
+class RequestEnvelope(BaseModel):
+    message: str | None
+    request: RequestOut
+
+
+class RequestList(BaseModel):
+    message: str | None
+    requests: list[RequestOut]
+    next_cursor: str | None
+
+
+class CatalogItem(BaseModel):
+    key: str
+    name: str
+    description: str
+    mode: str
+    max_duration_minutes: int
+    requires_justification: bool
+    approvals_required: int | None
+
+
+class Catalog(BaseModel):
+    message: str | None
+    permissions: list[CatalogItem]
+
+
+class HeldItem(BaseModel):
+    permission: str
+    name: str
+    source: str = Field(description="standing or grant")
+    expires_at: str | None
+    request_id: str | None
+
+
+class Held(BaseModel):
+    message: str | None
+    permissions: list[HeldItem]
+
+
+class CheckResult(BaseModel):
+    message: str | None
+    allowed: bool
+    expires_at: str | None
