@@ -256,6 +256,25 @@ def test_the_users_table_is_stacked_cards_at_375_and_still_a_table(pages, people
     _full_width(page)
 
 
+def test_the_users_table_is_a_plain_table_at_1440(pages, people):
+    """At full width the cards' CSS does not apply: each heading stands over its column.
+
+    The narrow layout once took a class name the page layout already used for vertical flex
+    boxes, which squeezed the headings to the left of their columns at every width.
+    """
+    page = pages["admin"]
+    page.goto("/portal/admin/users")
+    table = page.locator("table.card-rows")
+    assert table.evaluate("el => getComputedStyle(el).display") == "table"
+    headings = table.locator("thead th").all()
+    cells = table.locator("tbody tr").first.locator("th, td").all()
+    assert len(headings) == len(cells) == 7
+    for heading, cell in zip(headings, cells, strict=True):
+        top, below = heading.bounding_box(), cell.bounding_box()
+        assert abs(top["x"] - below["x"]) < 1 and abs(top["width"] - below["width"]) < 1, (
+            heading.inner_text(), top, below)
+
+
 def _accessibility_roles(page) -> list[str]:
     """The roles in Chromium's own accessibility tree (what a screen reader is given)."""
     client = page.context.new_cdp_session(page)
