@@ -62,13 +62,20 @@ def private_database(directory: Path, *, name: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory):
-    """Migrate a fresh database once per run with the project's own Alembic migrations."""
-    with private_database(tmp_path_factory.mktemp("db"), name="test") as url:
+@contextmanager
+def migrated_database(directory: Path, *, name: str) -> Iterator[str]:
+    """A private database (see above) brought to the head of the project's Alembic migrations."""
+    with private_database(directory, name=name) as url:
         engine = create_engine(url)
         migrate(engine)
         engine.dispose()
+        yield url
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    """Migrate a fresh database once per run with the project's own Alembic migrations."""
+    with migrated_database(tmp_path_factory.mktemp("db"), name="test") as url:
         yield url
 
 

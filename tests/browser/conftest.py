@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from sqlalchemy import create_engine
 
 from flask_api import create_app
 from security_api import audit
@@ -30,9 +29,9 @@ from security_api.access import policyfile
 from security_api.accounts import users as accounts
 from security_api.clock import utcnow
 from security_api.enums import UserKind
-from security_api.installation import bootstrap, migrate
+from security_api.installation import bootstrap
 from security_api.models import Subrole
-from tests.conftest import DEFAULT_PASSWORD, TEST_DATA_KEY, TestUser, private_database
+from tests.conftest import DEFAULT_PASSWORD, TEST_DATA_KEY, TestUser, migrated_database
 from tests.servers import start_gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,10 +75,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def browser_database_url(tmp_path_factory):
     """A database of its own (a fresh PostgreSQL schema, or a SQLite file), migrated."""
-    with private_database(tmp_path_factory.mktemp("browser-db"), name="browser") as url:
-        engine = create_engine(url)
-        migrate(engine)
-        engine.dispose()
+    with migrated_database(tmp_path_factory.mktemp("browser-db"), name="browser") as url:
         yield url
 
 
