@@ -16,8 +16,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 # The portal's catalogs (translations/*/LC_MESSAGES/messages.po) compiled to .mo, never committed.
-translations: venv
-	$(BIN)/pybabel -q compile -d translations
+# Each .mo is rebuilt only when its .po is newer, so two `make test` started side by side (CI)
+# never rewrite a catalog the other run's tests are reading.
+MO_FILES := $(patsubst %.po,%.mo,$(wildcard translations/*/LC_MESSAGES/messages.po))
+
+translations: $(MO_FILES)
+
+translations/%/LC_MESSAGES/messages.mo: translations/%/LC_MESSAGES/messages.po | venv
+	$(BIN)/pybabel -q compile -l $* -i $< -o $@
 
 # After changing portal texts: collect them, then translate the new entries in the .po files.
 translations-update: venv
