@@ -120,40 +120,60 @@ def start_gunicorn(database_url: str, *, log_dir: Path, workers: int = 2,
     `jwt_secret` and `redis_prefix` default to fresh random values (pass the same ones to
     several servers to make them one deployment); `env` overrides any variable last.
     """
-    port = free_port()
     access_log, error_log = log_dir / f"{name}-access.log", log_dir / f"{name}-error.log"
-    variables = server_env(database_url, port, workers=workers, jwt_secret=jwt_secret,
-                           redis_url=redis_url, redis_prefix=redis_prefix,
-                           GUNICORN_ACCESSLOG=str(access_log),
-                           GUNICORN_CMD_ARGS="--access-logformat='%({x-request-id}i)s %(p)s %(s)s'",
-                           **(env or {}))
-    with open(error_log, "wb") as log_file:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"], cwd=ROOT,
-            env=variables, stdout=subprocess.DEVNULL, stderr=log_file)
-    server = Gunicorn(f"http://127.0.0.1:{port}", process, access_log, error_log)
+    for attempt in range(3):  # another run on the machine may take the port first: pick again
+        port = free_port()
+        variables = server_env(database_url, port, workers=workers, jwt_secret=jwt_secret,
+                               redis_url=redis_url, redis_prefix=redis_prefix,
+                               GUNICORN_ACCESSLOG=str(access_log),
+                               GUNICORN_CMD_ARGS="--access-logformat='%({x-request-id}i)s %(p)s %(s)s'",
+                               **(env or {}))
+        with open(error_log, "wb") as log_file:
+            process = subprocess.Popen(
+                [str(GUNICORN), "-c", "gunicorn.conf.py", "flask_api:application"], cwd=ROOT,
+                env=variables, stdout=subprocess.DEVNULL, stderr=log_file)
+        server = Gunicorn(f"http://127.0.0.1:{port}", process, access_log, error_log)
+        try:
+            _wait_until_up(server)
+            break
+        except ServerError:
+            _stop(process)
+            if attempt == 2 or "Connection in use" not in server.log_tail():
+                raise
     try:
-        _wait_until_up(server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _wait_until_up(server: Gunicorn) -> None:
+    """Wait until THIS gunicorn serves: it logged its bind and /v1/ping answers.
+
+    The bind line matters because the port was free when picked, not when bound: another test
+    run on the machine (CI runs two suites side by side) may have taken it meanwhile, and then
+    its server, not ours, would answer the ping.
+    """
     deadline = time.monotonic() + START_SECONDS
+    listening = f"Listening at: {server.base}"
     while True:
         try:
-            urllib.request.urlopen(server.base + "/v1/ping", timeout=1).close()  # noqa: S310
-            return
+            if listening in server.error_log.read_text(errors="replace"):
+                urllib.request.urlopen(server.base + "/v1/ping", timeout=1).close()  # noqa: S310
+                return
         except OSError:
-            if time.monotonic() > deadline or server.process.poll() is not None:
-                raise ServerError("gunicorn did not start: " + server.log_tail()) from None
-            time.sleep(0.2)
+            pass
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise ServerError("gunicorn did not start: " + server.log_tail()) from None
+        time.sleep(0.2)
 
 
 def call(base: str, method: str, path: str, *, headers: dict | None = None,
