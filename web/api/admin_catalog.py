@@ -181,7 +181,8 @@ def permission_create():
         db(), key=body.key, name=body.name, description=body.description,
         max_duration_minutes=body.max_duration_minutes,
         requires_justification=body.requires_justification, provisioner=body.provisioner,
-        provisioner_config=body.provisioner_config, settings=services().settings, **_who())
+        provisioner_config=body.provisioner_config, settings=services().settings,
+        step_up=body.step_up, **_who())
     return _permission(permission, status=201, message="Permission created.")
 
 
