@@ -236,3 +236,17 @@ def test_a_person_without_confirmed_totp_cannot_step_up(world, make_user):
             require_step_up(session, services, user_id=nobody.id, code="123456",
                             origin=audit.Origin(), now=utcnow())
     assert "enrolled" in refused.value.message
+
+
+def test_openapi_documents_the_code_and_the_401_codes(client):
+    document = client.get("/v1/openapi.json").json
+    schemas = document["components"]["schemas"]
+    for body in ("RequestCreateBody", "DecisionBody"):
+        assert "totp" in schemas[body]["properties"], body
+    assert "step_up" in schemas["CatalogItem"]["required"]
+    for path in ("/v1/requests", "/v1/requests/{request_id}/approve",
+                 "/v1/requests/{request_id}/deny"):
+        operation = document["paths"][path]["post"]
+        assert "401" in operation["responses"]
+        assert "step_up_required" in operation["description"]
+        assert "invalid_step_up" in operation["description"]
