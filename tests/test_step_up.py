@@ -21,6 +21,7 @@ from security_api.enums import PolicyMode
 from security_api.errors import InvalidStepUp, StepUpRequired
 from security_api.models import AccessRequest, Approval, AuditEvent, User
 from tests.conftest import basic, bearer
+from tests.test_concurrency import race
 
 STEPPED, PLAIN = "deploy", "vpn"
 
@@ -250,3 +251,23 @@ def test_openapi_documents_the_code_and_the_401_codes(client):
         assert "401" in operation["responses"]
         assert "step_up_required" in operation["description"]
         assert "invalid_step_up" in operation["description"]
+
+
+def test_one_code_sent_in_parallel_steps_up_once(app, world, db_session):
+    """Four requests (four step-up permissions) race with one code: exactly one is created."""
+    services, keys = world["services"], [f"deploy-{i}" for i in range(4)]
+    with services.session_factory() as session:
+        for key in keys:
+            ensure_permission(session, key=key, name=key, max_duration_minutes=60,
+                              settings=services.settings, step_up=True, **_kw())
+            ensure_rule(session, permission=key, role="developer", subrole="backend",
+                        mode=PolicyMode.APPROVAL, approvers=["security/lead"], **_kw())
+        session.commit()
+    code = fresh_code(db_session, world["users"]["alice"])
+
+    def ask(key):
+        return lambda: app.test_client().post("/v1/requests", headers=world["h"]["alice"], json={
+            "permission": key, "totp": code}).status_code
+
+    assert sorted(race(*(ask(key) for key in keys))) == [201, 401, 401, 401]
+    assert count(db_session, AccessRequest) == 1
