@@ -336,3 +336,24 @@ def test_extend_racing_a_revoke_never_leaves_a_revoked_grant_extended(world, db_
         assert row.status == "revoked" and calls(world, "revoke", grant["id"]) == 1
         if extend_status == 409:  # revoked first: the end was never moved
             assert world.get("alice", grant["id"])["expires_at"] == grant["expires_at"]
+
+
+def test_approving_an_extension_racing_a_revoke_never_leaves_it_active(world, db_session):
+    lead = world.h("lead")
+    for _ in range(3):
+        grant = world.grant("ext-appr", duration_minutes=10)
+        extension = world.extend("alice", grant["id"], duration_minutes=60).json["request"]
+
+        def approve(extension_id=extension["id"]):
+            response = world.app.test_client().post(
+                f"/v1/requests/{extension_id}/approve", headers=lead, json={})
+            return response.status_code, response.json
+
+        revoke = poster(world, f"/v1/requests/{grant['id']}/revoke")
+        (approve_status, _), (revoke_status, _) = race(approve, revoke)
+        assert revoke_status == 200 and approve_status in (200, 409)
+        db_session.expire_all()
+        statuses = [db_session.get(AccessRequest, i).status for i in (grant["id"], extension["id"])]
+        assert statuses == ["revoked", "revoked" if approve_status == 200 else "cancelled"]
+        assert (calls(world, "revoke", grant["id"]), calls(world, "grant", extension["id"]),
+                calls(world, "revoke", extension["id"])) == (1, 0, 0)

@@ -65,7 +65,10 @@ def end_ineligible(session: Session, *, user: User, reason: str, actor: str,
                                   AccessRequest.permission_key).where(
         AccessRequest.requester_id == user.id,
         AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.ACTIVE]))).all()
-    for request_id, status, permission_key in rows:
+    # Grants before requests: a grant's row is locked before its waiting extension's, the
+    # order approve and revoke take them in.
+    for request_id, status, permission_key in sorted(
+            rows, key=lambda row: row[1] != RequestStatus.ACTIVE):
         if ineligibility(session, user=user, permission_key=permission_key) is None:
             continue
         if _end_one(session, request_id, status, reason=reason, actor=actor, origin=origin,

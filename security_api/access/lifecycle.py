@@ -24,7 +24,7 @@ from security_api.access.eligibility import (
     settle_ended,
 )
 from security_api.access.expiry import expire_due
-from security_api.access.grant_chain import end_with_grant, running
+from security_api.access.grant_chain import end_with_grant, hold_running, running
 from security_api.access.provisioning import finish_revoke
 from security_api.access.request_actors import Actor, approver_groups, is_eligible_approver, visible_request
 from security_api.access.request_creation import create_request
@@ -72,6 +72,9 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
         request = visible_request(session, request_id, actor)
         _require_decider(session, request, actor)
         require_eligible_requester(session, request)
+        if request.continues_id is not None:
+            # Lock order grant, then extension (as revoke and expiry take them): no deadlock.
+            hold_running(session, request.continues_id, now=now)
         # Touching the row takes its write lock: deciders of one request go one at a time.
         transition(session, request.id, event=Event.DECIDE)
         _record_decision(session, request, actor, Decision.APPROVE, comment, now)
