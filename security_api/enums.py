@@ -76,6 +76,10 @@ class AuditAction(StrEnum):
     REQUEST_RETRIED = "request.retried"
     REQUEST_REVOKED = "request.revoked"
     REQUEST_EXPIRED = "request.expired"
+    # A grant's end moved (auto, or an extension approved in time): target is the grant.
+    REQUEST_EXTENDED = "request.extended"
+    # An extension waits for approval: target is the grant, details name the extension.
+    REQUEST_EXTENSION_REQUESTED = "request.extension_requested"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
     PERMISSION_CREATED = "permission.created"

@@ -17,6 +17,7 @@ from security_api.db import ServiceSession
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PENDING_STATUSES = "metrics_request_statuses"
+_PENDING_EXTENSIONS = "metrics_grant_extensions"
 
 HTTP_REQUESTS = Counter(
     "security_api_http_requests", "HTTP requests answered, by route template, method and status.",
@@ -36,6 +37,11 @@ STEP_UP_REFUSALS = Counter(
 REQUEST_TRANSITIONS = Counter(
     "security_api_access_request_transitions",
     "Access requests entering a status (counted when the change is committed).", ["status"])
+GRANT_EXTENSIONS = Counter(
+    "security_api_access_grant_extensions",
+    "Extensions of a grant by outcome (counted when committed): auto (moved at once), "
+    "pending (waits for approval), in_time (approved while the grant ran: continued, nothing "
+    "provisioned), late (approved after it ended: an ordinary new grant).", ["outcome"])
 PROVISIONING_FAILURES = Counter(
     "security_api_provisioning_failures", "Provisioner calls that failed, by provisioner and "
     "action (grant, cleanup, revoke).", ["provisioner", "action"])
@@ -97,10 +103,17 @@ def stage_request_status(session: Session, status: str) -> None:
     session.info.setdefault(_PENDING_STATUSES, []).append(str(status))
 
 
+def stage_extension(session: Session, outcome: str) -> None:
+    """Count an extension's outcome once the session commits (never if it rolls back)."""
+    session.info.setdefault(_PENDING_EXTENSIONS, []).append(outcome)
+
+
 @event.listens_for(ServiceSession, "after_commit")
 def _count_committed_statuses(session: Session) -> None:
     for status in session.info.pop(_PENDING_STATUSES, ()):
         REQUEST_TRANSITIONS.labels(status=status).inc()
+    for outcome in session.info.pop(_PENDING_EXTENSIONS, ()):
+        GRANT_EXTENSIONS.labels(outcome=outcome).inc()
 
 
 @event.listens_for(ServiceSession, "after_transaction_end")
@@ -108,6 +121,7 @@ def _forget_uncommitted_statuses(session: Session, transaction) -> None:
     # after_commit ran first for a commit; anything left was rolled back or closed away.
     if transaction.parent is None:
         session.info.pop(_PENDING_STATUSES, None)
+        session.info.pop(_PENDING_EXTENSIONS, None)
 
 
 def multiprocess_dir() -> str | None:

@@ -206,15 +206,21 @@ class PolicyRule(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+OPEN_SLOT = "status IN ('pending', 'granting', 'active') AND continues_id IS NULL"
+
+
 class AccessRequest(Base):
     """One request for a permission, through its whole lifecycle."""
 
     __tablename__ = "access_requests"
     __table_args__ = (
         # At most one open (pending or active) request per person and permission, even racing.
+        # A row that leans on another grant (`continues_id`, an extension) holds no slot of its own.
         Index("uq_access_requests_open", "requester_id", "permission_key", unique=True,
-              sqlite_where=text("status IN ('pending', 'granting', 'active')"),
-              postgresql_where=text("status IN ('pending', 'granting', 'active')")),
+              sqlite_where=text(OPEN_SLOT), postgresql_where=text(OPEN_SLOT)),
+        # At most one extension waiting per grant, even racing.
+        Index("uq_access_requests_open_extension", "continues_id", unique=True,
+              sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -236,6 +242,12 @@ class AccessRequest(Base):
     # An outside call still owed (see provisioning.py), and when it was last started.
     provisioning_state: Mapped[str | None] = mapped_column(String(16), index=True)
     provisioning_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Extensions (see access/extension.py): the request this one asked to extend, for ever;
+    # and, while it leans on that grant (pending, or approved in time), the grant it continues.
+    extends_id: Mapped[str | None] = mapped_column(
+        ForeignKey("access_requests.id", name="fk_access_requests_extends_id"), index=True)
+    continues_id: Mapped[str | None] = mapped_column(
+        ForeignKey("access_requests.id", name="fk_access_requests_continues_id"))
 
 
 class RequestApproverGroup(Base):

@@ -75,6 +75,10 @@ ENDPOINTS = {
                        after="cancelled", audited="request.cancelled"),
     "revoke": Endpoint("POST", "/v1/requests/{id}/revoke", state="active", body={},
                        after="revoked", audited="request.revoked"),
+    # Under approval an extension is a new pending request: the grant itself stays active.
+    "extend": Endpoint("POST", "/v1/requests/{id}/extend", state="active",
+                       body={"duration_minutes": 30, "justification": "more"},
+                       audited="request.extension_requested"),
     # The webhook still points at a closed port: a retry runs, and fails again.
     "retry": Endpoint("POST", "/v1/requests/{id}/retry", state="failed", body={},
                       after="failed", audited="request.retried"),
@@ -116,6 +120,7 @@ MATRIX = {
     "cancel":          (OK,     HIDE,   NO,     NO,     NO,     HIDE,   ANON),
     "revoke":          (OK,     HIDE,   NO,     OK,     NO,     HIDE,   ANON),
     "retry":           (NO,     HIDE,   OK,     OK,     NO,     HIDE,   ANON),
+    "extend":          (NEW,    HIDE,   NO,     NO,     NO,     HIDE,   ANON),
 }
 
 

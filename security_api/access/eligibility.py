@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from security_api import audit
+from security_api.access.grant_chain import end_with_grant, running
 from security_api.access.grants import Subject, decision_for
 from security_api.access.provisioning import finish_grant, finish_revoke
 from security_api.access.transitions import Event, transition
@@ -64,7 +65,10 @@ def end_ineligible(session: Session, *, user: User, reason: str, actor: str,
                                   AccessRequest.permission_key).where(
         AccessRequest.requester_id == user.id,
         AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.ACTIVE]))).all()
-    for request_id, status, permission_key in rows:
+    # Grants before requests: a grant's row is locked before its waiting extension's, the
+    # order approve and revoke take them in.
+    for request_id, status, permission_key in sorted(
+            rows, key=lambda row: row[1] != RequestStatus.ACTIVE):
         if ineligibility(session, user=user, permission_key=permission_key) is None:
             continue
         if _end_one(session, request_id, status, reason=reason, actor=actor, origin=origin,
@@ -81,14 +85,18 @@ def _end_one(session: Session, request_id: str, status: str, *, reason: str, act
                            decided_at=now)
         action = AuditAction.REQUEST_CANCELLED
     else:
+        # An extension continuing a grant is not ended here: it ends with its grant, below.
         ended = transition(session, request_id, event=Event.END_INELIGIBLE, source=status,
-                           extra_where=(AccessRequest.expires_at > now,), ended_at=now,
+                           extra_where=running(now), ended_at=now,
                            provisioning_started_at=now)
         action = AuditAction.REQUEST_REVOKED
     if ended:
         audit.record(session, action=action, actor=actor, target=request_id, origin=origin,
                      now=now, details={"reason": reason})
         outbox.requests_ended(session, [request_id])
+        if status != RequestStatus.PENDING:
+            end_with_grant(session, request_id, expired=False, actor=actor, origin=origin,
+                           now=now)
     return ended
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from security_api import audit
+from security_api.access.grant_chain import end_with_grant
 from security_api.access.provisioning import revoke_each_claimed
 from security_api.access.transitions import Event, transition
 from security_api.enums import AuditAction, RequestStatus
@@ -20,14 +21,20 @@ def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
                now: datetime) -> bool:
     """In the caller's transaction: expire a due grant; its revoke is owed from the commit on.
 
-    The conditional update is the claim: a second reaper finds nothing left to do.
+    The conditional update is the claim: a second reaper finds nothing left to do. It also
+    checks the end is still past: an extension that moved it meanwhile wins. An extension
+    that continues a grant (see grant_chain) ends with it and owes no revoke of its own.
     """
+    due = AccessRequest.expires_at <= now
     if not transition(session, request_id, event=Event.EXPIRE, ended_at=now,
-                      provisioning_started_at=now):
-        return False
+                      provisioning_started_at=now,
+                      extra_where=(due, AccessRequest.continues_id.is_(None))):
+        return transition(session, request_id, event=Event.EXPIRE_WITH_GRANT, ended_at=now,
+                          extra_where=(due, AccessRequest.continues_id.is_not(None)))
     audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
                  target=request_id, origin=origin, now=now)
     outbox.requests_ended(session, [request_id])
+    end_with_grant(session, request_id, expired=True, actor="system", origin=origin, now=now)
     return True
 
 

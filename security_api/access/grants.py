@@ -108,7 +108,9 @@ def held_permissions(session: Session, subject: Subject, *, now: datetime) -> li
             select(AccessRequest, Permission.name)
             .join(Permission, Permission.key == AccessRequest.permission_key)
             .where(AccessRequest.requester_id == subject.id,
-                   AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at > now)
+                   AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at > now,
+                   # An extension continuing a grant is that grant: shown once, as the grant.
+                   AccessRequest.continues_id.is_(None))
             .order_by(AccessRequest.expires_at))
         for grant, name in grants:
             held.append({"permission": grant.permission_key, "name": name, "source": "grant",

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from security_api import audit
+from security_api.access import extension
 from security_api.access.eligibility import (
     end_ineligible,
     grant_and_recheck,
@@ -23,6 +24,7 @@ from security_api.access.eligibility import (
     settle_ended,
 )
 from security_api.access.expiry import expire_due
+from security_api.access.grant_chain import end_with_grant, hold_running, running
 from security_api.access.provisioning import finish_revoke
 from security_api.access.request_actors import Actor, approver_groups, is_eligible_approver, visible_request
 from security_api.access.request_creation import create_request
@@ -35,7 +37,9 @@ from security_api.models import AccessRequest, Approval
 from security_api.services import Services
 from security_api.unit_of_work import unit_of_work
 
-__all__ = ["Actor", "approve", "approver_groups", "cancel", "create_request", "deny",
+extend = extension.extend
+
+__all__ = ["Actor", "approve", "approver_groups", "cancel", "create_request", "deny", "extend",
            "end_ineligible", "expire_due", "ineligibility", "is_eligible_approver", "retry",
            "revoke", "settle_ended", "visible_request"]
 
@@ -81,6 +85,9 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
         _require_decider(session, request, actor)
         require_eligible_requester(session, request)
         _require_decider_step_up(session, services, request, actor, totp, origin, now)
+        if request.continues_id is not None:
+            # Lock order grant, then extension (as revoke and expiry take them): no deadlock.
+            hold_running(session, request.continues_id, now=now)
         # Touching the row takes its write lock: deciders of one request go one at a time.
         transition(session, request.id, event=Event.DECIDE)
         _record_decision(session, request, actor, Decision.APPROVE, comment, now)
@@ -89,12 +96,27 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
         approvals = session.scalar(select(func.count()).select_from(Approval).where(
             Approval.request_id == request.id, Approval.decision == Decision.APPROVE))
         granting = approvals >= request.approvals_required
+        settled = _settle_extension(session, request, granting, actor=actor, origin=origin,
+                                    now=now)
+        granting = granting and not settled.continued
         if granting:  # the request's new status (granting) is known here, before the commit
+            # An extension approved after its grant ended stands alone: it leans on nothing.
             transition(session, request.id, event=Event.APPROVE, decided_at=now,
-                       provisioning_started_at=now)
+                       provisioning_started_at=now, continues_id=None)
+    for ended_id in settled.owed:
+        finish_revoke(session, services, ended_id, origin=origin, now=now)
     if granting:
         grant_and_recheck(session, services, request.id, origin=origin, now=now)
     return _reloaded(session, request.id)
+
+
+def _settle_extension(session: Session, request: AccessRequest, granting: bool, *,
+                      actor: Actor, origin: audit.Origin, now: datetime) -> extension.Settled:
+    """The last approval of an extension: continue its grant, or stand alone (see extension)."""
+    if not granting or request.continues_id is None:
+        return extension.Settled(False)
+    return extension.settle_approved(session, request.id, approver=actor.subject.username,
+                                     origin=origin, now=now)
 
 
 def deny(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
@@ -138,11 +160,16 @@ def revoke(session: Session, services: Services, *, request_id: str, actor: Acto
         request = visible_request(session, request_id, actor)
         if request.requester_id != actor.subject.id and not actor.is_admin:
             raise Forbidden("Only the requester or an administrator can revoke a grant.")
-        transition(session, request.id, event=Event.REVOKE, ended_at=now,
-                   provisioning_started_at=now, extra_where=(AccessRequest.expires_at > now,))
+        # Revoking an extension that continues a grant revokes that grant (and it with it).
+        grant_id = request.continues_id if request.status == RequestStatus.ACTIVE \
+            and request.continues_id else request.id
+        transition(session, grant_id, event=Event.REVOKE, ended_at=now,
+                   provisioning_started_at=now, extra_where=running(now))
         audit.record(session, action=AuditAction.REQUEST_REVOKED, actor=actor.subject.username,
-                     target=request.id, origin=origin, now=now)
-    finish_revoke(session, services, request.id, origin=origin, now=now)
+                     target=grant_id, origin=origin, now=now)
+        end_with_grant(session, grant_id, expired=False, actor=actor.subject.username,
+                       origin=origin, now=now)
+    finish_revoke(session, services, grant_id, origin=origin, now=now)
     return _reloaded(session, request.id)
 
 

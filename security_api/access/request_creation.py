@@ -1,6 +1,7 @@
 """Asking for a permission: the checks, then one unit of work that creates the request."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select
@@ -23,6 +24,37 @@ from security_api.services import Services
 from security_api.unit_of_work import unit_of_work
 
 
+@dataclass(frozen=True)
+class Terms:
+    """What a new request (or an extension) would be granted under, once every check passed."""
+
+    permission: Permission
+    decision: Decision
+    duration: int
+    justification: str
+    params: dict
+
+
+def checked_terms(session: Session, services: Services, *, requester: Subject,
+                  permission_key: str, justification: str, duration_minutes: int | None,
+                  params: dict, totp: object, origin: audit.Origin, now: datetime) -> Terms:
+    """Run THE checks of a new request and return its terms; raise the refusal otherwise.
+
+    The one place both paths pass: `create_request` and an extension (`extension.extend`) are
+    decided by the rule that would decide a new request now. Checks added later (step-up,
+    conflict sets) belong here, so that neither path can skip them.
+    """
+    permission, decision = _requestable(session, requester, permission_key)
+    duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
+    justification = _checked_justification(justification, permission.requires_justification)
+    provisioner = get_provisioner(permission.provisioner, services.settings)
+    clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
+    if permission.step_up:  # last: a code is not spent on a request refused anyway
+        require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
+                        now=now)
+    return Terms(permission, decision, duration, justification, clean_params)
+
+
 def create_request(session: Session, services: Services, *, requester: Subject,
                    permission_key: str, justification: str, duration_minutes: int | None,
                    params: dict, origin: audit.Origin, now: datetime,
@@ -36,19 +68,14 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     `totp`, a fresh code of the requester, checked after every other check (a code is not
     spent on a request refused anyway) and before anything is written.
     """
-    permission, decision = _requestable(session, requester, permission_key)
-    duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
-    justification = _checked_justification(justification, permission.requires_justification)
-    provisioner = get_provisioner(permission.provisioner, services.settings)
-    clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
-    if permission.step_up:
-        require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
-                        now=now)
+    terms = checked_terms(session, services, requester=requester, permission_key=permission_key,
+                          justification=justification, duration_minutes=duration_minutes,
+                          params=params, totp=totp, origin=origin, now=now)
     with unit_of_work(session):
-        owed = _end_what_blocks(session, requester.id, permission.key, origin=origin, now=now)
-        _refuse_open_request(session, requester.id, permission.key)
-        request = _insert(session, requester, permission.key, decision, justification=justification,
-                          params=clean_params, duration=duration, origin=origin, now=now)
+        owed = _end_what_blocks(session, requester.id, terms.permission.key, origin=origin,
+                                now=now)
+        _refuse_open_request(session, requester.id, terms.permission.key)
+        request = insert_request(session, requester, terms, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
         outbox.request_created(session, request_id)
     for ended_id in owed:
@@ -118,31 +145,42 @@ def _refuse_open_request(session: Session, requester_id: str, permission: str) -
                        code="already_requested")
 
 
-def _insert(session: Session, subject: Subject, permission: str, decision: Decision, *,
-            justification: str, params: dict, duration: int, origin: audit.Origin,
-            now: datetime) -> AccessRequest:
-    """Add the request (granting under `auto`: the claim is made with the insert)."""
-    rule = decision.rule
+ALREADY_REQUESTED = ("You already have an open request for this permission.",
+                     "already_requested")
+
+
+def insert_request(session: Session, subject: Subject, terms: Terms, *, origin: audit.Origin,
+                   now: datetime, extends: tuple[str, str] | None = None,
+                   duplicate: tuple[str, str] = ALREADY_REQUESTED) -> AccessRequest:
+    """Add the request (granting under `auto`: the claim is made with the insert).
+
+    `extends` is (the request extended, the grant it continues) for a pending extension;
+    `duplicate` the 409 when a unique index says another open request holds its place.
+    """
+    rule = terms.decision.rule
     auto = rule.mode == PolicyMode.AUTO
     request = AccessRequest(
-        requester_id=subject.id, permission_key=permission, justification=justification,
-        params=params, duration_minutes=duration,
+        requester_id=subject.id, permission_key=terms.permission.key,
+        justification=terms.justification, params=terms.params,
+        duration_minutes=terms.duration,
         status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
         approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
         decided_at=now if auto else None, provisioning_started_at=now if auto else None,
-        provisioning={})
+        provisioning={}, extends_id=extends[0] if extends else None,
+        continues_id=extends[1] if extends else None)
     session.add(request)
     try:
         session.flush()
     except IntegrityError:
-        raise Conflict("You already have an open request for this permission.",
-                       code="already_requested") from None
+        raise Conflict(duplicate[0], code=duplicate[1]) from None
     metrics.stage_request_status(session, request.status)
     for entry in rule.approvers:
         role, _, subrole = entry.partition("/")
         session.add(RequestApproverGroup(request_id=request.id, role=role, subrole=subrole or "*"))
+    details = {"permission": terms.permission.key, "mode": rule.mode, "rule": rule.id,
+               "duration_minutes": terms.duration}
+    if extends:
+        details["extends"] = extends[0]
     audit.record(session, action=AuditAction.REQUEST_CREATED, actor=subject.username,
-                 target=request.id, origin=origin, now=now,
-                 details={"permission": permission, "mode": rule.mode, "rule": rule.id,
-                          "duration_minutes": duration})
+                 target=request.id, origin=origin, now=now, details=details)
     return request

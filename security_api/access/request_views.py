@@ -42,6 +42,12 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
             "approver": username, "decision": approval.decision, "comment": approval.comment,
             "at": isoformat(approval.at)})
     names = dict(session.execute(select(User.id, User.username).where(User.id.in_(user_ids))).all())
+    extended_by: dict[str, list[str]] = {request_id: [] for request_id in ids}
+    for extended_id, extension_id in session.execute(
+            select(AccessRequest.extends_id, AccessRequest.id)
+            .where(AccessRequest.extends_id.in_(ids))
+            .order_by(AccessRequest.created_at, AccessRequest.id)):
+        extended_by[extended_id].append(extension_id)
     return [{
         "id": r.id, "requester": names.get(r.requester_id), "permission": r.permission_key,
         "justification": r.justification, "params": r.params,
@@ -50,6 +56,7 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
         "created_at": isoformat(r.created_at), "decided_at": isoformat(r.decided_at),
         "approvals": approvals[r.id], "expires_at": isoformat(r.expires_at),
         "ended_at": isoformat(r.ended_at), "provisioning": r.provisioning,
+        "extends": r.extends_id, "extended_by": extended_by[r.id],
     } for r in requests]
 
 

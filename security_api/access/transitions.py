@@ -47,6 +47,12 @@ class Event(StrEnum):
     RETRY_REVOKE = "retry_revoke"  # the reaper takes over an owed revoke
     REVOKE_FINISHED = "revoke_finished"
     REVOKE_FAILED = "revoke_failed"
+    # Extensions (access/extension.py): a running grant's end moves; an extension approved
+    # while the grant runs continues it (no provisioning); a grant's end takes its extensions.
+    EXTEND = "extend"
+    CONTINUE = "continue"
+    EXPIRE_WITH_GRANT = "expire_with_grant"
+    END_WITH_GRANT = "end_with_grant"
 
 
 class Column(StrEnum):
@@ -92,6 +98,12 @@ MOVES: tuple[Move, ...] = (
          refusal=("The grant is not active.", "request_not_active")),
     Move(Event.EXPIRE, (RS.ACTIVE,), RS.EXPIRED, owes_revoke=True),
     Move(Event.END_INELIGIBLE, (RS.ACTIVE,), RS.REVOKED, owes_revoke=True),
+    Move(Event.EXTEND, (RS.ACTIVE,), SAME),
+    Move(Event.CONTINUE, (RS.PENDING,), RS.ACTIVE,
+         refusal=("The request was decided meanwhile.", "request_not_pending")),
+    Move(Event.EXPIRE_WITH_GRANT, (RS.ACTIVE,), RS.EXPIRED),
+    Move(Event.END_WITH_GRANT, (RS.ACTIVE,), RS.REVOKED),
+    Move(Event.END_WITH_GRANT, (RS.PENDING,), RS.CANCELLED),
     Move(Event.RETRY_REVOKE, OWED, SAME, Column.PROVISIONING),
     Move(Event.REVOKE_FINISHED, OWED, None, Column.PROVISIONING),
     Move(Event.REVOKE_FAILED, OWED, PS.REVOKE_FAILED, Column.PROVISIONING),

@@ -208,3 +208,30 @@ def revoke(request_id: str):
 def retry(request_id: str):
     """Retry the provisioning of a failed request."""
     return _decide(lifecycle.retry, request_id, with_comment=False)
+
+
+@bp.post("/requests/<request_id>/extend")
+@documented(summary="Extend one's active grant without a gap (the requester)", tag="requests",
+            body=schemas.ExtendBody,
+            responses={200: schemas.RequestEnvelope, 201: schemas.RequestEnvelope, 403: E,
+                       404: E, 409: E, 412: E},
+            description="Decided by the rule that would decide a new request for the "
+                        "permission now. `auto`: 200 with the grant, its `expires_at` now + "
+                        "`duration_minutes`; nothing is revoked or provisioned. `approval`: 201 "
+                        "with a new `pending` request whose `extends` is the grant; approved "
+                        "while the grant runs, it moves the grant's `expires_at` and is `active` "
+                        "with the same end (nothing provisioned; it ends with the grant); "
+                        "approved after the grant ended, it is an ordinary new grant. 409 "
+                        "`request_not_active` unless active, `extension_pending` when one is "
+                        "already waiting; 403 `not_requestable` when no rule allows it now; "
+                        "403 for an approver or admin who is not the requester; 412 for a "
+                        "duration above the maximum or a missing justification. " + STEP_UP_DOC)
+@require_token
+def extend(request_id: str):
+    """Extend an active grant."""
+    body = read_json(schemas.ExtendBody)
+    shown, created = lifecycle.extend(
+        db(), services(), request_id=request_id, actor=current_actor(),
+        justification=body.justification, duration_minutes=body.duration_minutes,
+        origin=origin(), now=utcnow(), totp=body.totp)
+    return _one(shown, status=201 if created else 200)

@@ -149,6 +149,16 @@ class RequestCreateBody(Body):
     totp: StepUpCode = None
 
 
+class ExtendBody(Body):
+    duration_minutes: int | None = Field(
+        default=None, ge=1, le=525600,
+        description="The grant then ends this many minutes from now (at most the effective "
+                    "maximum of the rule that decides a new request); defaults to that maximum.")
+    justification: StrictStr = Field(default="", max_length=2000,
+                                     description="Required when the permission requires it.")
+    totp: StepUpCode = None
+
+
 class DecisionBody(Body):
     comment: StrictStr = Field(default="", max_length=2000)
     totp: StepUpCode = None
@@ -177,6 +187,10 @@ class RequestOut(BaseModel):
     expires_at: str | None
     ended_at: str | None
     provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
+    extends: str | None = Field(
+        description="The grant this request asked to extend (POST .../extend), else null.")
+    extended_by: list[str] = Field(
+        description="Ids of the extensions asked for this request, oldest first.")
 
 
 class RequestEnvelope(BaseModel):

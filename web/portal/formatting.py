@@ -83,6 +83,7 @@ DOMAIN_MESSAGES = {
     "request_not_pending": _l("The request is not pending."),
     "already_decided": _l("You have already decided this request."),
     "request_not_active": _l("The grant is not active."),
+    "extension_pending": _l("An extension of this grant is already waiting for approval."),
     "request_not_failed": _l("Only a failed request can be retried."),
     "separation_of_duties": _l("You cannot decide your own request."),
     "no_longer_eligible": _l("The requester is no longer active or allowed this permission; "

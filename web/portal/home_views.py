@@ -11,6 +11,7 @@ from security_api.clock import utcnow
 
 from .blueprint import bp, login_required, render
 from .formatting import time_left
+from .permission_names import step_up_keys
 
 
 @bp.get("/")
@@ -20,8 +21,10 @@ def my_access() -> Response:
     now = utcnow()
     held = grants.held_permissions(db(), current_subject(), now=now)
     standing = [item for item in held if item["source"] == "standing"]
-    active = [dict(item, time_left=time_left(item["expires_at"], now))
-              for item in held if item["source"] == "grant"]
+    granted = [item for item in held if item["source"] == "grant"]
+    stepped = step_up_keys(item["permission"] for item in granted)
+    active = [dict(item, time_left=time_left(item["expires_at"], now),
+                   step_up=item["permission"] in stepped) for item in granted]
     pending, _cursor = list_requests(db(), actor=current_actor(), scope="own", status="pending",
                                      permission=None, limit=200, cursor=None, now=now)
     return render("portal/my_access.html", standing=standing, active=active,

@@ -51,6 +51,7 @@ def _actions(access_request, view: dict, actor) -> dict[str, bool]:
     return {
         "cancel": mine and pending,
         "revoke": (mine or actor.is_admin) and view["status"] == RequestStatus.ACTIVE,
+        "extend": mine and view["status"] == RequestStatus.ACTIVE,
         "decide": pending and not decided
         and lifecycle.is_eligible_approver(db(), access_request, actor),
         "retry": access_request.status == RequestStatus.FAILED
