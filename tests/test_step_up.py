@@ -271,3 +271,26 @@ def test_one_code_sent_in_parallel_steps_up_once(app, world, db_session):
 
     assert sorted(race(*(ask(key) for key in keys))) == [201, 401, 401, 401]
     assert count(db_session, AccessRequest) == 1
+
+
+def test_extending_a_step_up_grant_needs_a_fresh_code(client, world, db_session):
+    services, alice = world["services"], world["users"]["alice"]
+    with services.session_factory() as session:
+        ensure_permission(session, key="hotfix", name="Hotfix", max_duration_minutes=60,
+                          settings=services.settings, step_up=True, **_kw())
+        ensure_rule(session, permission="hotfix", role="developer", subrole="backend",
+                    mode=PolicyMode.AUTO, **_kw())
+        session.commit()
+    granted = create(client, world, "hotfix", totp=fresh_code(db_session, alice))
+    assert granted.status_code == 201 and granted.json["request"]["status"] == "active"
+    path = f"/v1/requests/{granted.json['request']['id']}/extend"
+
+    def extend(**body):
+        return client.post(path, headers=world["h"]["alice"], json={"duration_minutes": 30, **body})
+
+    missing = extend()
+    assert missing.status_code == 401 and missing.json["error"] == "step_up_required"
+    replayed = extend(totp=last_code(alice))
+    assert replayed.status_code == 401 and replayed.json["error"] == "invalid_step_up"
+    assert extend(totp=fresh_code(db_session, alice)).status_code == 200
+    assert refusals(db_session)[-2:] == ["missing", "replayed"]

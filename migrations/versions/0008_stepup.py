@@ -1,6 +1,6 @@
 """permissions.step_up: risky permissions need a fresh TOTP code to request or decide
 
-Revision ID: 0008_stepup
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-06 08:10:00
 
@@ -10,7 +10,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0008_stepup'
+revision = '0008'
 down_revision = '0007'
 branch_labels = None
 depends_on = None

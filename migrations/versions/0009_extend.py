@@ -5,16 +5,16 @@ while it leans on that grant (pending, or approved before the grant ended), `con
 A leaning row holds no slot of its own in uq_access_requests_open; at most one extension per
 grant waits at a time (uq_access_requests_open_extension).
 
-Revision ID: 0008_extend
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 08:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0008_extend'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
