@@ -78,6 +78,10 @@ class AuditAction(StrEnum):
     REQUEST_EXPIRED = "request.expired"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
+    # Read-back (access/readback.py): the target confirmed a grant or a revoke, or it did not
+    # (contradicted it, or could not be read; details say which).
+    PROVISIONING_VERIFIED = "provisioning.verified"
+    PROVISIONING_VERIFY_FAILED = "provisioning.verify_failed"
     PERMISSION_CREATED = "permission.created"
     PERMISSION_UPDATED = "permission.updated"
     PERMISSION_DELETED = "permission.deleted"

@@ -234,6 +234,11 @@ class AccessRequest(Base):
     # An outside call still owed (see provisioning.py), and when it was last started.
     provisioning_state: Mapped[str | None] = mapped_column(String(16), index=True)
     provisioning_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Read-back (readback.py): when the target confirmed the grant / the revoke; and, while
+    # a grant's read-back could not be made and is still owed, when to try it again.
+    grant_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoke_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    verify_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class RequestApproverGroup(Base):

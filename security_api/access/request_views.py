@@ -50,6 +50,8 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
         "created_at": isoformat(r.created_at), "decided_at": isoformat(r.decided_at),
         "approvals": approvals[r.id], "expires_at": isoformat(r.expires_at),
         "ended_at": isoformat(r.ended_at), "provisioning": r.provisioning,
+        "verified_at": {"grant": isoformat(r.grant_verified_at),
+                        "revoke": isoformat(r.revoke_verified_at)},
     } for r in requests]
 
 

@@ -147,6 +147,11 @@ class ApprovalOut(BaseModel):
     at: str
 
 
+class VerifiedAtOut(BaseModel):
+    grant: str | None = Field(description="the grant was read back present at the target")
+    revoke: str | None = Field(description="the revoke (or cleanup) was read back: gone")
+
+
 class RequestOut(BaseModel):
     id: str
     requester: str
@@ -162,7 +167,12 @@ class RequestOut(BaseModel):
     approvals: list[ApprovalOut]
     expires_at: str | None
     ended_at: str | None
-    provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
+    provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at; "
+                               "verify_grant/verify_revoke: the last read-back of each step "
+                               "(outcome, error, at, attempts).")
+    verified_at: VerifiedAtOut = Field(description="When the target confirmed the grant and the "
+                                       "revoke (read-back); null until confirmed, and always "
+                                       "null for a provisioner that cannot read back.")
 
 
 class RequestEnvelope(BaseModel):
