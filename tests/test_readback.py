@@ -446,3 +446,86 @@ def test_a_revoke_that_cannot_be_read_back_stays_owed_until_it_can(app, alice, t
     stored = row(app, made["id"])
     assert stored.provisioning_state is None and stored.revoke_verified_at is not None
     assert target.events == [("grant", made["id"]), ("revoke", made["id"]), ("revoke", made["id"])]
+
+
+# ---- the portal shows what the target confirmed ------------------------------------------------
+def test_the_portal_timeline_shows_the_read_backs(app, make_user, target):
+    from tests.portal_support import post_form, signed_in_client
+    from tests.test_concurrency import create_pending
+    user = make_user("alice")
+    add_hook(app, target)
+    request_id = create_pending(app, user, "hook")
+    browser = signed_in_client(app, user)
+    page = f"/portal/requests/{request_id}"
+    assert "Verified at the target: the access is in place" in browser.get(page).get_data(as_text=True)
+    assert post_form(browser, f"{page}/revoke", token_from=page).status_code == 302
+    text = browser.get(page).get_data(as_text=True)
+    assert "Verified at the target: the access is removed" in text
+    spanish = browser.get(page, headers={"Accept-Language": "es"}).get_data(as_text=True)
+    assert "Verificado en el destino: el acceso se ha retirado" in spanish
+
+
+# ---- the parts on their own ---------------------------------------------------------------------
+@pytest.mark.parametrize("status_url", ["ftp://x.example.com/status", "", "http://", 5,
+                                        "https://x.example.com:99999/s"])
+def test_a_bad_status_url_is_refused_by_field(status_url):
+    from security_api.errors import InvalidParams
+    from security_api.provisioners.webhook import WebhookProvisioner
+    from tests.test_provisioners import make_settings
+    with pytest.raises(InvalidParams) as caught:
+        WebhookProvisioner(make_settings()).validate_config(
+            {"url": "https://x.example.com/hook", "status_url": status_url})
+    assert caught.value.errors[0]["field"] == "config.status_url"
+
+
+@pytest.mark.parametrize(("body", "present"), [(b'{"present": true}', True),
+                                               (b'{"present": false, "since": "x"}', False)])
+def test_a_status_answer_is_read(body, present):
+    from security_api.provisioners._webhook_status import _present
+    assert _present(body) is present
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"present": "yes"}', b'{"present": 1}', b"{}",
+                                  b'{"present": null}', b"\xff", b'{"present": true}' + b" " * 1024])
+def test_a_bad_status_answer_proves_nothing(body):
+    from security_api.provisioners._webhook_status import _present
+    from security_api.provisioners.base import ProvisioningError
+    with pytest.raises(ProvisioningError):
+        _present(body)
+
+
+@pytest.mark.parametrize(("step", "outcome", "words"), [
+    ("grant", "contradicted", "was not found at the target after the grant"),
+    ("revoke", "contradicted", "is still present at the target after the revoke"),
+    ("grant", "unavailable", "could not be read back after the grant")])
+def test_the_notification_says_what_the_target_contradicted(step, outcome, words):
+    from security_api.integrations.notify_texts import VERIFY_FAILED, texts
+    request = {"requester": "alice", "permission": "bastion<!here>",
+               "readback": {"step": step, "outcome": outcome}}
+    subject, body, chat = texts(VERIFY_FAILED, request, link="https://x/r/1")
+    assert subject == "[Security API] read-back failed: alice's access to bastion<!here>"
+    assert words in body and words in chat
+    assert "<!here>" not in chat and "&lt;!here&gt;" in chat
+
+
+def test_the_read_back_outcome_depends_on_the_step():
+    settled = {}
+    for step, outcome in [("grant", "confirmed"), ("revoke", "confirmed")]:
+        record, columns, check = readback.settle({}, {"outcome": outcome, "error": None, "at": "t"},
+                                                 step=step, now=utcnow())
+        settled[step] = (sorted(columns), check["attempts"], list(record))
+    assert settled == {"grant": (["grant_verified_at", "verify_due_at"], 1, ["verify_grant"]),
+                       "revoke": (["revoke_verified_at"], 1, ["verify_revoke"])}
+    assert readback.revoke_done(None) is True
+    assert readback.revoke_done({"outcome": "contradicted", "attempts": 9}) is False
+    assert readback.revoke_done({"outcome": "unavailable", "attempts": 1}) is False
+    assert readback.revoke_done({"outcome": "unavailable", "attempts": readback.MAX_ATTEMPTS})
+
+
+def test_the_openapi_document_describes_verified_at(client):
+    document = client.get("/v1/openapi.json").json
+    text = json.dumps(document)
+    assert '"verified_at"' in text
+    schemas = document["components"]["schemas"]
+    verified = next(schema for name, schema in schemas.items() if name.startswith("VerifiedAtOut"))
+    assert set(verified["properties"]) == {"grant", "revoke"}
