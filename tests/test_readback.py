@@ -448,6 +448,22 @@ def test_a_revoke_that_cannot_be_read_back_stays_owed_until_it_can(app, alice, t
     assert target.events == [("grant", made["id"]), ("revoke", made["id"]), ("revoke", made["id"])]
 
 
+
+def test_a_revoke_that_can_never_be_read_back_is_done_after_max_attempts(app, alice, target):
+    add_hook(app, target)
+    made = alice.request("hook")
+    target.mode = "error"
+    alice.revoke(made["id"])
+    for _ in range(readback.MAX_ATTEMPTS - 1):
+        assert row(app, made["id"]).provisioning_state == "revoke_failed"
+        due_now(app, made["id"])
+        reaper.reap_once(app.extensions["security_api"])
+    stored = row(app, made["id"])
+    assert (stored.provisioning_state, stored.revoke_verified_at) == (None, None)
+    assert stored.provisioning["verify_revoke"]["attempts"] == readback.MAX_ATTEMPTS
+    [notice] = notices(app, made["id"])
+    assert notice["request"]["readback"] == {"step": "revoke", "outcome": "unavailable"}
+
 # ---- the portal shows what the target confirmed ------------------------------------------------
 def test_the_portal_timeline_shows_the_read_backs(app, make_user, target):
     from tests.portal_support import post_form, signed_in_client

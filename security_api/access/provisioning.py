@@ -138,9 +138,11 @@ def _land_grant(session: Session, services: Services, request_id: str,
     request, permission, _ = _load(session, services, request_id)
     expires_at = now + timedelta(minutes=request.duration_minutes) if ok else None
     record = _record(session, request, permission, outcomes, origin=origin, now=now)
-    columns = {}
+    # A new grant (a retried request's too): what an earlier round verified does not hold.
+    columns = {"grant_verified_at": None, "revoke_verified_at": None, "verify_due_at": None}
     if check is not None:
-        record, columns, check = readback.settle(record, check, step=GRANT, now=now, first=True)
+        record, more, check = readback.settle(record, check, step=GRANT, now=now, first=True)
+        columns.update(more)
     if not transition(session, request_id,
                       event=Event.GRANT_FINISHED if ok else Event.GRANT_FAILED,
                       provisioning=record, provisioning_state=None, expires_at=expires_at,
