@@ -82,6 +82,10 @@ class AuditAction(StrEnum):
     REQUEST_EXTENSION_REQUESTED = "request.extension_requested"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
+    # Read-back (access/readback.py): the target confirmed a grant or a revoke, or it did not
+    # (contradicted it, or could not be read; details say which).
+    PROVISIONING_VERIFIED = "provisioning.verified"
+    PROVISIONING_VERIFY_FAILED = "provisioning.verify_failed"
     PERMISSION_CREATED = "permission.created"
     PERMISSION_UPDATED = "permission.updated"
     PERMISSION_DELETED = "permission.deleted"

@@ -45,6 +45,10 @@ GRANT_EXTENSIONS = Counter(
 PROVISIONING_FAILURES = Counter(
     "security_api_provisioning_failures", "Provisioner calls that failed, by provisioner and "
     "action (grant, cleanup, revoke).", ["provisioner", "action"])
+PROVISIONING_VERIFICATIONS = Counter(
+    "security_api_provisioning_verifications", "Read-backs of a grant or a revoke at the target, "
+    "by provisioner, step (grant, revoke) and outcome (confirmed, contradicted, unavailable, "
+    "unsupported).", ["provisioner", "step", "outcome"])
 OUTBOX_DELIVERED = Counter(
     "security_api_outbox_delivered", "Notifications delivered from the outbox.")
 OUTBOX_FAILED_ATTEMPTS = Counter(
@@ -96,6 +100,11 @@ def count_step_up_refusal(reason: str) -> None:
 def count_provisioning_failure(*, provisioner: str, action: str) -> None:
     """Count one failed provisioner call."""
     PROVISIONING_FAILURES.labels(provisioner=provisioner, action=action).inc()
+
+
+def count_verification(*, provisioner: str, step: str, outcome: str) -> None:
+    """Count one read-back of a grant or a revoke."""
+    PROVISIONING_VERIFICATIONS.labels(provisioner=provisioner, step=step, outcome=outcome).inc()
 
 
 def stage_request_status(session: Session, status: str) -> None:

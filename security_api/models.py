@@ -248,6 +248,11 @@ class AccessRequest(Base):
         ForeignKey("access_requests.id", name="fk_access_requests_extends_id"), index=True)
     continues_id: Mapped[str | None] = mapped_column(
         ForeignKey("access_requests.id", name="fk_access_requests_continues_id"))
+    # Read-back (readback.py): when the target confirmed the grant / the revoke; and, while
+    # a grant's read-back could not be made and is still owed, when to try it again.
+    grant_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoke_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    verify_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class RequestApproverGroup(Base):

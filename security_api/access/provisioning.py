@@ -16,15 +16,14 @@ past every timeout is also taken over, as before.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from security_api import audit, metrics
+from security_api.access import readback
+from security_api.access.provisioning_heartbeat import heartbeat
 from security_api.access.transitions import OWED, Event, transition
 from security_api.clock import isoformat, utcnow
 from security_api.enums import AuditAction, ProvisioningAction, ProvisioningState, RequestStatus
@@ -38,9 +37,8 @@ log = logging.getLogger(__name__)
 GRANT, CLEANUP, REVOKE = ProvisioningAction.GRANT, ProvisioningAction.CLEANUP, ProvisioningAction.REVOKE
 # A failed revoke is tried again this long after the last attempt.
 REVOKE_RETRY_SECONDS = 300
-# A worker running a grant refreshes its claim this often ...
-HEARTBEAT_SECONDS = 2
-# ... and a grant claim not refreshed for this long was left by a worker that is gone.
+# A worker running a grant refreshes its claim every HEARTBEAT_SECONDS (provisioning_heartbeat),
+# and a grant claim not refreshed for this long was left by a worker that is gone.
 CLAIM_LEASE_SECONDS = 12
 
 
@@ -52,32 +50,6 @@ def stuck_after(services: Services) -> timedelta:
 def claim_lease() -> timedelta:
     """Return how long a grant claim lives without a heartbeat."""
     return timedelta(seconds=CLAIM_LEASE_SECONDS)
-
-
-@contextmanager
-def _heartbeat(services: Services, request_id: str) -> Iterator[None]:
-    """Keep refreshing the grant claim while the block runs (at most `stuck_after`)."""
-    stop = threading.Event()
-    until = utcnow() + stuck_after(services)
-
-    def beat():
-        with services.session_factory() as session:
-            while not stop.wait(HEARTBEAT_SECONDS) and utcnow() < until:
-                try:
-                    with unit_of_work(session):
-                        transition(session, request_id, event=Event.HEARTBEAT,
-                                   provisioning_started_at=utcnow())
-                except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
-                    log.warning("could not refresh the grant claim of %s", request_id,
-                                exc_info=True)
-
-    thread = threading.Thread(target=beat, name="security-api-claim-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _load(session: Session, services: Services, request_id: str):
@@ -94,6 +66,11 @@ def _load(session: Session, services: Services, request_id: str):
                        config=permission.provisioner_config,
                        expires_at=request.expires_at)
     return request, permission, ctx
+
+
+def load_context(session: Session, services: Services, request_id: str):
+    """Return (request, permission, GrantContext) read fresh: for the read-back's retries."""
+    return _load(session, services, request_id)
 
 
 def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, action: str) -> dict:
@@ -133,12 +110,15 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
     end_reads(session)  # no transaction stays open during the outside call
     if not owed:
         return
-    with _heartbeat(services, request_id):
+    with heartbeat(services, request_id, until=utcnow() + stuck_after(services)):
         outcomes = {GRANT: _call(services, provisioner_name, ctx, action=GRANT)}
-        if not outcomes[GRANT]["ok"]:
-            # A webhook that timed out may still have granted: ask it to undo.
+        check = (readback.read_back(services, provisioner_name, ctx, step=GRANT)
+                 if outcomes[GRANT]["ok"] else None)
+        if check is None or check["outcome"] == readback.Outcome.CONTRADICTED:
+            # A webhook that timed out may still have granted, a grant the target does not
+            # show may be half-made: ask it to undo.
             outcomes[CLEANUP] = _call(services, provisioner_name, ctx, action=CLEANUP)
-    if _land_grant(session, services, request_id, outcomes, origin=origin, now=now):
+    if _land_grant(session, services, request_id, outcomes, check, origin=origin, now=now):
         session.commit()
         return
     session.rollback()  # the reaper declared it abandoned meanwhile: nothing of this lands
@@ -149,20 +129,33 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
 
 
 def _land_grant(session: Session, services: Services, request_id: str,
-                outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> bool:
-    """Record the grant's outcome and move granting -> active | failed; False if it lost."""
-    ok = outcomes[GRANT]["ok"]
+                outcomes: dict[str, dict], check: dict | None, *, origin: audit.Origin,
+                now: datetime) -> bool:
+    """Record the grant's outcome and its read-back, and move granting -> active | failed;
+    False if it lost."""
+    contradicted = check is not None and check["outcome"] == readback.Outcome.CONTRADICTED
+    ok = outcomes[GRANT]["ok"] and not contradicted
     request, permission, _ = _load(session, services, request_id)
     expires_at = now + timedelta(minutes=request.duration_minutes) if ok else None
     record = _record(session, request, permission, outcomes, origin=origin, now=now)
+    # A new grant (a retried request's too): what an earlier round verified does not hold.
+    columns = {"grant_verified_at": None, "revoke_verified_at": None, "verify_due_at": None}
+    if check is not None:
+        record, more, check = readback.settle(record, check, step=GRANT, now=now, first=True)
+        columns.update(more)
     if not transition(session, request_id,
                       event=Event.GRANT_FINISHED if ok else Event.GRANT_FAILED,
-                      provisioning=record, provisioning_state=None, expires_at=expires_at):
+                      provisioning=record, provisioning_state=None, expires_at=expires_at,
+                      **columns):
         return False
+    if check is not None:
+        readback.report(session, request_id, check, step=GRANT, provisioner=permission.provisioner,
+                        previous=None, origin=origin, now=now)
     audit.record(session, action=AuditAction.REQUEST_ACTIVATED if ok
                  else AuditAction.REQUEST_FAILED, actor="system", target=request_id,
                  origin=origin, now=now,
-                 details={"expires_at": isoformat(expires_at)} if ok else {})
+                 details={"expires_at": isoformat(expires_at)} if ok
+                 else {"reason": readback.NOT_PRESENT} if contradicted else {})
     outbox.request_decided(session, request_id)
     return True
 
@@ -195,13 +188,21 @@ def finish_revoke(session: Session, services: Services, request_id: str, *,
     if not owed:
         return
     outcome = _call(services, provisioner_name, ctx, action=action)
+    check = readback.read_back(services, provisioner_name, ctx, step=REVOKE) if outcome["ok"] else None
     with unit_of_work(session):
         request, permission, _ = _load(session, services, request_id)
-        transition(session, request_id,
-                   event=Event.REVOKE_FINISHED if outcome["ok"] else Event.REVOKE_FAILED,
-                   provisioning=_record(session, request, permission, {action: outcome},
-                                        origin=origin, now=now),
-                   provisioning_started_at=now)
+        record = _record(session, request, permission, {action: outcome}, origin=origin, now=now)
+        previous, columns = record.get(readback.record_key(REVOKE)), {"verify_due_at": None}
+        if check is not None:
+            record, more, check = readback.settle(record, check, step=REVOKE, now=now)
+            columns.update(more)
+        done = outcome["ok"] and readback.revoke_done(check)
+        if transition(session, request_id,
+                      event=Event.REVOKE_FINISHED if done else Event.REVOKE_FAILED,
+                      provisioning=record, provisioning_started_at=now, **columns) and check:
+            readback.report(session, request_id, check, step=REVOKE,
+                            provisioner=permission.provisioner, previous=previous,
+                            origin=origin, now=now)
 
 
 def recover(session: Session, services: Services, *, origin: audit.Origin, now: datetime,

@@ -8,6 +8,7 @@ import threading
 from security_api import audit
 from security_api.access.lifecycle import expire_due
 from security_api.access.provisioning import recover
+from security_api.access.readback_retry import retry_grant_readbacks
 from security_api.clock import utcnow
 from security_api.integrations.outbox_delivery import deliver_due
 from security_api.services import Services
@@ -28,6 +29,8 @@ def reap_once(services: Services) -> int:
                 break
         # Claims left by a crashed worker: abandoned grants fail, owed revokes run again.
         recover(session, services, origin=origin, now=utcnow())
+        # Grants whose read-back could not be made right after the call (see readback.py).
+        retry_grant_readbacks(session, services, origin=origin, now=utcnow())
     deliver_due(services)  # notifications owed, including any a crashed worker left
     return total
 

@@ -57,6 +57,8 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
         "approvals": approvals[r.id], "expires_at": isoformat(r.expires_at),
         "ended_at": isoformat(r.ended_at), "provisioning": r.provisioning,
         "extends": r.extends_id, "extended_by": extended_by[r.id],
+        "verified_at": {"grant": isoformat(r.grant_verified_at),
+                        "revoke": isoformat(r.revoke_verified_at)},
     } for r in requests]
 
 

@@ -41,6 +41,7 @@ class Event(StrEnum):
     GRANT_FINISHED = "grant_finished"
     GRANT_FAILED = "grant_failed"
     RECOVER = "recover"  # the worker running the grant is gone (its lease lapsed)
+    VERIFY_ABSENT = "verify_absent"  # a late read-back found the active grant missing
     REVOKE = "revoke"
     EXPIRE = "expire"
     END_INELIGIBLE = "end_ineligible"  # deactivated, or the role no longer allows it
@@ -94,6 +95,7 @@ MOVES: tuple[Move, ...] = (
     Move(Event.GRANT_FINISHED, (RS.GRANTING,), RS.ACTIVE),
     Move(Event.GRANT_FAILED, (RS.GRANTING,), RS.FAILED),
     Move(Event.RECOVER, (RS.GRANTING,), RS.FAILED, owes_revoke=True),
+    Move(Event.VERIFY_ABSENT, (RS.ACTIVE,), RS.FAILED, owes_revoke=True),
     Move(Event.REVOKE, (RS.ACTIVE,), RS.REVOKED, owes_revoke=True,
          refusal=("The grant is not active.", "request_not_active")),
     Move(Event.EXPIRE, (RS.ACTIVE,), RS.EXPIRED, owes_revoke=True),

@@ -16,6 +16,15 @@ MAX_JUSTIFICATION = 1000
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 WHITESPACE_RUNS = re.compile(r"\s+")
 PENDING, DECIDED = "request.pending", "request.decided"
+# A read-back contradicted a grant or a revoke, or could not be made (see access/readback.py).
+VERIFY_FAILED = "provisioning.verify_failed"
+READBACK_WORDS = {
+    ("grant", "contradicted"): "was not found at the target after the grant; the grant failed "
+                               "and was undone",
+    ("revoke", "contradicted"): "is still present at the target after the revoke; the revoke "
+                                "is retried",
+    ("grant", "unavailable"): "could not be read back after the grant; it stays unverified",
+    ("revoke", "unavailable"): "could not be read back after the revoke; it stays unverified"}
 STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
 
@@ -87,8 +96,23 @@ def decided_chat(request: dict, *, link: str) -> str:
             + f"\nJustification: {slack_escape(_justification(request))}\n<{link}|View request>")
 
 
+def verify_failed_texts(request: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (mail subject, mail body, chat text) for a read-back that did not confirm."""
+    readback = request.get("readback") if isinstance(request.get("readback"), dict) else {}
+    words = READBACK_WORDS.get((readback.get("step"), readback.get("outcome")),
+                               "could not be confirmed at the target")
+    what = f"{_requester(request)}'s access to {clean(request.get('permission'))}"
+    subject = f"{SUBJECT_PREFIX} read-back failed: {what}"
+    body = f"{what} {words}.\n\nDetails: {link}\n"
+    chat = (f"*Provisioning read-back failed*: {slack_escape(what)} {slack_escape(words)}\n"
+            f"<{link}|View request>")
+    return subject, body, chat
+
+
 def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
     """Return (mail subject, mail body, chat text) of one notification kind."""
+    if kind == VERIFY_FAILED:
+        return verify_failed_texts(request, link=link)
     if kind == PENDING:
         return (pending_subject(request), pending_body(request, link=link),
                 pending_chat(request, link=link))

@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session
 
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
-from security_api.integrations.notify_texts import DECIDED, PENDING
+from security_api.integrations.notify_texts import DECIDED, PENDING, VERIFY_FAILED
 from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
-# failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED)
+# failed, cancelled, revoked or expired. VERIFY_FAILED: the requester (and the channel), a
+# read-back contradicted a grant or a revoke. The kinds are the notifier's: it renders each.
+KINDS = (PENDING, DECIDED, VERIFY_FAILED)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"
@@ -61,6 +62,14 @@ def requests_ended(session: Session, request_ids: list[str]) -> None:
     """Requests the system ended (expired, or cancelled/revoked for ineligibility): tell each requester."""
     for request_id in request_ids:
         _tell_requester(session, _fresh(session, request_id))
+
+
+def readback_failed(session: Session, request_id: str, *, step: str, outcome: str) -> None:
+    """A read-back contradicted the grant or revoke (or could not be made): tell the requester."""
+    request = _fresh(session, request_id)
+    email = session.scalar(select(User.email).where(User.id == request.requester_id))
+    rendered = {**_rendered(session, request), "readback": {"step": step, "outcome": outcome}}
+    enqueue(session, VERIFY_FAILED, {"request": rendered, "recipients": [email] if email else []})
 
 
 def _tell_requester(session: Session, request: AccessRequest) -> None:

@@ -13,12 +13,12 @@ if the config, the params or the requester's address changed since the grant.
 
 Credentials come from the standard AWS chain (environment, instance or task role), never
 from this service's database. IAM needs ec2:AuthorizeSecurityGroupIngress,
-ec2:RevokeSecurityGroupIngress and ec2:DescribeSecurityGroups on the group.
+ec2:RevokeSecurityGroupIngress and ec2:DescribeSecurityGroups on the group. Read-back
+looks for a rule with this request's marker (_aws_security_group_rules, shared with drift).
 """
 from __future__ import annotations
 
 import ipaddress
-import re
 import threading
 from typing import Annotated, ClassVar, Literal
 
@@ -28,6 +28,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
 from security_api.errors import InvalidParams
+from security_api.provisioners._aws_security_group_rules import (
+    DISALLOWED_DESCRIPTION_CHARS,
+    describe_rule,
+    error_code,
+    marker,
+    range_of,
+    rules_of_request,
+)
 from security_api.provisioners.base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
 GROUP_ID = r"^sg-[0-9a-f]{8,17}$"
@@ -40,8 +48,6 @@ PORTS_PROBLEM = (f"must be a list of 1 to {MAX_PORT_RANGES} ports (1-65535) "
 MAX_DESCRIPTION = 255
 # A personal access is one address or a small network, never a large part of the internet.
 MIN_PREFIX = {4: 16, 6: 48}
-# AWS accepts only these characters in a rule description; the rest become "_".
-DISALLOWED_DESCRIPTION_CHARS = re.compile(r"[^a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]")
 DUPLICATE = "InvalidPermission.Duplicate"
 NOT_FOUND = "InvalidPermission.NotFound"
 
@@ -140,17 +146,24 @@ class AwsSecurityGroupProvisioner(Provisioner):
             (opened if created else already_open).append(permission)
         return {"provisioner": self.name, "group_id": config["group_id"], "cidr": cidr,
                 "protocol": config["protocol"], "ports": config["ports"],
-                "already_open": [_range_of(p) for p in already_open]}
+                "already_open": [range_of(p) for p in already_open]}
 
     def revoke(self, ctx: GrantContext) -> dict:
         """Remove every rule of the group that this request created (see the module doc)."""
         config = self._config_for(ctx)
         client = self._client(config)
-        ours = _rules_of_request(client, config["group_id"], marker=_marker(ctx.request_id))
+        ours = rules_of_request(client, config["group_id"], request_id=ctx.request_id)
         for permission in ours:
             _revoke(client, config["group_id"], permission)
         return {"provisioner": self.name, "group_id": config["group_id"],
-                "removed": [_describe_rule(p) for p in ours]}
+                "removed": [describe_rule(p) for p in ours]}
+
+    def is_present(self, ctx: GrantContext) -> bool:
+        """Whether the group holds a rule tagged with this request (not merely the address:
+        someone else's rule opening it is not a grant this service made or can take back)."""
+        config = self._config_for(ctx)
+        return bool(rules_of_request(self._client(config), config["group_id"],
+                                     request_id=ctx.request_id))
 
     def _config_for(self, ctx: GrantContext) -> dict:
         # The stored config was checked when saved; check again in case it was edited by hand.
@@ -217,14 +230,10 @@ def checked_cidr(value) -> str:
 
 def rule_description(ctx: GrantContext, config: dict) -> str:
     """Return the rule description: the request marker first, so truncation never cuts it."""
-    text = f"{_marker(ctx.request_id)} for {ctx.requester}"
+    text = f"{marker(ctx.request_id)} for {ctx.requester}"
     if config.get("description"):
         text += f": {config['description']}"
     return DISALLOWED_DESCRIPTION_CHARS.sub("_", text)[:MAX_DESCRIPTION]
-
-
-def _marker(request_id: str) -> str:
-    return DISALLOWED_DESCRIPTION_CHARS.sub("_", f"security-api request {request_id}")
 
 
 def _grant_cidr(ctx: GrantContext) -> str:
@@ -260,9 +269,9 @@ def _authorize(client, group_id: str, permission: dict) -> bool:
     try:
         client.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[permission])
     except ClientError as exc:
-        if _error_code(exc) == DUPLICATE:
+        if error_code(exc) == DUPLICATE:
             return False
-        raise ProvisioningError(f"AWS {_error_code(exc)}") from None
+        raise ProvisioningError(f"AWS {error_code(exc)}") from None
     except BotoCoreError as exc:
         raise ProvisioningError(f"AWS {type(exc).__name__}") from None
     return True
@@ -273,8 +282,8 @@ def _revoke(client, group_id: str, permission: dict) -> None:
         client.revoke_security_group_ingress(GroupId=group_id, IpPermissions=[permission])
     except ClientError as exc:
         # Already gone (a racing revoke, a human): the goal is reached.
-        if _error_code(exc) != NOT_FOUND:
-            raise ProvisioningError(f"AWS {_error_code(exc)}") from None
+        if error_code(exc) != NOT_FOUND:
+            raise ProvisioningError(f"AWS {error_code(exc)}") from None
     except BotoCoreError as exc:
         raise ProvisioningError(f"AWS {type(exc).__name__}") from None
 
@@ -285,45 +294,3 @@ def _close_quietly(client, group_id: str, permissions: list[dict]) -> None:
             _revoke(client, group_id, permission)
         except ProvisioningError:
             pass  # The grant error is what gets reported; the rule is tagged for a later revoke.
-
-
-def _rules_of_request(client, group_id: str, *, marker: str) -> list[dict]:
-    """Return the group's ingress rules whose description names this request."""
-    try:
-        answer = client.describe_security_groups(GroupIds=[group_id])
-    except ClientError as exc:
-        raise ProvisioningError(f"AWS {_error_code(exc)}") from None
-    except BotoCoreError as exc:
-        raise ProvisioningError(f"AWS {type(exc).__name__}") from None
-    ours = []
-    for group in answer.get("SecurityGroups", []):
-        for rule in group.get("IpPermissions", []):
-            ours.extend(_own_ranges(rule, marker=marker))
-    return ours
-
-
-def _own_ranges(rule: dict, *, marker: str) -> list[dict]:
-    def is_ours(entry: dict) -> bool:
-        description = entry.get("Description") or ""
-        return description == marker or description.startswith(marker + " ")
-
-    base = {key: rule[key] for key in ("IpProtocol", "FromPort", "ToPort") if key in rule}
-    ranges = [{**base, "IpRanges": [{"CidrIp": r["CidrIp"]}]}
-              for r in rule.get("IpRanges", []) if is_ours(r)]
-    ranges += [{**base, "Ipv6Ranges": [{"CidrIpv6": r["CidrIpv6"]}]}
-               for r in rule.get("Ipv6Ranges", []) if is_ours(r)]
-    return ranges
-
-
-def _describe_rule(permission: dict) -> dict:
-    ranges = permission.get("IpRanges") or permission.get("Ipv6Ranges")
-    cidr = ranges[0].get("CidrIp") or ranges[0].get("CidrIpv6")
-    return {"cidr": cidr, "protocol": permission.get("IpProtocol"), **_range_of(permission)}
-
-
-def _range_of(permission: dict) -> dict:
-    return {"from": permission.get("FromPort"), "to": permission.get("ToPort")}
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code") or "ClientError")[:100]

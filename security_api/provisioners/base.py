@@ -1,4 +1,4 @@
-"""What every provisioner offers: its config and params models, grant, revoke.
+"""What every provisioner offers: its config and params models, grant, revoke, read-back.
 
 Adding a provisioner is one new module in this package: it subclasses `Provisioner`, which
 registers the class under its `name`, and `provisioners/__init__.py` finds the module by
@@ -120,6 +120,17 @@ class Provisioner(ABC):
     @abstractmethod
     def revoke(self, ctx: GrantContext) -> dict:
         """Take the access back; return a JSON-able result; raise ProvisioningError on failure."""
+
+    def is_present(self, ctx: GrantContext) -> bool | None:
+        """Read the target back: is this request's access there right now?
+
+        Run after each grant (it must be there) and each revoke (it must be gone): a call that
+        answered 2xx is trusted only once the target agrees. None means this provisioner
+        cannot read back (the default, so a new provisioner need not); raise ProvisioningError
+        when the target could not be read (unreachable, a bad answer): that proves nothing
+        either way, and the read-back is tried again later.
+        """
+        return None
 
 
 def _problem(model: type[BaseModel], field_name: str, error: dict) -> str:

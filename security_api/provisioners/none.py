@@ -16,3 +16,8 @@ class NoneProvisioner(Provisioner):
     def revoke(self, ctx: GrantContext) -> dict:
         """Nothing to undo outside."""
         return {"provisioner": self.name}
+
+    def is_present(self, ctx: GrantContext) -> None:
+        """Nothing outside to read back: the request's own record is the whole grant, so
+        calling it verified would claim a check that never happened."""
+        return None

@@ -11,6 +11,10 @@ A receiver must recompute the HMAC over the raw body (constant-time compare), an
 events whose timestamp is older than a few minutes. The timestamp header is not signed
 itself; ``sent_at`` inside the signed body is, so compare the two. Treat
 ``(request_id, event)`` as the idempotency key: a replay within the window must do no harm.
+
+Read-back: with an optional ``status_url`` in the config, the service asks the receiver after
+each grant and revoke whether the access is there (see `_webhook_status` for the signed GET
+and the ``{"present": bool}`` answer). Without one, the webhook cannot be read back.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pydantic import AfterValidator, ConfigDict, Field, RootModel, StrictBool, S
 
 from security_api.clock import epoch, isoformat, utcnow
 from security_api.errors import InvalidParams
+from security_api.provisioners._webhook_status import read_status
 from security_api.provisioners.base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
 SIGNATURE_HEADER = "X-Security-API-Signature"
@@ -80,11 +85,15 @@ class WebhookConfig(ProvisionerModel):
 
     problems: ClassVar[dict[str, str]] = {
         "url": URL_PROBLEM,
+        "status_url": URL_PROBLEM,
         "headers": f"must be an object of at most {MAX_HEADERS} one-line string headers "
                    "with valid names"}
 
     url: Annotated[StrictStr, Field(min_length=1, max_length=MAX_URL_LENGTH),
                    AfterValidator(_checked_url)]
+    # Where to read a grant back (GET, {"present": bool}); none: the webhook is not read back.
+    status_url: Annotated[StrictStr, Field(min_length=1, max_length=MAX_URL_LENGTH),
+                          AfterValidator(_checked_url)] | None = None
     # null is read as no headers, as before.
     headers: Annotated[dict[HeaderName, HeaderValue] | None, Field(max_length=MAX_HEADERS),
                        AfterValidator(_unreserved)] = Field(default_factory=dict)
@@ -116,11 +125,25 @@ class WebhookProvisioner(Provisioner):
         """POST the revoke event; anything but a 2xx answer is a failure."""
         return self._send("revoke", ctx)
 
-    def _send(self, event: str, ctx: GrantContext) -> dict:
+    def is_present(self, ctx: GrantContext) -> bool | None:
+        """Ask the config's status_url; None without one (nothing to read back)."""
+        config = self._config_for(ctx)
+        if not config.get("status_url"):
+            return None
+        secret = self._secret()
+        return read_status(config["status_url"], request_id=ctx.request_id,
+                           headers=config["headers"], sign=lambda data: sign(data, secret=secret),
+                           timeout=self.settings.provisioner_timeout_seconds)
+
+    def _secret(self) -> str:
         secret = self.settings.webhook_signing_secret
         if not secret:
             # Unsigned events would let anyone who can reach the receiver forge grants.
             raise ProvisioningError("WEBHOOK_SIGNING_SECRET is not set")
+        return secret
+
+    def _send(self, event: str, ctx: GrantContext) -> dict:
+        secret = self._secret()
         config = self._config_for(ctx)
         now = utcnow()
         body = event_body(event, ctx, sent_at=isoformat(now))

@@ -171,6 +171,11 @@ class ApprovalOut(BaseModel):
     at: str
 
 
+class VerifiedAtOut(BaseModel):
+    grant: str | None = Field(description="the grant was read back present at the target")
+    revoke: str | None = Field(description="the revoke (or cleanup) was read back: gone")
+
+
 class RequestOut(BaseModel):
     id: str
     requester: str
@@ -186,11 +191,16 @@ class RequestOut(BaseModel):
     approvals: list[ApprovalOut]
     expires_at: str | None
     ended_at: str | None
-    provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
     extends: str | None = Field(
         description="The grant this request asked to extend (POST .../extend), else null.")
     extended_by: list[str] = Field(
         description="Ids of the extensions asked for this request, oldest first.")
+    provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at; "
+                               "verify_grant/verify_revoke: the last read-back of each step "
+                               "(outcome, error, at, attempts).")
+    verified_at: VerifiedAtOut = Field(description="When the target confirmed the grant and the "
+                                       "revoke (read-back); null until confirmed, and always "
+                                       "null for a provisioner that cannot read back.")
 
 
 class RequestEnvelope(BaseModel):

@@ -25,6 +25,7 @@ def timeline(view: dict, access_request: AccessRequest, approvers: list[str]) ->
     events += _decisions(view)
     events += _under_way(view, access_request.status, approvers)
     events += _outcome(view)
+    events += _readback(view)
     events += _failed_removal(view)
     for event in events:
         event["when"] = when(event["at"]) if event["at"] else ""
@@ -75,6 +76,25 @@ def _outcome(view: dict) -> list[dict]:
     if status == RequestStatus.EXPIRED:
         events.append({"at": view["ended_at"] or view["expires_at"], "kind": "expired",
                        "text": _("Expired")})
+    return events
+
+
+def _readback(view: dict) -> list[dict]:
+    """What the target said when it was read back after the grant and after the removal."""
+    verified = view.get("verified_at") or {}
+    events = []
+    if verified.get("grant"):
+        events.append({"at": verified["grant"], "kind": "verified",
+                       "text": _("Verified at the target: the access is in place")})
+    if (view["provisioning"].get("verify_grant") or {}).get("outcome") == "contradicted":
+        events.append({"at": view["provisioning"]["verify_grant"].get("at"), "kind": "failed",
+                       "text": _("Not found at the target after setting it up: undone")})
+    if verified.get("revoke"):
+        events.append({"at": verified["revoke"], "kind": "verified",
+                       "text": _("Verified at the target: the access is removed")})
+    elif (view["provisioning"].get("verify_revoke") or {}).get("outcome") == "contradicted":
+        events.append({"at": view["provisioning"]["verify_revoke"].get("at"), "kind": "failed",
+                       "text": _("Still present at the target after removing it (it is retried)")})
     return events
 
 
