@@ -94,6 +94,18 @@ class AuditAction(StrEnum):
     USER_UNLOCKED = "user.unlocked"
     STARTUP_TASK_SUCCEEDED = "startup.task_succeeded"
     STARTUP_TASK_FAILED = "startup.task_failed"
+    # Drift (access/drift.py): a new finding, one no longer seen, a repair and a failed one.
+    DRIFT_FOUND = "drift.found"
+    DRIFT_RESOLVED = "drift.resolved"
+    DRIFT_FIXED = "drift.fixed"
+    DRIFT_FIX_FAILED = "drift.fix_failed"
+
+
+class DriftKind(StrEnum):
+    # An active grant whose entry is not at the target.
+    MISSING = "missing"
+    # An entry this service made (its marker) that no active grant explains.
+    ORPHANED = "orphaned"
 
 
 class FailureReason(StrEnum):

@@ -16,6 +16,10 @@ MAX_JUSTIFICATION = 1000
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 WHITESPACE_RUNS = re.compile(r"\s+")
 PENDING, DECIDED = "request.pending", "request.decided"
+# A new drift finding (access/drift.py); its payload is the finding, not a request.
+DRIFT = "drift.found"
+DRIFT_WORDS = {"missing": "an active grant is missing at its target",
+               "orphaned": "an entry this service made has no active grant"}
 STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
 
@@ -87,8 +91,27 @@ def decided_chat(request: dict, *, link: str) -> str:
             + f"\nJustification: {slack_escape(_justification(request))}\n<{link}|View request>")
 
 
+def drift_texts(finding: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (mail subject, mail body, chat text) of a new drift finding."""
+    kind = clean(finding.get("kind"))
+    what = DRIFT_WORDS.get(kind, kind)
+    subject = f"{SUBJECT_PREFIX} Drift: {what} ({clean(finding.get('provisioner'))})"
+    facts = [f"Kind: {kind}", f"Provisioner: {clean(finding.get('provisioner'))}",
+             f"Target: {clean(finding.get('target'))}",
+             f"Permission: {clean(finding.get('permission')) or '(none)'}",
+             f"Request: {clean(finding.get('request_id')) or '(none)'}",
+             f"Entry: {clean(finding.get('description'), limit=MAX_JUSTIFICATION)}"]
+    body = "\n".join([f"Drift found: {what}.", "", *facts, "",
+                      f"Review and fix: {link}"]) + "\n"
+    chat = (f"*Drift found*: {slack_escape(what)}\n"
+            + "\n".join(slack_escape(fact) for fact in facts) + f"\n<{link}|Review drift>")
+    return subject, body, chat
+
+
 def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
     """Return (mail subject, mail body, chat text) of one notification kind."""
+    if kind == DRIFT:
+        return drift_texts(request, link=link)
     if kind == PENDING:
         return (pending_subject(request), pending_body(request, link=link),
                 pending_chat(request, link=link))

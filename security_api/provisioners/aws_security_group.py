@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
 from security_api.errors import InvalidParams
+from security_api.provisioners._aws_inventory import SecurityGroupInventory
 from security_api.provisioners.base import GrantContext, Provisioner, ProvisionerModel, ProvisioningError
 
 GROUP_ID = r"^sg-[0-9a-f]{8,17}$"
@@ -114,7 +115,7 @@ class SecurityGroupParams(ProvisionerModel):
     cidr: Annotated[object, AfterValidator(canonical_network)] = None
 
 
-class AwsSecurityGroupProvisioner(Provisioner):
+class AwsSecurityGroupProvisioner(SecurityGroupInventory, Provisioner):
     """Authorizes, then revokes, ingress for one address on configured ports."""
 
     name = "aws_security_group"
