@@ -20,6 +20,7 @@ from security_api.integrations.outbox_delivery import deliver_due
 from security_api.models import AuditEvent, OutboxMessage
 from security_api.startup import run_startup_tasks
 from tests.conftest import bearer
+from tests.portal_support import post_form, signed_in_client
 from tests.receivers import serving
 from tests.servers import ingress
 
@@ -272,3 +273,23 @@ def test_without_an_inspectable_permission_there_is_nothing_to_compare(make_app)
         session.commit()
     report = drift.scan(services, actor="test", origin=audit.Origin())
     assert (report.findings, report.errors) == ([], [])
+
+
+def test_the_portal_page_lists_drift_and_its_form_fixes_it(drift_app, client, people, ec2,
+                                                           group_id, make_user, db_session):
+    ids = _seed(ec2, group_id, client, people)
+    person = signed_in_client(drift_app, make_user("carol"))
+    assert person.get("/portal/admin/drift").status_code == 403
+    admin = signed_in_client(drift_app, make_user("boss", role="security", subrole="admin"))
+    page = admin.get("/portal/admin/drift")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert ids["bob"] in html and GHOST in html and "10.1.0.0/16" not in html
+    # Without the form's CSRF token nothing is fixed.
+    assert admin.post("/portal/admin/drift/fix").status_code == 400
+    assert _audited(db_session, "drift.fixed") == 0
+    done = post_form(admin, "/portal/admin/drift/fix", token_from="/portal/admin/drift")
+    assert done.status_code == 302
+    assert _audited(db_session, "drift.fixed") == 2
+    after = admin.get("/portal/admin/drift", headers={"Accept-Language": "es"})
+    assert "Cada concesión activa está en su destino." in after.get_data(as_text=True)

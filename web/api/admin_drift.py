@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from flask_api_functions import (
     ADMIN_PERMISSION,
     current_principal,
+    db,
     origin,
     require_permission,
     respond,
@@ -18,6 +19,7 @@ from security_api.access import drift, drift_fix
 from security_api.access.drift_findings import Finding
 from security_api.clock import isoformat
 from security_api.enums import DriftKind
+from security_api.unit_of_work import end_reads
 from web.api import schemas
 from web.api.inputs import read_json
 from web.api.openapi import documented
@@ -68,6 +70,12 @@ class DriftFixOut(DriftOut):
                     "now explains the entry); the next scan resolves it.")
 
 
+def _actor() -> str:
+    actor = current_principal().account.username
+    end_reads(db())  # no transaction of this request stays open while the targets are read
+    return actor
+
+
 def _items(findings: list[Finding]) -> list[dict]:
     return [finding.as_json() for finding in findings]
 
@@ -90,8 +98,7 @@ def _lists(report: drift.ScanReport) -> dict:
 @require_permission(ADMIN_PERMISSION)
 def get_drift():
     """Scan and list the open drift findings."""
-    report = drift.scan(services(), actor=current_principal().account.username,
-                        origin=origin())
+    report = drift.scan(services(), actor=_actor(), origin=origin())
     return respond(None, **_lists(report))
 
 
@@ -107,8 +114,7 @@ def get_drift():
 def fix_drift():
     """Repair every open finding the provisioner can reach."""
     read_json(schemas.EmptyBody)
-    report = drift_fix.fix(services(), actor=current_principal().account.username,
-                           origin=origin())
+    report = drift_fix.fix(services(), actor=_actor(), origin=origin())
     outcome = {result: [{**o.finding.as_json(), "reason": o.reason} for o in report.having(result)]
                for result in ("failed", "skipped")}
     fixed = _items([o.finding for o in report.having("fixed")])
