@@ -18,6 +18,7 @@ from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.integrations.outbox_delivery import deliver_due
 from security_api.models import AuditEvent, OutboxMessage
+from security_api.provisioners._aws_inventory import _marked_entries
 from security_api.startup import run_startup_tasks
 from tests.conftest import bearer
 from tests.portal_support import post_form, signed_in_client
@@ -293,3 +294,18 @@ def test_the_portal_page_lists_drift_and_its_form_fixes_it(drift_app, client, pe
     assert _audited(db_session, "drift.fixed") == 2
     after = admin.get("/portal/admin/drift", headers={"Accept-Language": "es"})
     assert "Cada concesión activa está en su destino." in after.get_data(as_text=True)
+
+
+def test_only_rules_with_the_marker_are_read_as_ours():
+    rule = {"IpProtocol": "-1", "IpRanges": [
+        {"CidrIp": "10.0.0.0/8", "Description": "office"},
+        {"CidrIp": "10.2.0.0/16"},
+        {"CidrIp": "10.3.0.0/16", "Description": "security-api request " + "x" * 300},
+        {"CidrIp": "10.4.0.0/16", "Description": "security-api request "}],
+        "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/48",
+                        "Description": "security-api request abc for eve: db"}]}
+    entries = _marked_entries("eu-west-1/sg-0123abcd", {}, rule)
+    assert [(e.request_id, e.ref["cidr"]) for e in entries] == [
+        ("x" * 128, "10.3.0.0/16"), ("abc", "2001:db8::/48")]
+    assert entries[1].ref == {"region": "eu-west-1", "group_id": "sg-0123abcd", "protocol": "-1",
+                              "from": None, "to": None, "cidr": "2001:db8::/48"}

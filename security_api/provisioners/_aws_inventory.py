@@ -18,6 +18,8 @@ from security_api.provisioners.base import Entry, ProvisioningError
 # Must match aws_security_group._marker (a test grants a rule and reads it back through this).
 MARKER_PREFIX = "security-api request "
 NOT_FOUND = "InvalidPermission.NotFound"
+# Request ids are UUIDs; a description someone wrote by hand may name anything, so cap it.
+MAX_REQUEST_ID = 128
 
 
 class SecurityGroupInventory:
@@ -51,7 +53,10 @@ class SecurityGroupInventory:
     def remove(self, ref: dict) -> None:
         """Revoke exactly the one range `ref` names; already gone is fine."""
         client = self._client({"region": ref["region"]})
-        permission = {"IpProtocol": ref["protocol"], "FromPort": ref["from"], "ToPort": ref["to"]}
+        permission = {"IpProtocol": ref["protocol"]}
+        # An all-traffic rule (protocol -1) has no ports; AWS refuses them named as None.
+        permission.update({name: ref[key] for name, key in (("FromPort", "from"), ("ToPort", "to"))
+                           if ref[key] is not None})
         if ":" in ref["cidr"]:
             permission["Ipv6Ranges"] = [{"CidrIpv6": ref["cidr"]}]
         else:
@@ -72,7 +77,7 @@ def _marked_entries(target: str, config: dict, rule: dict) -> list[Entry]:
     for cidr, description in ranges:
         if not description.startswith(MARKER_PREFIX):
             continue
-        request_id = description[len(MARKER_PREFIX):].split(" ", 1)[0]
+        request_id = description[len(MARKER_PREFIX):].split(" ", 1)[0][:MAX_REQUEST_ID]
         if not request_id or not cidr:
             continue
         region, group_id = target.split("/", 1)
