@@ -104,6 +104,18 @@ class AuditAction(StrEnum):
     STARTUP_TASK_FAILED = "startup.task_failed"
     # stepup: a risky action refused for want of a good step-up code (details: reason, purpose).
     STEP_UP_REFUSED = "step_up.refused"
+    # Drift (access/drift.py): a new finding, one no longer seen, a repair and a failed one.
+    DRIFT_FOUND = "drift.found"
+    DRIFT_RESOLVED = "drift.resolved"
+    DRIFT_FIXED = "drift.fixed"
+    DRIFT_FIX_FAILED = "drift.fix_failed"
+
+
+class DriftKind(StrEnum):
+    # An active grant whose entry is not at the target.
+    MISSING = "missing"
+    # An entry this service made (its marker) that no active grant explains.
+    ORPHANED = "orphaned"
 
 
 class FailureReason(StrEnum):

@@ -63,6 +63,18 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest notification not delivered yet (0 when none); alert when it grows.",
     multiprocess_mode="mostrecent")
 
+# Open drift findings as the last scan or fix of any worker left them (the database's count).
+DRIFT_ITEMS = Gauge(
+    "security_api_drift_items", "Open drift findings by kind: missing (an active grant not at "
+    "its target), orphaned (an entry this service made that no active grant explains).",
+    ["kind"], multiprocess_mode="mostrecent")
+
+
+def observe_drift(counts: dict[str, int]) -> None:
+    """Record the open drift findings per kind (every kind, 0 when none)."""
+    for kind in ("missing", "orphaned"):
+        DRIFT_ITEMS.labels(kind=kind).set(counts.get(kind, 0))
+
 
 def count_outbox_delivered() -> None:
     """Count one notification delivered."""

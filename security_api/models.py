@@ -313,3 +313,6 @@ class OutboxMessage(Base):
     sent_channels: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     last_error: Mapped[str | None] = mapped_column(String(200))
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+
+from security_api.access.drift_models import DriftFinding, DriftSchedule  # noqa: E402,F401

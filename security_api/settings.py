@@ -60,6 +60,8 @@ class Settings:
     smtp_starttls: bool = True
     public_base_url: str = "http://127.0.0.1:16381"
     reaper_interval_seconds: int = 60
+    # A drift scan (access/drift.py) from the reaper at most this often, cluster-wide; 0: never.
+    drift_interval_seconds: int = 3600
     # Deployment: proxies in front of the service, and tasks run once per instance at start.
     trusted_proxy_count: int = 0
     startup_tasks: tuple[str, ...] = ()

@@ -111,6 +111,9 @@ ENDPOINTS = {
                               audited=AuditAction.POLICY_UPDATED),
     "policy-delete": Endpoint("DELETE", "/v1/admin/policies/<rule_id:rule_id>",
                               audited=AuditAction.POLICY_DELETED),
+    # drift (the world's permissions use `none`: nothing to find, so nothing to fix or write)
+    "drift-list": Endpoint("GET", "/v1/admin/drift"),
+    "drift-fix": Endpoint("POST", "/v1/admin/drift/fix", body={}),
     # the audit log
     "audit-list": Endpoint("GET", "/v1/audit"),
     "audit-export": Endpoint("GET", "/v1/audit/export"),
@@ -159,6 +162,8 @@ MATRIX = {
     "policy-detail":       (OK,    NO,     NO,     NO,     NO,     ANON),
     "policy-update":       (OK,    NO,     NO,     NO,     NO,     ANON),
     "policy-delete":       (OK,    NO,     NO,     NO,     NO,     ANON),
+    "drift-list":          (OK,    NO,     NO,     NO,     NO,     ANON),
+    "drift-fix":           (OK,    NO,     NO,     NO,     NO,     ANON),
     "audit-list":          (OK,    OK,     NO,     NO,     NO,     ANON),
     "audit-export":        (OK,    OK,     NO,     NO,     NO,     ANON),
     "audit-verify":        (OK,    OK,     NO,     NO,     NO,     ANON),
@@ -273,6 +278,8 @@ def _check_success_body(endpoint: str, response) -> None:
         assert body["user"]["active"] is False
     elif endpoint == "user-reset-totp":
         assert body["user"]["totp_enabled"] is False
+    elif endpoint in ("drift-list", "drift-fix"):
+        assert (body["missing"], body["orphaned"], body["errors"]) == ([], [], []), body
     elif endpoint == "policy-explain":
         assert body["decision"] == "approval", body
 

@@ -1,11 +1,12 @@
-"""Expire due grants and deliver owed notifications: once from cron (`flask reap`) or in the
-background of each worker."""
+"""Expire due grants, scan for drift when due, and deliver owed notifications: once from cron
+(`flask reap`) or in the background of each worker."""
 from __future__ import annotations
 
 import logging
 import threading
 
 from security_api import audit
+from security_api.access.drift_schedule import scan_if_due
 from security_api.access.lifecycle import expire_due
 from security_api.access.provisioning import recover
 from security_api.access.readback_retry import retry_grant_readbacks
@@ -31,8 +32,17 @@ def reap_once(services: Services) -> int:
         recover(session, services, origin=origin, now=utcnow())
         # Grants whose read-back could not be made right after the call (see readback.py).
         retry_grant_readbacks(session, services, origin=origin, now=utcnow())
+    _scan_drift_if_due(services)
     deliver_due(services)  # notifications owed, including any a crashed worker left
     return total
+
+
+def _scan_drift_if_due(services: Services) -> None:
+    # A target that cannot be read must not stop expiry or the delivery of notifications.
+    try:
+        scan_if_due(services, now=utcnow())
+    except Exception:  # noqa: BLE001 - logged; the next interval tries again
+        log.exception("drift scan failed")
 
 
 def start_background_reaper(services: Services, *, interval_seconds: int) -> threading.Event:

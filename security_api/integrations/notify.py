@@ -15,6 +15,7 @@ import requests
 from security_api.integrations.notify_channels import post_chat, send_mail, valid_recipients
 from security_api.integrations.notify_texts import (
     DECIDED,
+    DRIFT,
     MAX_JUSTIFICATION,
     PENDING,
     SUBJECT_PREFIX,
@@ -62,7 +63,8 @@ class Notifier:
         `delivery_id` (the outbox row's id) goes with each channel so a receiver can drop a
         duplicate (a crash between sending and recording it sends again).
         """
-        subject, body, chat = texts(kind, request, link=self.link(request))
+        link = self.drift_link() if kind == DRIFT else self.link(request)
+        subject, body, chat = texts(kind, request, link=link)
         reached, errors = set(done), []
         if self.settings.notify_webhook_url and "webhook" not in reached:
             try:
@@ -121,6 +123,10 @@ class Notifier:
         if not sent:
             raise NotificationError("no notification channel is configured")
         return sent
+
+    def drift_link(self) -> str:
+        """Return the API address of the drift report."""
+        return f"{self.settings.public_base_url.rstrip('/')}/v1/admin/drift"
 
     def link(self, request: dict) -> str:
         """Return the API address of the request."""

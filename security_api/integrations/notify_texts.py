@@ -25,6 +25,10 @@ READBACK_WORDS = {
                                 "is retried",
     ("grant", "unavailable"): "could not be read back after the grant; it stays unverified",
     ("revoke", "unavailable"): "could not be read back after the revoke; it stays unverified"}
+# A new drift finding (access/drift.py); its payload is the finding, not a request.
+DRIFT = "drift.found"
+DRIFT_WORDS = {"missing": "an active grant is missing at its target",
+               "orphaned": "an entry this service made has no active grant"}
 STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
 
@@ -109,10 +113,29 @@ def verify_failed_texts(request: dict, *, link: str) -> tuple[str, str, str]:
     return subject, body, chat
 
 
+def drift_texts(finding: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (mail subject, mail body, chat text) of a new drift finding."""
+    kind = clean(finding.get("kind"))
+    what = DRIFT_WORDS.get(kind, kind)
+    subject = f"{SUBJECT_PREFIX} Drift: {what} ({clean(finding.get('provisioner'))})"
+    facts = [f"Kind: {kind}", f"Provisioner: {clean(finding.get('provisioner'))}",
+             f"Target: {clean(finding.get('target'))}",
+             f"Permission: {clean(finding.get('permission')) or '(none)'}",
+             f"Request: {clean(finding.get('request_id')) or '(none)'}",
+             f"Entry: {clean(finding.get('description'), limit=MAX_JUSTIFICATION)}"]
+    body = "\n".join([f"Drift found: {what}.", "", *facts, "",
+                      f"Review and fix: {link}"]) + "\n"
+    chat = (f"*Drift found*: {slack_escape(what)}\n"
+            + "\n".join(slack_escape(fact) for fact in facts) + f"\n<{link}|Review drift>")
+    return subject, body, chat
+
+
 def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
     """Return (mail subject, mail body, chat text) of one notification kind."""
     if kind == VERIFY_FAILED:
         return verify_failed_texts(request, link=link)
+    if kind == DRIFT:
+        return drift_texts(request, link=link)
     if kind == PENDING:
         return (pending_subject(request), pending_body(request, link=link),
                 pending_chat(request, link=link))

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
 from security_api.errors import InvalidParams
+from security_api.provisioners._aws_inventory import SecurityGroupInventory
 from security_api.provisioners._aws_security_group_rules import (
     DISALLOWED_DESCRIPTION_CHARS,
     describe_rule,
@@ -120,7 +121,7 @@ class SecurityGroupParams(ProvisionerModel):
     cidr: Annotated[object, AfterValidator(canonical_network)] = None
 
 
-class AwsSecurityGroupProvisioner(Provisioner):
+class AwsSecurityGroupProvisioner(SecurityGroupInventory, Provisioner):
     """Authorizes, then revokes, ingress for one address on configured ports."""
 
     name = "aws_security_group"

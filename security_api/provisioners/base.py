@@ -39,6 +39,21 @@ class GrantContext:
     expires_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One entry at a target that this service made, as drift detection reads it back.
+
+    `key` names the entry stably from one scan to the next (a finding is recorded once per
+    key); `ref` is what `remove` needs to delete exactly this entry and nothing else.
+    """
+
+    target: str
+    request_id: str
+    key: str
+    description: str
+    ref: dict = field(default_factory=dict)
+
+
 class ProvisionerModel(BaseModel):
     """A config or params shape: unknown keys and wrong types are refused, never coerced.
 
@@ -131,6 +146,25 @@ class Provisioner(ABC):
         either way, and the read-back is tried again later.
         """
         return None
+    # ---- drift (security_api/access/drift.py): only a provisioner that can list what it made
+    # at its target takes part; the others (none, webhook) have nothing to compare.
+    inspectable: ClassVar[bool] = False
+
+    def target_of(self, config: dict) -> str:
+        """Name the target a permission's (validated) config points at, e.g. region/group."""
+        raise NotImplementedError(f"{self.name} is not inspectable")
+
+    def inventory(self, config: dict) -> list[Entry]:
+        """List every entry at the config's target that carries this service's marker."""
+        raise NotImplementedError(f"{self.name} is not inspectable")
+
+    def present(self, config: dict, entries: list[Entry]) -> bool:
+        """Tell whether a grant's own entries (those naming its request) make it whole."""
+        return bool(entries)
+
+    def remove(self, ref: dict) -> None:
+        """Delete exactly the entry `ref` names (an orphan); raise ProvisioningError on failure."""
+        raise NotImplementedError(f"{self.name} is not inspectable")
 
 
 def _problem(model: type[BaseModel], field_name: str, error: dict) -> str:

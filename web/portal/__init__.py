@@ -42,6 +42,7 @@ def init_app(app: Flask) -> None:
         approval_views,
         auth_views,
         catalog_views,
+        drift_views,
         extend_views,
         home_views,
         password_views,
