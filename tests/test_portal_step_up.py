@@ -78,11 +78,11 @@ def test_catalog_asks_for_the_code_only_where_needed(world):
 def test_request_without_or_with_a_wrong_code_is_refused_in_the_page(world, db_session):
     missing = ask(world, "deploy")
     assert missing.status_code == 401
-    assert alerts(missing) == ["This permission needs step-up: send a current code from your "
-                               'authenticator app as "totp".']
+    assert alerts(missing) == ["This permission needs a code from your authenticator app."]
     wrong = ask(world, "deploy", totp="12345")
     assert wrong.status_code == 401
-    assert alerts(wrong) == ["The step-up code is wrong or was already used."]
+    assert alerts(wrong) == ["The code from your authenticator app is wrong or was already "
+                             "used; wait for the next one."]
     assert requests_count(db_session) == 0
 
 
@@ -113,7 +113,8 @@ def test_decision_forms_carry_the_code_field_and_pass_it(world, db_session):
     refused = post_form(lead, f"/portal/requests/{request_id}/approve", {"comment": "ok"},
                         token_from="/portal/approvals")
     assert refused.status_code == 302
-    assert "needs step-up" in page_text(lead.get(refused.headers["Location"]))
+    assert "needs a code from your authenticator app" in page_text(
+        lead.get(refused.headers["Location"]))
     db_session.expire_all()
     assert db_session.get(AccessRequest, request_id).status == "pending"
     approved = post_form(lead, f"/portal/requests/{request_id}/approve",

@@ -11,6 +11,7 @@ import time
 
 import pyotp
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from security_api import audit
@@ -93,12 +94,19 @@ def test_catalog_says_which_permissions_need_step_up(client, world):
         STEPPED: True, PLAIN: False}
 
 
+def refusal_metric(reason: str) -> float:
+    return REGISTRY.get_sample_value("security_api_step_up_refusals_total",
+                                     {"reason": reason}) or 0.0
+
+
 def test_missing_code_is_401_step_up_required_and_nothing_is_created(client, world, db_session):
+    counted = refusal_metric("missing")
     response = create(client, world, STEPPED)
     assert response.status_code == 401
     assert response.json["error"] == "step_up_required"
     assert count(db_session, AccessRequest) == 0
     assert refusals(db_session) == ["missing"]
+    assert refusal_metric("missing") == counted + 1
 
 
 def wrong_code(user) -> str:

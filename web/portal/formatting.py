@@ -95,8 +95,12 @@ DOMAIN_MESSAGES = {
 }
 
 
+# stepup: the API's text for these names the JSON field ("totp"); a page names its own field.
+PORTAL_WORDED = {"step_up_required", "invalid_step_up"}
+
+
 def error_text(code: str, message: str) -> str:
     """Say a domain error in the page's language when its code is a known one."""
-    if str(get_locale()) != "en" and code in DOMAIN_MESSAGES:
+    if code in PORTAL_WORDED or (str(get_locale()) != "en" and code in DOMAIN_MESSAGES):
         return str(DOMAIN_MESSAGES[code])
     return message
