@@ -94,6 +94,11 @@ class AuditAction(StrEnum):
     USER_UNLOCKED = "user.unlocked"
     STARTUP_TASK_SUCCEEDED = "startup.task_succeeded"
     STARTUP_TASK_FAILED = "startup.task_failed"
+    # conflicts: separation of duties (conflict sets) and the requests they refuse
+    REQUEST_REFUSED_CONFLICT = "request.refused_conflict"
+    CONFLICT_CREATED = "conflict.created"
+    CONFLICT_UPDATED = "conflict.updated"
+    CONFLICT_DELETED = "conflict.deleted"
 
 
 class FailureReason(StrEnum):

@@ -49,6 +49,15 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest notification not delivered yet (0 when none); alert when it grows.",
     multiprocess_mode="mostrecent")
 
+CONFLICT_REFUSALS = Counter(
+    "security_api_conflict_refusals", "Requests refused because they would break a conflict set "
+    "(separation of duties), by stage: create, approve, retry, extend.", ["stage"])
+
+
+def count_conflict_refusal(stage: str) -> None:
+    """Count one request refused by a conflict set."""
+    CONFLICT_REFUSALS.labels(stage=stage).inc()
+
 
 def count_outbox_delivered() -> None:
     """Count one notification delivered."""

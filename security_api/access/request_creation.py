@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from security_api import audit, metrics
+from security_api.access import conflicts
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
@@ -32,14 +33,18 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     whose time is up, a claim whose worker is gone) and creates the request; the outside calls
     (their revokes, then the new grant) run after its commit.
     """
-    permission, decision = _requestable(session, requester, permission_key)
+    permission, decision, rivals = _requestable(session, requester, permission_key)
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
-    with unit_of_work(session):
+    with conflicts.refusals_audited(session, stage="create", actor=requester.username,
+                                    target=permission.key, origin=origin, now=now), \
+            unit_of_work(session):
         owed = _end_what_blocks(session, requester.id, permission.key, origin=origin, now=now)
         _refuse_open_request(session, requester.id, permission.key)
+        conflicts.refuse_conflicts(session, requester_id=requester.id,
+                                   permission_key=permission.key, now=now, known_rivals=rivals)
         request = _insert(session, requester, permission.key, decision, justification=justification,
                           params=clean_params, duration=duration, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
@@ -52,17 +57,17 @@ def create_request(session: Session, services: Services, *, requester: Subject,
 
 
 def _requestable(session: Session, subject: Subject,
-                 permission_key: str) -> tuple[Permission, Decision]:
+                 permission_key: str) -> tuple[Permission, Decision, set[str]]:
     if subject.kind != UserKind.PERSON:
         raise Forbidden("Service accounts cannot request permissions.", code="not_requestable")
-    permission = session.get(Permission, permission_key)
+    permission, rivals = conflicts.permission_and_rivals(session, permission_key)
     decision = decision_for(session, subject, permission) if permission else None
     if decision is not None and decision.mode == PolicyMode.STANDING:
         raise Conflict("You hold this permission already (standing).", code="already_held")
     if decision is None or not decision.requestable:
         raise Forbidden("This permission is not requestable for your role.",
                         code="not_requestable")
-    return permission, decision
+    return permission, decision, rivals
 
 
 def _checked_duration(requested: int | None, limit: int) -> int:
