@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from security_api import audit
@@ -163,8 +164,13 @@ def test_routes_are_in_the_openapi_document(world):
 
 
 # ---- enforcement -------------------------------------------------------------------------------
+def _refusals(stage: str) -> float:
+    return REGISTRY.get_sample_value("security_api_conflict_refusals_total", {"stage": stage}) or 0
+
+
 def test_create_is_refused_while_the_other_side_is_held(world, db_session):
     _make_set(world)
+    counted = _refusals("create")
     assert world.ask("bob", "pay-create").json["request"]["status"] == "active"
     refused = world.ask("bob", "pay-approve")
     assert refused.status_code == 409, refused.json
@@ -176,6 +182,7 @@ def test_create_is_refused_while_the_other_side_is_held(world, db_session):
     assert event.actor == "bob" and event.target == "pay-approve"
     assert '"stage":"create"' in event.details and '"conflicts_with":["pay-create"]' in event.details
     assert world.ask("bob", "vpn").status_code == 201  # in no set: never blocked
+    assert _refusals("create") == counted + 1
 
 
 def test_pending_counts_and_a_grant_past_its_end_does_not(world, db_session):
