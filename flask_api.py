@@ -22,6 +22,7 @@ from web import observability, portal, structured_logging
 from web.api import (
     access,
     admin_catalog,
+    admin_conflicts,
     admin_drift,
     admin_users,
     audit,
@@ -65,6 +66,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(access.bp)
     app.register_blueprint(admin_users.bp)
     app.register_blueprint(admin_catalog.bp)
+    app.register_blueprint(admin_conflicts.bp)
     app.register_blueprint(admin_drift.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(docs.bp)

@@ -125,7 +125,7 @@ def _documented_model(status: int) -> type[BaseModel]:
 
 def error_response(exc: ApiError) -> Response:
     """Render a domain error in the envelope, with its status, code and headers."""
-    payload = {"error": exc.code}
+    payload = {**exc.fields, "error": exc.code}
     if exc.errors:
         payload["errors"] = exc.errors
     if exc.status >= 500:

@@ -116,6 +116,11 @@ class DriftKind(StrEnum):
     MISSING = "missing"
     # An entry this service made (its marker) that no active grant explains.
     ORPHANED = "orphaned"
+    # conflicts: separation of duties (conflict sets) and the requests they refuse
+    REQUEST_REFUSED_CONFLICT = "request.refused_conflict"
+    CONFLICT_CREATED = "conflict.created"
+    CONFLICT_UPDATED = "conflict.updated"
+    CONFLICT_DELETED = "conflict.deleted"
 
 
 class FailureReason(StrEnum):

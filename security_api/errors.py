@@ -12,12 +12,16 @@ class ApiError(Exception):
     default_message = "Internal error."
 
     def __init__(self, message: str | None = None, *, code: str | None = None,
-                 errors: list[dict] | None = None, headers: dict | None = None):
+                 errors: list[dict] | None = None, headers: dict | None = None,
+                 fields: dict | None = None):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.code = code or self.code
         self.errors = errors
         self.headers = headers or {}
+        # Named payload fields a client may act on (e.g. `conflicts_with`), documented on
+        # web/api/schemas.Error; never anything secret.
+        self.fields = fields or {}
 
 
 class BadRequest(ApiError):

@@ -315,4 +315,25 @@ class OutboxMessage(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
+# ---- conflict sets (separation of duties) --------------------------------------------------------
+class ConflictSet(Base):
+    """Permissions of which a person may hold or wait for at most one at a time."""
+
+    __tablename__ = "conflict_sets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ConflictSetMember(Base):
+    """One permission of a conflict set; the index on the key makes "which sets?" a look-up."""
+
+    __tablename__ = "conflict_set_members"
+
+    set_name: Mapped[str] = mapped_column(ForeignKey("conflict_sets.name"), primary_key=True)
+    permission_key: Mapped[str] = mapped_column(ForeignKey("permissions.key"), primary_key=True,
+                                                index=True)
+
+
 from security_api.access.drift_models import DriftFinding, DriftSchedule  # noqa: E402,F401

@@ -16,13 +16,14 @@ import pytest
 from sqlalchemy import func, select
 
 from security_api import audit
+from security_api.access.admin_conflicts import set_members
 from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.accounts import users as accounts
 from security_api.accounts.signin_attempts import lock_key
 from security_api.clock import utcnow
 from security_api.db import Base
 from security_api.enums import AuditAction, PolicyMode
-from security_api.models import AuditEvent
+from security_api.models import AuditEvent, ConflictSet
 from tests.conftest import bearer
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
@@ -114,6 +115,16 @@ ENDPOINTS = {
     # drift (the world's permissions use `none`: nothing to find, so nothing to fix or write)
     "drift-list": Endpoint("GET", "/v1/admin/drift"),
     "drift-fix": Endpoint("POST", "/v1/admin/drift/fix", body={}),
+    # conflict sets (separation of duties)
+    "conflicts-list": Endpoint("GET", "/v1/admin/conflicts"),
+    "conflicts-create": Endpoint("POST", "/v1/admin/conflicts",
+                                 body={"name": "new-set", "permissions": ["db", "vpn"]},
+                                 audited=AuditAction.CONFLICT_CREATED),
+    "conflict-detail": Endpoint("GET", "/v1/admin/conflicts/<name>"),
+    "conflict-update": Endpoint("PATCH", "/v1/admin/conflicts/<name>", body={"description": "x"},
+                                audited=AuditAction.CONFLICT_UPDATED),
+    "conflict-delete": Endpoint("DELETE", "/v1/admin/conflicts/<name>",
+                                audited=AuditAction.CONFLICT_DELETED),
     # the audit log
     "audit-list": Endpoint("GET", "/v1/audit"),
     "audit-export": Endpoint("GET", "/v1/audit/export"),
@@ -164,6 +175,11 @@ MATRIX = {
     "policy-delete":       (OK,    NO,     NO,     NO,     NO,     ANON),
     "drift-list":          (OK,    NO,     NO,     NO,     NO,     ANON),
     "drift-fix":           (OK,    NO,     NO,     NO,     NO,     ANON),
+    "conflicts-list":      (OK,    NO,     NO,     NO,     NO,     ANON),
+    "conflicts-create":    (NEW,   NO,     NO,     NO,     NO,     ANON),
+    "conflict-detail":     (OK,    NO,     NO,     NO,     NO,     ANON),
+    "conflict-update":     (OK,    NO,     NO,     NO,     NO,     ANON),
+    "conflict-delete":     (OK,    NO,     NO,     NO,     NO,     ANON),
     "audit-list":          (OK,    OK,     NO,     NO,     NO,     ANON),
     "audit-export":        (OK,    OK,     NO,     NO,     NO,     ANON),
     "audit-verify":        (OK,    OK,     NO,     NO,     NO,     ANON),
@@ -217,6 +233,13 @@ def build_world(app, make_user, actor: str) -> tuple[World, TestUser | None]:
                     mode=PolicyMode.STANDING, **kw)
         ensure_rule(session, permission="security-api.check", role="tools", subrole="ci",
                     mode=PolicyMode.STANDING, **kw)
+        # A conflict set named like the sandbox role (both routes say <name>), of its own permissions.
+        for key in ("left", "right"):
+            ensure_permission(session, key=key, name=key, max_duration_minutes=60,
+                              settings=services.settings, **kw)
+        session.add(ConflictSet(name="sandbox", description="", created_at=kw["now"]))
+        session.flush()
+        set_members(session, "sandbox", ["left", "right"])
         session.commit()
         rule_id = rule.id
     target = make_user(TARGET)

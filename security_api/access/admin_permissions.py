@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from security_api import audit
 from security_api.access import catalog
 from security_api.access.admin_changes import check_changes, commit_or_conflict
+from security_api.access.admin_conflicts import sets_naming
 from security_api.clock import isoformat
 from security_api.enums import AuditAction, RequestStatus
 from security_api.errors import Conflict, InvalidParams, NotFound
@@ -93,12 +94,15 @@ def update_permission(session: Session, *, key: str, changes: dict, settings, ac
 
 def delete_permission(session: Session, *, key: str, actor: str, origin: audit.Origin,
                       now: datetime) -> None:
-    """Delete a permission; 409 for built-ins and while rules or requests refer to it."""
+    """Delete a permission; 409 for built-ins and while rules, conflict sets or requests refer to it."""
     permission = get_permission(session, key=key)
     if permission.builtin:
         raise Conflict(f"{key} is built in and cannot be deleted.", code="builtin_permission")
     if session.scalar(select(exists().where(PolicyRule.permission_key == key))):
         raise Conflict(f"Policy rules still grant {key}.", code="in_use")
+    if sets := sets_naming(session, key):
+        # Quietly shrinking a separation-of-duties rule would weaken it: an admin decides.
+        raise Conflict(f"Conflict set(s) {', '.join(sets)} still name {key}.", code="in_use")
     if session.scalar(select(exists().where(AccessRequest.permission_key == key,
                                             AccessRequest.status.in_(OPEN_STATUSES)))):
         raise Conflict(f"Open access requests still refer to {key}.", code="in_use")

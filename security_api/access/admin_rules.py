@@ -15,6 +15,7 @@ from security_api.access import catalog
 from security_api.access.admin_changes import check_changes, commit_or_conflict
 from security_api.access.admin_permissions import get_permission
 from security_api.access.catalog_schemas import RuleSpec, checked
+from security_api.access.conflicts import explain_conflicts
 from security_api.access.grants import (
     ADMIN_PERMISSION,
     Subject,
@@ -143,8 +144,9 @@ def delete_rule(session: Session, *, rule_id: str, actor: str, origin: audit.Ori
 
 
 # ---- explain -----------------------------------------------------------------------------------
-def explain(session: Session, *, username: str, permission: str) -> dict:
-    """Return the decision for a user and a permission, the rule behind it, and every candidate."""
+def explain(session: Session, *, username: str, permission: str, now: datetime) -> dict:
+    """Return the decision for a user and a permission, the rule behind it, every candidate,
+    and the conflict sets that name the permission (with what of them blocks the user now)."""
     user = find_user(session, username)
     if user is None:
         raise NotFound("No such user.")
@@ -164,4 +166,5 @@ def explain(session: Session, *, username: str, permission: str) -> dict:
         "rule": render_engine_rule(decision.rule) if decision.rule else None,
         "considered": [{**render_engine_rule(rule), "specificity": rank,
                         "matched": rule.id == chosen} for rank, rule in ranked],
+        "conflicts": explain_conflicts(session, subject, row.key, now=now),
     }

@@ -7,13 +7,14 @@ their arguments through them (catalog.py). A provisioner's own config and params
 declared by the provisioner as its `config_model` and `params_model` (provisioners/), since
 only it knows their shape; `problem_text` words their problems too.
 
-The coming "conflict set" concept belongs here too, as one more model next to `RuleSpec`.
+A conflict set (`ConflictSetSpec`, separation of duties) is one more model next to `RuleSpec`.
 """
 from __future__ import annotations
 
 from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from security_api.access.policy import WILDCARD
 from security_api.errors import InvalidParams
@@ -119,6 +120,32 @@ def rule_problems(*, role: str, subrole: str, mode: str, approvers: list[str]) -
     if mode == "approval" and not approvers:
         problems.append(("approvers", "an approval rule needs approvers"))
     return problems
+
+
+MAX_CONFLICT_MEMBERS = 50
+ConflictMembers = Annotated[list[PermissionKey], Field(min_length=2, max_length=MAX_CONFLICT_MEMBERS,
+                                                       json_schema_extra={"uniqueItems": True})]
+
+
+def distinct_members(keys: list[str]) -> list[str]:
+    """Refuse a permission listed twice: a set of one permission twice would block nothing."""
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise PydanticCustomError("listed_twice", "'{key}' is listed twice", {"key": key})
+    return keys
+
+
+class ConflictSetSpec(CatalogModel):
+    """Separation of duties: of these permissions a person may hold or wait for one at a time."""
+
+    name: RoleName = Field(description="Lowercase slug, e.g. payments-maker-checker.")
+    permissions: ConflictMembers = Field(description="Two or more distinct permission keys.")
+    description: PermissionDescription = ""
+
+    @field_validator("permissions")
+    @classmethod
+    def _distinct(cls, keys: list[str]) -> list[str]:
+        return distinct_members(keys)
 
 
 # ---- readable problems -------------------------------------------------------------------------

@@ -19,10 +19,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from security_api import audit, metrics
+from security_api.access import conflicts
 from security_api.access.expiry import expire_one
 from security_api.access.grant_chain import hold_running, move_end
 from security_api.access.request_actors import Actor, visible_request
-from security_api.access.request_creation import Terms, checked_terms, insert_request
+from security_api.access.request_creation import (
+    Terms,
+    checked_terms,
+    insert_request,
+    refuse_conflicts_of,
+)
 from security_api.access.transitions import Event, transition
 from security_api.clock import isoformat
 from security_api.enums import AuditAction, PolicyMode, RequestStatus
@@ -65,9 +71,10 @@ def extend(session: Session, services: Services, *, request_id: str, actor: Acto
 def _extend_at_once(session: Session, grant: AccessRequest, terms: Terms, *, actor: Actor,
                     origin: audit.Origin, now: datetime) -> None:
     previous, expires_at = grant.expires_at, now + timedelta(minutes=terms.duration)
-    with unit_of_work(session):
+    with _conflicts_audited(session, grant, actor, origin, now), unit_of_work(session):
         if not move_end(session, grant.id, expires_at=expires_at, now=now):
             raise Conflict(NOT_ACTIVE[0], code=NOT_ACTIVE[1])
+        refuse_conflicts_of(session, grant.requester_id, terms, now=now)
         audit.record(session, action=AuditAction.REQUEST_EXTENDED, actor=actor.subject.username,
                      target=grant.id, origin=origin, now=now,
                      details={"mode": PolicyMode.AUTO, "duration_minutes": terms.duration,
@@ -80,10 +87,12 @@ def _extend_at_once(session: Session, grant: AccessRequest, terms: Terms, *, act
 def _ask(session: Session, request_id: str, grant_id: str, terms: Terms, *, actor: Actor,
          origin: audit.Origin, now: datetime) -> str:
     """Create the pending extension, while the grant's row is held running."""
-    with unit_of_work(session):
+    grant = session.get(AccessRequest, grant_id)
+    with _conflicts_audited(session, grant, actor, origin, now), unit_of_work(session):
         # Held until the commit: a revoke racing this waits, then cancels the extension too.
         if not hold_running(session, grant_id, now=now):
             raise Conflict(NOT_ACTIVE[0], code=NOT_ACTIVE[1])
+        refuse_conflicts_of(session, grant.requester_id, terms, now=now)
         if session.scalar(select(AccessRequest.id).where(
                 AccessRequest.continues_id == grant_id,
                 AccessRequest.status == RequestStatus.PENDING)) is not None:
@@ -96,6 +105,13 @@ def _ask(session: Session, request_id: str, grant_id: str, terms: Terms, *, acto
         outbox.request_created(session, extension.id)
         metrics.stage_extension(session, "pending")
         return extension.id
+
+
+def _conflicts_audited(session: Session, grant: AccessRequest, actor: Actor,
+                       origin: audit.Origin, now: datetime):
+    """An extension a conflict set forbids (another side held since) is refused and audited."""
+    return conflicts.refusals_audited(session, stage="extend", actor=actor.subject.username,
+                                      target=grant.id, origin=origin, now=now)
 
 
 @dataclass(frozen=True)

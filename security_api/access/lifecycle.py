@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from security_api import audit
 from security_api.access import extension
+from security_api.access.conflicts import refusals_audited, refuse_conflicts
 from security_api.access.eligibility import (
     end_ineligible,
     grant_and_recheck,
@@ -62,6 +63,12 @@ def _record_decision(session: Session, request: AccessRequest, actor: Actor, dec
         raise Conflict("You have already decided this request.", code="already_decided") from None
 
 
+def _conflicts_audited(session: Session, stage: str, actor: Actor, request_id: str,
+                       origin: audit.Origin, now: datetime):
+    return refusals_audited(session, stage=stage, actor=actor.subject.username,
+                            target=request_id, origin=origin, now=now)
+
+
 def _reloaded(session: Session, request_id: str) -> AccessRequest:
     return session.get(AccessRequest, request_id, populate_existing=True)
 
@@ -80,7 +87,8 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
 
     `totp`: the approver's step-up code, needed when the permission has `step_up`.
     """
-    with unit_of_work(session):
+    with _conflicts_audited(session, "approve", actor, request_id, origin, now), \
+            unit_of_work(session):
         request = visible_request(session, request_id, actor)
         _require_decider(session, request, actor)
         require_eligible_requester(session, request)
@@ -88,6 +96,10 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
         if request.continues_id is not None:
             # Lock order grant, then extension (as revoke and expiry take them): no deadlock.
             hold_running(session, request.continues_id, now=now)
+        # A request that became conflicting while it waited is never granted.
+        refuse_conflicts(session, requester_id=request.requester_id,
+                         permission_key=request.permission_key, now=now,
+                         ignore_request_id=request.id)
         # Touching the row takes its write lock: deciders of one request go one at a time.
         transition(session, request.id, event=Event.DECIDE)
         _record_decision(session, request, actor, Decision.APPROVE, comment, now)
@@ -176,12 +188,16 @@ def revoke(session: Session, services: Services, *, request_id: str, actor: Acto
 def retry(session: Session, services: Services, *, request_id: str, actor: Actor,
           origin: audit.Origin, now: datetime) -> AccessRequest:
     """Provision a failed request again (an approver or an administrator)."""
-    with unit_of_work(session):
+    with _conflicts_audited(session, "retry", actor, request_id, origin, now), \
+            unit_of_work(session):
         request = visible_request(session, request_id, actor)
         if not (actor.is_admin or is_eligible_approver(session, request, actor)):
             raise Forbidden("Only an approver or an administrator can retry a request.")
         if request.status == RequestStatus.FAILED:
             require_eligible_requester(session, request)
+            refuse_conflicts(session, requester_id=request.requester_id,
+                             permission_key=request.permission_key, now=now,
+                             ignore_request_id=request.id)
         transition(session, request.id, event=Event.RETRY, decided_at=now,
                    provisioning_started_at=now)
         audit.record(session, action=AuditAction.REQUEST_RETRIED, actor=actor.subject.username,

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from security_api import audit, metrics
+from security_api.access import conflicts
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
@@ -33,6 +34,7 @@ class Terms:
     duration: int
     justification: str
     params: dict
+    rivals: frozenset[str]  # the other permissions of its conflict sets (see conflicts.py)
 
 
 def checked_terms(session: Session, services: Services, *, requester: Subject,
@@ -44,7 +46,7 @@ def checked_terms(session: Session, services: Services, *, requester: Subject,
     decided by the rule that would decide a new request now. Checks added later (step-up,
     conflict sets) belong here, so that neither path can skip them.
     """
-    permission, decision = _requestable(session, requester, permission_key)
+    permission, decision, rivals = _requestable(session, requester, permission_key)
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
@@ -52,7 +54,15 @@ def checked_terms(session: Session, services: Services, *, requester: Subject,
     if permission.step_up:  # last: a code is not spent on a request refused anyway
         require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
                         now=now)
-    return Terms(permission, decision, duration, justification, clean_params)
+    return Terms(permission, decision, duration, justification, clean_params, frozenset(rivals))
+
+
+def refuse_conflicts_of(session: Session, requester_id: str, terms: Terms, *, now: datetime,
+                        ignore_request_id: str | None = None) -> None:
+    """In the unit of work that inserts or moves a grant: 409 when a conflict set forbids it."""
+    conflicts.refuse_conflicts(session, requester_id=requester_id,
+                               permission_key=terms.permission.key, now=now,
+                               known_rivals=terms.rivals, ignore_request_id=ignore_request_id)
 
 
 def create_request(session: Session, services: Services, *, requester: Subject,
@@ -71,10 +81,13 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     terms = checked_terms(session, services, requester=requester, permission_key=permission_key,
                           justification=justification, duration_minutes=duration_minutes,
                           params=params, totp=totp, origin=origin, now=now)
-    with unit_of_work(session):
+    with conflicts.refusals_audited(session, stage="create", actor=requester.username,
+                                    target=terms.permission.key, origin=origin, now=now), \
+            unit_of_work(session):
         owed = _end_what_blocks(session, requester.id, terms.permission.key, origin=origin,
                                 now=now)
         _refuse_open_request(session, requester.id, terms.permission.key)
+        refuse_conflicts_of(session, requester.id, terms, now=now)
         request = insert_request(session, requester, terms, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
         outbox.request_created(session, request_id)
@@ -86,17 +99,17 @@ def create_request(session: Session, services: Services, *, requester: Subject,
 
 
 def _requestable(session: Session, subject: Subject,
-                 permission_key: str) -> tuple[Permission, Decision]:
+                 permission_key: str) -> tuple[Permission, Decision, set[str]]:
     if subject.kind != UserKind.PERSON:
         raise Forbidden("Service accounts cannot request permissions.", code="not_requestable")
-    permission = session.get(Permission, permission_key)
+    permission, rivals = conflicts.permission_and_rivals(session, permission_key)
     decision = decision_for(session, subject, permission) if permission else None
     if decision is not None and decision.mode == PolicyMode.STANDING:
         raise Conflict("You hold this permission already (standing).", code="already_held")
     if decision is None or not decision.requestable:
         raise Forbidden("This permission is not requestable for your role.",
                         code="not_requestable")
-    return permission, decision
+    return permission, decision, rivals
 
 
 def _checked_duration(requested: int | None, limit: int) -> int:

@@ -14,7 +14,7 @@ from flask_api_functions import (
     respond,
     services,
 )
-from security_api.access import grants, lifecycle
+from security_api.access import conflicts, grants, lifecycle
 from security_api.access.grants import Subject
 from security_api.access.request_views import SCOPES, list_requests, render
 from security_api.clock import isoformat, utcnow
@@ -40,12 +40,16 @@ E = schemas.Error
             tag="permissions", responses={200: schemas.Catalog})
 @require_token
 def permissions_catalog():
-    """List what the caller's role may request."""
+    """List what the caller's role may request, and what a conflict set blocks (`blocked_by`)."""
+    catalog = grants.requestable_catalog(db(), current_subject())
+    blocked = conflicts.blocked_by(db(), current_subject(), [p.key for p, _ in catalog],
+                                   now=utcnow())
     items = [{"key": p.key, "name": p.name, "description": p.description, "mode": d.mode,
               "max_duration_minutes": d.max_duration_minutes,
               "requires_justification": p.requires_justification, "step_up": p.step_up,
-              "approvals_required": d.rule.approvals_required if d.mode == "approval" else None}
-             for p, d in grants.requestable_catalog(db(), current_subject())]
+              "approvals_required": d.rule.approvals_required if d.mode == "approval" else None,
+              "blocked_by": blocked[p.key]}
+             for p, d in catalog]
     return respond(None, permissions=items)
 
 

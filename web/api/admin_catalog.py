@@ -255,13 +255,15 @@ def policy_create():
 @documented(summary="Explain the decision for a user and a permission", tag="admin",
             responses={200: Explanation, 403: E, 404: E, 412: E},
             query=UserPermissionQuery,
-            description="The decision, the most specific rule behind it, and every rule "
-                        "considered with its specificity.")
+            description="The decision, the most specific rule behind it, every rule "
+                        "considered with its specificity, and the conflict sets that name the "
+                        "permission with what of them the user holds or waits for now.")
 @require_permission(ADMIN_PERMISSION)
 def policy_explain():
     """Explain a decision."""
     query = read_query(UserPermissionQuery)
-    return respond(None, **admin_rules.explain(db(), username=query.user, permission=query.permission))
+    return respond(None, **admin_rules.explain(db(), username=query.user, permission=query.permission,
+                                               now=utcnow()))
 
 
 @bp.get("/policies/<rule_id:rule_id>")

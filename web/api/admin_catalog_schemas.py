@@ -146,6 +146,13 @@ class ConsideredRule(PolicyOut):
     matched: bool = Field(description="True for the rule that decides.")
 
 
+class ExplainedConflict(BaseModel):
+    name: str
+    permissions: list[str]
+    blocked_by: list[str] = Field(description="Of the set's other permissions, those the user "
+                                              "holds or waits for now.")
+
+
 class Explanation(BaseModel):
     message: str | None
     user: str
@@ -157,6 +164,10 @@ class Explanation(BaseModel):
     max_duration_minutes: int | None
     rule: PolicyOut | None
     considered: list[ConsideredRule]
+    conflicts: list[ExplainedConflict] = Field(
+        default_factory=list, description="Conflict sets naming the permission (separation of "
+                                          "duties); a non-empty `blocked_by` means a request "
+                                          "is refused with 409 `conflicting_permission`.")
 
 
 # ---- queries -----------------------------------------------------------------------------------

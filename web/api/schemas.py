@@ -66,6 +66,10 @@ class Error(BaseModel):
     error: str = Field(description="Stable snake_case code.")
     errors: list[ErrorItem] | None = None
     request_id: str | None = None
+    conflicts_with: list[str] | None = Field(
+        default=None, description="With 409 `conflicting_permission`: the permissions the "
+                                  "requester holds or waits for that share a conflict set with "
+                                  "the one asked for.")
 
 
 class Tokens(BaseModel):
@@ -224,6 +228,10 @@ class CatalogItem(BaseModel):
     step_up: bool = Field(description="Creating, approving or denying a request for it needs "
                                       "\"totp\": a fresh code from the authenticator app.")
     approvals_required: int | None
+    blocked_by: list[str] = Field(
+        description="Permissions the caller holds or waits for that share a conflict set with "
+                    "this one (separation of duties): while any is listed, a request is "
+                    "refused with 409 `conflicting_permission`. Empty when nothing blocks it.")
 
 
 class Catalog(BaseModel):

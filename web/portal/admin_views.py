@@ -257,7 +257,7 @@ def admin_explain() -> Response:
             if missing or too_long:
                 raise InvalidParams(errors=missing + too_long)
             answer = admin_rules.explain(db(), username=args["user"],
-                                           permission=args["permission"])
+                                           permission=args["permission"], now=utcnow())
         except (InvalidParams, NotFound) as exc:
             flash(problems_text(exc) if isinstance(exc, InvalidParams) else
                   _("%(reason)s Check the username and the permission key.", reason=exc.message),

@@ -11,7 +11,7 @@ from flask_babel import ngettext
 from sqlalchemy import select
 
 from flask_api_functions import current_subject, db, origin, services
-from security_api.access import grants, lifecycle
+from security_api.access import conflicts, grants, lifecycle
 from security_api.access.request_views import effective_status
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
@@ -59,7 +59,11 @@ def _open_requests(keys) -> dict[str, dict]:
 
 def _catalog_page(*, status: int = 200, submitted: dict | None = None) -> Response:
     catalog = grants.requestable_catalog(db(), current_subject())
-    open_requests = _open_requests([permission.key for permission, _decision in catalog])
+    keys = [permission.key for permission, _decision in catalog]
+    open_requests = _open_requests(keys)
+    # Separation of duties: a card blocked by a conflict set says by what, and offers no button.
+    blocked = conflicts.blocked_by(db(), current_subject(), keys, now=utcnow())
+    names = permission_names(sorted({key for rivals in blocked.values() for key in rivals}))
     cards = []
     for permission, decision in catalog:
         limit = decision.max_duration_minutes
@@ -73,6 +77,7 @@ def _catalog_page(*, status: int = 200, submitted: dict | None = None) -> Respon
             "duration": mine.get("duration_minutes") or min(DEFAULT_DURATION, limit),
             "justification": mine.get("justification", ""),
             "open": open_requests.get(permission.key),
+            "blocked_by": [names.get(key, key) for key in blocked[permission.key]],
         })
     return render("portal/catalog.html", status=status, cards=cards)
 

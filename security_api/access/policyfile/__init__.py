@@ -16,6 +16,8 @@ standing rules for security-api.admin and security-api.audit, which are always k
         provisioner: {name: none, config: {}}
     rules:
       - {permission: vpn, role: "*", subrole: "*", mode: auto}
+    conflicts:                      # optional: see policyfile/conflicts.py
+      - {name: vpn-or-bastion, permissions: [vpn, bastion]}
 
 Every problem names the line and column of the offending node; a file with any problem is
 refused whole and nothing changes. One module per step: read (YAML -> the catalog models of

@@ -7,14 +7,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from security_api import audit
+from security_api.access.admin_conflicts import set_members
 from security_api.access.catalog import refuse_service_only_approvers
 from security_api.access.grants import ADMIN_PERMISSION, refuse_admin_for_service_accounts
 from security_api.access.policyfile.plan import CREATE, DELETE, UPDATE, Change, Diff
 from security_api.enums import AuditAction
 from security_api.errors import Conflict
-from security_api.models import Permission, PolicyRule, Role, Subrole
+from security_api.models import ConflictSet, Permission, PolicyRule, Role, Subrole
 
-ROWS = {"role": Role, "subrole": Subrole, "permission": Permission, "rule": PolicyRule}
+ROWS = {"role": Role, "subrole": Subrole, "permission": Permission, "rule": PolicyRule,
+        "conflict": ConflictSet}
 # Stored as JSON text.
 
 
@@ -85,6 +87,8 @@ def _audit_details(change: Change) -> dict:
 
 def _apply_one(session: Session, change: Change, now: datetime) -> str:
     """Create, update or delete one row; return the audit target (a rule's id, else a name)."""
+    if change.kind == "conflict":
+        return _apply_conflict(session, change, now)
     if change.action == CREATE:
         row = ROWS[change.kind](**_identity(change.kind, change.ident), created_at=now,
                                 **change.values,
@@ -101,6 +105,26 @@ def _apply_one(session: Session, change: Change, now: datetime) -> str:
         return row.id
     # Added or changed subroles are logged against their role, as in the admin API.
     return change.ident[0] if change.kind == "subrole" and change.action != DELETE else change.target
+
+
+def _apply_conflict(session: Session, change: Change, now: datetime) -> str:
+    """A conflict set is a row and its members: both change together."""
+    name = change.ident[0]
+    values = {field: value[1] for field, value in change.values.items()} \
+        if change.action == UPDATE else dict(change.values)
+    if change.action == CREATE:
+        session.add(ConflictSet(name=name, description=values["description"], created_at=now))
+        session.flush()
+    row = _existing(session, change)
+    if change.action == DELETE:
+        set_members(session, name, [])
+        session.delete(row)
+        return name
+    if "description" in values:
+        row.description = values["description"]
+    if "permissions" in values:
+        set_members(session, name, values["permissions"])
+    return name
 
 
 def _identity(kind: str, ident: tuple) -> dict:

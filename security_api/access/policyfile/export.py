@@ -5,6 +5,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from security_api.access.policyfile.conflicts import export_conflicts
 from security_api.access.policyfile.plan import permission_values, rule_values
 from security_api.access.policyfile.read import FILE_VERSION, protected_rule
 from security_api.models import Permission, PolicyRule, Role, Subrole
@@ -13,21 +14,23 @@ EXPORT_HEADER = """\
 # Security API policy file (flask --app flask_api policy apply FILE).
 # The full desired state: roles, permissions and rules missing here are deleted. Built-in
 # permissions, the security/admin role and its standing security-api.admin and
-# security-api.audit rules are always kept and need not be listed.
+# security-api.audit rules are always kept and need not be listed. Conflict sets missing from a
+# `conflicts` section are deleted too; a file without the section leaves the sets alone.
 """
 # Left out of a rule when they have these values, to keep the file short.
 RULE_DEFAULTS = {"max_duration_minutes": None, "approvers": [], "approvals_required": 1}
 
 
 def export(session: Session) -> str:
-    """Write the current roles, permissions and rules as a policy file."""
+    """Write the current roles, permissions, rules and conflict sets as a policy file."""
     document = {"version": FILE_VERSION, "roles": _roles(session),
                 "permissions": [_permission(p) for p in session.scalars(
                     select(Permission).where(Permission.builtin.is_(False))
                     .order_by(Permission.key))],
                 "rules": [_rule(r) for r in session.scalars(select(PolicyRule).order_by(
                     PolicyRule.permission_key, PolicyRule.role, PolicyRule.subrole))
-                    if not protected_rule((r.permission_key, r.role, r.subrole))]}
+                    if not protected_rule((r.permission_key, r.role, r.subrole))],
+                "conflicts": export_conflicts(session)}
     return EXPORT_HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True,
                                           default_flow_style=False, width=100)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from security_api.access.policyfile.conflicts import stored_conflicts, wanted_conflicts
 from security_api.access.policyfile.read import PolicyFile, PolicyFileError, protected_rule
 from security_api.enums import RequestStatus
 from security_api.installation import ADMIN_ROLE, ADMIN_SUBROLE
@@ -19,7 +20,8 @@ GRANTED_STATUSES = (RequestStatus.GRANTING, RequestStatus.ACTIVE)
 CREATE, UPDATE, DELETE = "create", "update", "delete"
 # The order changes are applied in: what others refer to exists first and goes last.
 STEPS = [("role", CREATE), ("role", UPDATE), ("subrole", CREATE), ("subrole", UPDATE),
-         ("permission", CREATE), ("permission", UPDATE), ("rule", DELETE), ("rule", UPDATE),
+         ("permission", CREATE), ("permission", UPDATE), ("conflict", DELETE),
+         ("conflict", UPDATE), ("conflict", CREATE), ("rule", DELETE), ("rule", UPDATE),
          ("rule", CREATE), ("permission", DELETE), ("subrole", DELETE), ("role", DELETE)]
 SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-"}
 
@@ -45,6 +47,8 @@ class Change:
             line += ": " + ", ".join(parts)
         elif self.action == CREATE and self.kind == "rule":
             line += f": {self.values['mode']}"
+        elif self.action == CREATE and self.kind == "conflict":
+            line += f": {', '.join(self.values['permissions'])}"
         return line
 
 
@@ -77,9 +81,12 @@ class Diff:
 def plan(session: Session, desired: PolicyFile) -> Diff:
     """Compute the changes that make the database match `desired`; refuse impossible deletions."""
     existing, wanted = _current(session), _wanted(desired)
+    if desired.conflicts is not None:  # no `conflicts` section: the sets stay as they are
+        existing["conflict"], wanted["conflict"] = stored_conflicts(session), \
+            wanted_conflicts(desired.conflicts)
     changes = [change for kind in existing
                for change in _changes(kind, existing[kind], wanted[kind])]
-    problems = _problems(session, changes)
+    problems = _problems(session, changes) + _stranded_conflicts(session, desired, changes)
     if problems:
         raise PolicyFileError(problems)
     order = {step: i for i, step in enumerate(STEPS)}
@@ -161,6 +168,19 @@ def _problems(session: Session, changes: list[Change]) -> list[str]:
             problems.append(f"permission {target} is not in the file, but past access requests "
                             "refer to it; it stays for the record")
     return problems
+
+
+def _stranded_conflicts(session: Session, desired: PolicyFile, changes: list[Change]) -> list[str]:
+    """Refuse deleting a permission that a conflict set keeps naming (as the admin API does)."""
+    if desired.conflicts is not None:
+        return []  # the file's own sets name only the file's permissions (checked when read)
+    deleted = [change.target for change in changes
+               if change.kind == "permission" and change.action == DELETE]
+    stored = stored_conflicts(session)
+    return [f"permission {key} is not in the file, but conflict set {name} names it; add a "
+            "`conflicts` section without it, or change the set first"
+            for key in deleted for (name,), values in sorted(stored.items())
+            if key in values["permissions"]]
 
 
 def permission_values(source) -> dict:

@@ -21,12 +21,14 @@ from security_api.access.catalog import BUILTIN_PERMISSIONS
 from security_api.access.catalog_schemas import (
     KEY,
     CatalogModel,
+    ConflictSetSpec,
     PermissionSpec,
     RoleSpec,
     RuleSpec,
     problem_text,
 )
 from security_api.access.policy import WILDCARD
+from security_api.access.policyfile.conflicts import read_conflicts
 from security_api.errors import InvalidParams
 from security_api.installation import ADMIN_ROLE, ADMIN_STANDING, ADMIN_SUBROLE
 from security_api.provisioners import get_provisioner
@@ -58,6 +60,9 @@ class PolicyDocument(CatalogModel):
     roles: list[dict]
     permissions: list[dict]
     rules: list[dict]
+    # Optional, unlike the others: a file written before conflict sets existed still applies
+    # and leaves the sets alone; a `conflicts` section (even empty) is their full desired state.
+    conflicts: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class PolicyFile:
     permissions: dict[str, PermissionSpec]
     rules: dict[tuple[str, str, str], RuleSpec]
     sha256: str = ""
+    # None: the file has no `conflicts` section, and the sets in the database stay as they are.
+    conflicts: dict[str, ConflictSetSpec] | None = None
 
 
 def protected_rule(ident: tuple[str, str, str]) -> bool:
@@ -170,15 +177,16 @@ def parse(text: str, *, settings) -> PolicyFile:
     reader = _Reader(located, settings)
     items = {name: [(i, item) for i, item in enumerate(data.get(name) or [])
                     if isinstance(item, dict)] if isinstance(data.get(name), list) else []
-             for name in ("roles", "permissions", "rules")}
+             for name in ("roles", "permissions", "rules", "conflicts")}
     roles = reader.roles(items["roles"])
     permissions = reader.permissions(items["permissions"])
     rules = reader.rules(items["rules"], roles=roles)
+    conflicts = read_conflicts(reader, items["conflicts"]) if data.get("conflicts") is not None else None
     if located.problems:
         raise PolicyFileError([f"line {line}, column {column}: {text}"
                                for line, column, text in sorted(located.problems)])
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return PolicyFile(roles, permissions, rules, digest)
+    return PolicyFile(roles, permissions, rules, digest, conflicts)
 
 
 class _Reader:
