@@ -109,6 +109,11 @@ class AuditAction(StrEnum):
     DRIFT_RESOLVED = "drift.resolved"
     DRIFT_FIXED = "drift.fixed"
     DRIFT_FIX_FAILED = "drift.fix_failed"
+    # conflicts: separation of duties (conflict sets) and the requests they refuse
+    REQUEST_REFUSED_CONFLICT = "request.refused_conflict"
+    CONFLICT_CREATED = "conflict.created"
+    CONFLICT_UPDATED = "conflict.updated"
+    CONFLICT_DELETED = "conflict.deleted"
 
 
 class DriftKind(StrEnum):
@@ -116,11 +121,6 @@ class DriftKind(StrEnum):
     MISSING = "missing"
     # An entry this service made (its marker) that no active grant explains.
     ORPHANED = "orphaned"
-    # conflicts: separation of duties (conflict sets) and the requests they refuse
-    REQUEST_REFUSED_CONFLICT = "request.refused_conflict"
-    CONFLICT_CREATED = "conflict.created"
-    CONFLICT_UPDATED = "conflict.updated"
-    CONFLICT_DELETED = "conflict.deleted"
 
 
 class FailureReason(StrEnum):

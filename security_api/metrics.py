@@ -74,6 +74,8 @@ def observe_drift(counts: dict[str, int]) -> None:
     """Record the open drift findings per kind (every kind, 0 when none)."""
     for kind in ("missing", "orphaned"):
         DRIFT_ITEMS.labels(kind=kind).set(counts.get(kind, 0))
+
+
 CONFLICT_REFUSALS = Counter(
     "security_api_conflict_refusals", "Requests refused because they would break a conflict set "
     "(separation of duties), by stage: create, approve, retry, extend.", ["stage"])
