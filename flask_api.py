@@ -19,7 +19,18 @@ from security_api.errors import ApiError, ServiceUnavailable
 from security_api.integrations import outbox_delivery
 from security_api.services import build_services
 from web import observability, portal, structured_logging
-from web.api import access, admin_catalog, admin_users, audit, auth, docs, inputs, metrics, schemas
+from web.api import (
+    access,
+    admin_catalog,
+    admin_users,
+    audit,
+    auth,
+    docs,
+    inputs,
+    metrics,
+    schemas,
+    slack,
+)
 from web.api.openapi import documented
 
 VERSION = "1.0.0"
@@ -57,6 +68,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(slack.bp)
     portal.init_app(app)
     from web import cli
     cli.init_app(app)

@@ -94,6 +94,8 @@ class AuditAction(StrEnum):
     USER_UNLOCKED = "user.unlocked"
     STARTUP_TASK_SUCCEEDED = "startup.task_succeeded"
     STARTUP_TASK_FAILED = "startup.task_failed"
+    # A button pressed in Slack, whatever came of it (details: outcome, action, slack_user_id).
+    SLACK_INTERACTION = "slack.interaction"
 
 
 class FailureReason(StrEnum):

@@ -15,7 +15,7 @@ from security_api.access.policy import Decision
 from security_api.access.provisioning import claim_lease, fail_abandoned, finish_revoke
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from security_api.errors import Conflict, Forbidden, InvalidParams
-from security_api.integrations import outbox
+from security_api.integrations import outbox, slack_outbox
 from security_api.models import AccessRequest, Permission, RequestApproverGroup
 from security_api.provisioners import get_provisioner
 from security_api.services import Services
@@ -44,6 +44,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
                           params=clean_params, duration=duration, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
         outbox.request_created(session, request_id)
+        slack_outbox.request_created(session, request_id, pending=request.status == RequestStatus.PENDING)
     for ended_id in owed:
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if auto:

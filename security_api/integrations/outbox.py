@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
 from security_api.integrations.notify_texts import DECIDED, PENDING
+from security_api.integrations.slack_messages import SLACK_KINDS
 from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
 # failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED)
+# SLACK_KINDS: the Slack message of a request, posted and updated (slack_outbox, slack_delivery).
+KINDS = (PENDING, DECIDED, *SLACK_KINDS)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"
