@@ -96,6 +96,8 @@ class AuditAction(StrEnum):
     STARTUP_TASK_FAILED = "startup.task_failed"
     # A button pressed in Slack, whatever came of it (details: outcome, action, slack_user_id).
     SLACK_INTERACTION = "slack.interaction"
+    # stepup: a risky action refused for want of a good step-up code (details: reason, purpose).
+    STEP_UP_REFUSED = "step_up.refused"
 
 
 class FailureReason(StrEnum):

@@ -1,7 +1,7 @@
 """slack: users.slack_user_id, the posted Slack messages, and the replay store of interactions
 
 Revision ID: 0008_slack
-Revises: 0007
+Revises: 0008_stepup (merged from the stepup branch; the lead re-chains)
 Create Date: 2026-12-06 08:00:00
 """
 from alembic import op
@@ -10,7 +10,7 @@ import security_api.db
 
 
 revision = '0008_slack'
-down_revision = '0007'
+down_revision = '0008_stepup'
 branch_labels = None
 depends_on = None
 

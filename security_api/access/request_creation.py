@@ -13,6 +13,7 @@ from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
 from security_api.access.policy import Decision
 from security_api.access.provisioning import claim_lease, fail_abandoned, finish_revoke
+from security_api.accounts.step_up import require_step_up
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from security_api.errors import Conflict, Forbidden, InvalidParams
 from security_api.integrations import outbox, slack_outbox
@@ -24,19 +25,25 @@ from security_api.unit_of_work import unit_of_work
 
 def create_request(session: Session, services: Services, *, requester: Subject,
                    permission_key: str, justification: str, duration_minutes: int | None,
-                   params: dict, origin: audit.Origin, now: datetime) -> AccessRequest:
+                   params: dict, origin: audit.Origin, now: datetime,
+                   totp: object = None) -> AccessRequest:
     """Ask for a permission: active at once for `auto`, pending for `approval`.
 
     Takes the requester alone: no administrator or auditor power changes what one may ask for,
     so the caller need not look those up. One unit of work ends what blocks the slot (a grant
     whose time is up, a claim whose worker is gone) and creates the request; the outside calls
-    (their revokes, then the new grant) run after its commit.
+    (their revokes, then the new grant) run after its commit. A `step_up` permission needs
+    `totp`, a fresh code of the requester, checked after every other check (a code is not
+    spent on a request refused anyway) and before anything is written.
     """
     permission, decision = _requestable(session, requester, permission_key)
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
     justification = _checked_justification(justification, permission.requires_justification)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
+    if permission.step_up:
+        require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
+                        now=now)
     with unit_of_work(session):
         owed = _end_what_blocks(session, requester.id, permission.key, origin=origin, now=now)
         _refuse_open_request(session, requester.id, permission.key)

@@ -87,6 +87,10 @@ DOMAIN_MESSAGES = {
     "separation_of_duties": _l("You cannot decide your own request."),
     "no_longer_eligible": _l("The requester is no longer active or allowed this permission; "
                              "the request cannot be granted."),
+    # stepup
+    "step_up_required": _l("This permission needs a code from your authenticator app."),
+    "invalid_step_up": _l("The code from your authenticator app is wrong or was already used; "
+                          "wait for the next one."),
 }
 
 
