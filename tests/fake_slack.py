@@ -50,6 +50,8 @@ class FakeSlack(ThreadingHTTPServer):
                     return 200, {"ok": False, "error": "message_not_found"}
                 self.messages[body["ts"]] = body
             return 200, {"ok": True, "channel": body.get("channel"), "ts": body["ts"]}
+        if method == "chat.postEphemeral":
+            return 200, {"ok": True, "message_ts": "1700000000.000200"}
         return 200, {"ok": False, "error": "unknown_method"}
 
 

@@ -30,7 +30,8 @@ def signed_body(*, user: str, request_id: str, action: str = "approve",
                 kind: str = "block_actions") -> bytes:
     """A form body like Slack's: `payload` holds the block_actions JSON (unique per press)."""
     payload = {"type": kind, "user": {"id": user, "username": "someone"},
-               "team": {"id": "T0TEAM01"}, "trigger_id": uuid.uuid4().hex,
+               "team": {"id": "T0TEAM01"}, "channel": {"id": "C0TESTCHAN", "name": "access"},
+               "trigger_id": uuid.uuid4().hex,
                "actions": [{"action_id": action, "block_id": "security_api_decision",
                             "value": request_id, "action_ts": f"{time.time():.6f}"}]}
     return urlencode({"payload": json.dumps(payload)}).encode()

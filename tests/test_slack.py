@@ -148,6 +148,10 @@ def test_refused_presses_change_nothing(app, client, people, fake, db_session, p
     assert db_session.scalar(select(Approval).where(Approval.request_id == request_id)) is None
     outcome = _slack_audit(db_session)[-1]["outcome"]
     assert outcome == "unmapped" if presser.startswith("UNOBODY") else outcome.startswith("refused:")
+    # Slack shows nothing of the HTTP answer: the presser alone is told in the channel.
+    told = wait_for(lambda: fake.done("chat.postEphemeral"), what="chat.postEphemeral")
+    assert told == [{"channel": CHANNEL, "user": IDS.get(presser, presser),
+                     "text": answer.json["text"]}]
 
 
 def test_an_inactive_account_is_not_mapped(app, client, people, db_session):

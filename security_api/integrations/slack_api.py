@@ -18,7 +18,7 @@ from security_api.settings import Settings
 UNRECOVERABLE = frozenset({
     "message_not_found", "cant_update_message", "edit_window_closed", "msg_too_long",
     "invalid_blocks", "invalid_blocks_format", "no_text", "invalid_arguments",
-    "too_many_attachments", "is_archived",
+    "too_many_attachments", "is_archived", "user_not_in_channel",
 })
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -69,6 +69,11 @@ def update_message(settings: Settings, *, channel: str, ts: str, text: str,
                    blocks: list[dict]) -> None:
     """Replace the text and blocks of a message the bot posted."""
     call(settings, "chat.update", {"channel": channel, "ts": ts, "text": text, "blocks": blocks})
+
+
+def post_ephemeral(settings: Settings, *, channel: str, user: str, text: str) -> None:
+    """Show `text` to one member in a channel, and to nobody else."""
+    call(settings, "chat.postEphemeral", {"channel": channel, "user": user, "text": text})
 
 
 def _parsed(raw: bytes) -> dict:

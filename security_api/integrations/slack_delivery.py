@@ -18,7 +18,8 @@ from security_api.access.request_views import render
 from security_api.clock import utcnow
 from security_api.integrations import slack_api
 from security_api.integrations.notify import DeliveryFailed
-from security_api.integrations.slack_messages import SLACK_POST, message, portal_link
+from security_api.integrations.notify_texts import slack_escape
+from security_api.integrations.slack_messages import SLACK_ANSWER, SLACK_POST, message, portal_link
 from security_api.models import AccessRequest, SlackMessage
 from security_api.services import Services
 from security_api.unit_of_work import end_reads
@@ -30,6 +31,8 @@ CHANNEL = "slack"
 def deliver(services: Services, kind: str, payload: dict) -> set[str]:
     """Post or update the request's message as it is now; return the channels reached."""
     settings = services.settings
+    if kind == SLACK_ANSWER and settings.slack_posting:
+        return _answer(settings, payload)
     if not settings.slack_posting:
         log.warning("a Slack notification is owed but SLACK_BOT_TOKEN/SLACK_CHANNEL are unset; "
                     "dropped")
@@ -52,6 +55,18 @@ def deliver(services: Services, kind: str, payload: dict) -> set[str]:
         raise DeliveryFailed(f"slack: {exc}", reached=set()) from None
     except slack_api.SlackRefusedForGood as exc:
         log.error("Slack refused a %s for request %s for good: %s", kind, request["id"], exc)
+    return {CHANNEL}
+
+
+def _answer(settings, payload: dict) -> set[str]:
+    try:
+        slack_api.post_ephemeral(settings, channel=str(payload.get("channel", "")),
+                                 user=str(payload.get("user", "")),
+                                 text=slack_escape(str(payload.get("text", ""))))
+    except slack_api.SlackUnavailable as exc:
+        raise DeliveryFailed(f"slack: {exc}", reached=set()) from None
+    except slack_api.SlackRefusedForGood as exc:
+        log.error("Slack refused an answer to a button press for good: %s", exc)
     return {CHANNEL}
 
 

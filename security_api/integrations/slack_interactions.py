@@ -26,7 +26,8 @@ from security_api.access.grants import ADMIN_PERMISSION, Subject, holding
 from security_api.enums import AuditAction
 from security_api.errors import ApiError, Unauthenticated
 from security_api.integrations import slack_payload, slack_signature
-from security_api.integrations.slack_messages import APPROVE, DENY, portal_link
+from security_api.integrations.outbox import enqueue
+from security_api.integrations.slack_messages import APPROVE, DENY, SLACK_ANSWER, portal_link
 from security_api.models import AccessRequest, Permission, SlackInteraction, User
 from security_api.services import Services
 from security_api.unit_of_work import end_reads, unit_of_work
@@ -65,7 +66,17 @@ def handle(session: Session, services: Services, *, raw_body: bytes, timestamp: 
                      target=request_id, origin=origin, now=now,
                      details={"origin": "slack", "outcome": answer.outcome, "action": action,
                               "slack_user_id": interaction.user.id})
+        _tell_presser(session, services, interaction, answer)
     return answer
+
+
+def _tell_presser(session: Session, services: Services, interaction: slack_payload.Interaction,
+                  answer: Answer) -> None:
+    """Owe the presser the answer in Slack: Slack shows nothing of a block_actions response."""
+    if answer.outcome != "ignored" and interaction.channel is not None \
+            and services.settings.slack_posting:
+        enqueue(session, SLACK_ANSWER, {"channel": interaction.channel.id,
+                                        "user": interaction.user.id, "text": answer.text})
 
 
 def _refused() -> Unauthenticated:

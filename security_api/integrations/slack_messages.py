@@ -17,9 +17,10 @@ from security_api.integrations.notify_texts import (
 )
 
 APPROVE, DENY = "approve", "deny"
-# Outbox kinds: post the message of a new pending request; show a request's new state in it.
-SLACK_POST, SLACK_UPDATE = "slack.post", "slack.update"
-SLACK_KINDS = (SLACK_POST, SLACK_UPDATE)
+# Outbox kinds: post the message of a new pending request; show a request's new state in it;
+# tell the person who pressed a button what came of it (only they see it: chat.postEphemeral).
+SLACK_POST, SLACK_UPDATE, SLACK_ANSWER = "slack.post", "slack.update", "slack.answer"
+SLACK_KINDS = (SLACK_POST, SLACK_UPDATE, SLACK_ANSWER)
 ACTIONS_BLOCK = "security_api_decision"
 PENDING_LIKE = ("pending", "granting")  # granting: approved, being provisioned
 

@@ -29,6 +29,10 @@ class SlackTeam(_Lenient):
     id: StrictStr = Field(pattern=SLACK_ID)
 
 
+class SlackChannel(_Lenient):
+    id: StrictStr = Field(pattern=SLACK_ID)
+
+
 class SlackAction(_Lenient):
     action_id: StrictStr = Field(max_length=255)
     value: StrictStr = Field(default="", max_length=2000)
@@ -40,6 +44,7 @@ class Interaction(_Lenient):
     type: StrictStr = Field(max_length=64)
     user: SlackUser
     team: SlackTeam | None = None
+    channel: SlackChannel | None = None
     actions: list[SlackAction] = Field(default_factory=list, max_length=10)
 
 
