@@ -97,6 +97,10 @@ ENV_VARIABLES = {
     "STARTUP_SECURITY_GROUP_ID": ("startup_security_group_id", str),
     "STARTUP_SECURITY_GROUP_PORTS": ("startup_security_group_ports", str),
     "STARTUP_NOTIFY_EMAILS": ("startup_notify_emails", _origins),
+    "SLACK_BOT_TOKEN": ("slack_bot_token", str),
+    "SLACK_CHANNEL": ("slack_channel", str),
+    "SLACK_SIGNING_SECRET": ("slack_signing_secret", str),
+    "SLACK_API_URL": ("slack_api_url", str),
 }
 MAX_TRUSTED_PROXIES = 5
 
@@ -210,6 +214,23 @@ def validate(settings: Settings) -> None:
     if settings.access_token_ttl_seconds > 3600:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS must be at most 3600 (short-lived tokens)")
     _check_deployment(settings)
+    _check_slack(settings)
+
+
+def _check_slack(settings: Settings) -> None:
+    # Whoever knows the signing secret can approve as any mapped Slack user: never a weak one.
+    if settings.slack_signing_secret:
+        _check_secret(settings.slack_signing_secret, "SLACK_SIGNING_SECRET")
+    if not settings.slack_bot_token:
+        return
+    if not settings.slack_channel:
+        raise ConfigError("SLACK_BOT_TOKEN needs SLACK_CHANNEL (the channel id to post to)")
+    if settings.is_production and not settings.slack_signing_secret:
+        raise ConfigError("SLACK_BOT_TOKEN in production needs SLACK_SIGNING_SECRET (from the "
+                          "Slack app's Basic Information page)")
+    if settings.is_production and not settings.slack_api_url.startswith("https://"):
+        # The bot token travels in every call: never in clear.
+        raise ConfigError("SLACK_API_URL must be https:// in production")
 
 
 def _check_deployment(settings: Settings) -> None:

@@ -31,6 +31,7 @@ from web.api import (
     inputs,
     metrics,
     schemas,
+    slack,
 )
 from web.api.openapi import documented
 
@@ -71,6 +72,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(slack.bp)
     portal.init_app(app)
     from web import cli
     cli.init_app(app)

@@ -20,6 +20,9 @@ SCHEMATHESIS="$VENV_BIN/schemathesis"
 service_configure
 # Every test case of the Basic operations is a sign-in attempt from one address.
 export AUTH_RATE_LIMIT=1000000
+# The Slack interactions route then checks signatures for real (every fuzzed body fails them).
+SLACK_SIGNING_SECRET=$(random token_urlsafe 32)
+export SLACK_SIGNING_SECRET
 service_enable_metrics
 
 # ---- database and users --------------------------------------------------------------------

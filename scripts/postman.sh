@@ -34,6 +34,11 @@ fi
 service_configure
 # The collection sends ~50 sign-in requests from one address within a minute.
 export AUTH_RATE_LIMIT=1000
+# Slack interactions: the collection signs its bodies with this secret (no bot token: nothing
+# is posted, no Slack is reachable); the approver is the Slack member slack_user_id.
+SLACK_SIGNING_SECRET=$(random token_urlsafe 32)
+export SLACK_SIGNING_SECRET
+slack_user_id="UPM${run_id^^}"
 service_enable_metrics
 
 # ---- database and users --------------------------------------------------------------------
@@ -66,6 +71,7 @@ printf '%s\n' "$approver_password" | "${FLASK[@]}" create-user "$approver_userna
 printf '%s\n' "$admin_password" | "${FLASK[@]}" create-user "$admin_username" \
     --role security --subrole admin --email "$admin_username@example.test" --password-stdin
 service_catalog security/lead
+"${FLASK[@]}" slack-link "$approver_username" "$slack_user_id"
 
 # ---- service ---------------------------------------------------------------------------------
 service_start
@@ -80,6 +86,7 @@ variables=(
     "approver_username=$approver_username" "approver_password=$approver_password"
     "admin_username=$admin_username" "admin_password=$admin_password"
     "run_id=$run_id" "metrics_token=$METRICS_TOKEN" "redis_configured=$redis_configured"
+    "slack_signing_secret=$SLACK_SIGNING_SECRET" "slack_user_id=$slack_user_id"
 )
 
 if [[ "$serve_only" == true ]]; then

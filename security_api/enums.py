@@ -102,6 +102,8 @@ class AuditAction(StrEnum):
     USER_UNLOCKED = "user.unlocked"
     STARTUP_TASK_SUCCEEDED = "startup.task_succeeded"
     STARTUP_TASK_FAILED = "startup.task_failed"
+    # A button pressed in Slack, whatever came of it (details: outcome, action, slack_user_id).
+    SLACK_INTERACTION = "slack.interaction"
     # stepup: a risky action refused for want of a good step-up code (details: reason, purpose).
     STEP_UP_REFUSED = "step_up.refused"
     # Drift (access/drift.py): a new finding, one no longer seen, a repair and a failed one.

@@ -65,6 +65,8 @@ class User(Base):
     tokens_valid_after: Mapped[int] = mapped_column(BigInteger, default=0)
     # The last TOTP step accepted, kept here (not in a cache) so a code works at most once.
     last_totp_step: Mapped[int | None] = mapped_column(BigInteger)
+    # The Slack member id (U.../W...) whose button presses act as this account; set by an admin.
+    slack_user_id: Mapped[str | None] = mapped_column(String(32), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -334,6 +336,29 @@ class ConflictSetMember(Base):
     set_name: Mapped[str] = mapped_column(ForeignKey("conflict_sets.name"), primary_key=True)
     permission_key: Mapped[str] = mapped_column(ForeignKey("permissions.key"), primary_key=True,
                                                 index=True)
+
+
+class SlackMessage(Base):
+    """The Slack message that shows a request, so later decisions can update it (chat.update).
+
+    Written with the request (ts NULL: owed); `ts` and `channel` are filled once posted.
+    """
+
+    __tablename__ = "slack_messages"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), primary_key=True)
+    channel: Mapped[str | None] = mapped_column(String(64))
+    ts: Mapped[str | None] = mapped_column(String(64))
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class SlackInteraction(Base):
+    """A signed Slack payload already acted on: its digest is unique, so it acts only once."""
+
+    __tablename__ = "slack_interactions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 from security_api.access.drift_models import DriftFinding, DriftSchedule  # noqa: E402,F401

@@ -14,6 +14,7 @@ from security_api.accounts.tokens import SigningKeys, TokenAudience, TokenVerifi
 from security_api.audit import KEYS_INFO, ChainKeys
 from security_api.db import ReadOnlyQuery, make_engine, make_session_factory
 from security_api.integrations.notify import Notifier
+from security_api.integrations.slack_outbox import POSTING_INFO
 from security_api.settings import Settings
 
 
@@ -41,7 +42,8 @@ def build_services(settings: Settings) -> Services:
                          query_timeout_seconds=settings.database_query_timeout_seconds)
     audit_keys = ChainKeys.from_secrets(settings.audit_chain_keys)
     # Every session chains and verifies audit events with these keys (`audit.session_keys`).
-    session_factory = make_session_factory(engine, info={KEYS_INFO: audit_keys})
+    session_factory = make_session_factory(engine, info={KEYS_INFO: audit_keys,
+                                                         POSTING_INFO: settings.slack_posting})
     if settings.jwt_algorithm == "EdDSA":
         keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)
     else:

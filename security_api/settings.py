@@ -70,8 +70,19 @@ class Settings:
     startup_security_group_id: str = ""
     startup_security_group_ports: str = ""
     startup_notify_emails: tuple[str, ...] = ()
+    # Approvals from Slack: posting needs the bot token and channel; the interactions
+    # route needs the signing secret (see README, "Slack approvals").
+    slack_bot_token: str = field(default="", repr=False)
+    slack_channel: str = ""
+    slack_signing_secret: str = field(default="", repr=False)
+    slack_api_url: str = "https://slack.com/api"
 
     @property
     def is_production(self) -> bool:
         """Tell whether production rules apply."""
         return self.env == "production"
+
+    @property
+    def slack_posting(self) -> bool:
+        """Tell whether pending requests are posted to Slack (bot token and channel set)."""
+        return bool(self.slack_bot_token and self.slack_channel)

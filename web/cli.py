@@ -20,7 +20,7 @@ from security_api.errors import ApiError
 from security_api.installation import describe_migration, init_database
 from security_api.models import User
 from security_api.startup import RequiredTaskFailed, run_startup_tasks
-from web import cli_drift, cli_policy
+from web import cli_drift, cli_policy, cli_slack
 
 
 def _services():
@@ -238,6 +238,7 @@ def init_app(app: Flask) -> None:
     """Register every command on the app."""
     cli_policy.init_app(app)
     cli_drift.init_app(app)
+    cli_slack.init_app(app)
     for command in (init_db_command, create_role_command, create_user_command,
                     create_permission_command, create_rule_command, seed_demo_command,
                     has_users_command, reap_command, run_startup_tasks_command, audit_group):

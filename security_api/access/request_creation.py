@@ -18,7 +18,7 @@ from security_api.access.provisioning import claim_lease, fail_abandoned, finish
 from security_api.accounts.step_up import require_step_up
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from security_api.errors import Conflict, Forbidden, InvalidParams
-from security_api.integrations import outbox
+from security_api.integrations import outbox, slack_outbox
 from security_api.models import AccessRequest, Permission, RequestApproverGroup
 from security_api.provisioners import get_provisioner
 from security_api.services import Services
@@ -91,6 +91,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
         request = insert_request(session, requester, terms, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
         outbox.request_created(session, request_id)
+        slack_outbox.request_created(session, request_id, pending=request.status == RequestStatus.PENDING)
     for ended_id in owed:
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if auto:

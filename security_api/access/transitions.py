@@ -26,6 +26,7 @@ from security_api import metrics
 from security_api.enums import ProvisioningState as PS
 from security_api.enums import RequestStatus as RS
 from security_api.errors import Conflict
+from security_api.integrations import slack_outbox
 from security_api.models import AccessRequest
 
 
@@ -149,4 +150,6 @@ def transition(session: Session, request_id: str, *, event: Event, source: str |
         raise Conflict(move.refusal[0], code=move.refusal[1])
     if won and move.column == Column.STATUS and move.target != SAME:
         metrics.stage_request_status(session, move.target)
+    if won and move.column == Column.STATUS and (move.target != SAME or event == Event.DECIDE):
+        slack_outbox.request_moved(session, request_id)  # its Slack message shows the change
     return won

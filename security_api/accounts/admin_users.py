@@ -15,6 +15,7 @@ from security_api.accounts import users as accounts
 from security_api.accounts.passwords import generate_password, hash_password
 from security_api.accounts.sessions import invalidate_all_tokens
 from security_api.accounts.signin_attempts import lock_key
+from security_api.accounts.slack_link import check_slack_user_id, commit_slack_link
 from security_api.accounts.users import EMAIL_PATTERN, USERNAME_PATTERN, NewUser
 from security_api.enums import AuditAction, UserKind
 from security_api.errors import Conflict, InvalidParams, NotFound
@@ -107,11 +108,12 @@ def _check_role(session: Session, role: str, subrole: str) -> None:
 def update_user(session: Session, services: Services, *, user_id: str, actor: str,
                 origin: audit.Origin, now: datetime, role: str | _Keep = KEEP,
                 subrole: str | _Keep = KEEP, email: str | None | _Keep = KEEP,
-                active: bool | _Keep = KEEP) -> User:
+                active: bool | _Keep = KEEP, slack_user_id: str | None | _Keep = KEEP) -> User:
     """Change role, subrole, email or active; a new role or a deactivation kills every token,
     and takes back what the user may no longer have (pending requests, active grants)."""
     user = get_user(session, user_id=user_id, for_update=True)
-    wanted = {"role": role, "subrole": subrole, "email": email, "active": active}
+    wanted = {"role": role, "subrole": subrole, "email": email, "active": active,
+              "slack_user_id": slack_user_id}
     changes = {field: {"from": getattr(user, field), "to": value}
                for field, value in wanted.items()
                if value is not KEEP and value != getattr(user, field)}
@@ -121,7 +123,7 @@ def update_user(session: Session, services: Services, *, user_id: str, actor: st
     ended = _apply_changes(session, user, changes, actor=actor, origin=origin, now=now)
     audit.record(session, action=AuditAction.USER_UPDATED, actor=actor, target=user.id,
                  origin=origin, now=now, details={"username": user.username, "changes": changes})
-    session.commit()
+    commit_slack_link(session)
     if any(ended):
         # The provisioner's revoke runs after the commit, never inside a transaction.
         lifecycle.settle_ended(session, services, cancelled=ended[0], revoked=ended[1],
@@ -154,6 +156,8 @@ def _check_changes(session: Session, user: User, changes: dict, *, actor: str) -
         _refuse_self(user, actor, "change your own role or deactivate yourself")
     if user.kind == UserKind.SERVICE and _is_arming(changes):
         refuse_service_account_in_admin_role(session, role=new_role, subrole=new_subrole)
+    if "slack_user_id" in changes:
+        check_slack_user_id(session, user, changes["slack_user_id"]["to"])
 
 
 def _apply_changes(session: Session, user: User, changes: dict, *, actor: str,

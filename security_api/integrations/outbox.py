@@ -18,13 +18,15 @@ from sqlalchemy.orm import Session
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
 from security_api.integrations.notify_texts import DECIDED, DRIFT, PENDING, VERIFY_FAILED
+from security_api.integrations.slack_messages import SLACK_KINDS
 from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
 # failed, cancelled, revoked or expired. VERIFY_FAILED: the requester (and the channel), a
 # read-back contradicted a grant or a revoke. DRIFT: administrators, a new drift finding
-# (access/drift_findings.py). The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED, VERIFY_FAILED, DRIFT)
+# (access/drift_findings.py). SLACK_KINDS: the Slack message of a request, posted and updated
+# (slack_outbox, slack_delivery). The kinds are the notifier's: it renders each.
+KINDS = (PENDING, DECIDED, VERIFY_FAILED, DRIFT, *SLACK_KINDS)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"

@@ -27,8 +27,10 @@ from sqlalchemy.orm import Session
 
 from security_api import metrics
 from security_api.clock import as_utc, utcnow
+from security_api.integrations import slack_delivery
 from security_api.integrations.notify import DeliveryFailed
 from security_api.integrations.outbox import WROTE_INFO
+from security_api.integrations.slack_messages import SLACK_KINDS
 from security_api.models import OutboxMessage, new_id
 from security_api.services import Services
 from security_api.unit_of_work import end_reads
@@ -101,9 +103,12 @@ def _send(session: Session, services: Services, claimed: _Claimed, now: datetime
     """Call the receivers, then record the outcome under our claim; return 1 when delivered."""
     attempts = claimed.attempts + 1
     try:
-        reached = services.notifier.send(
-            claimed.kind, claimed.payload["request"], recipients=claimed.payload["recipients"],
-            delivery_id=claimed.id, done=claimed.sent_channels)
+        if claimed.kind in SLACK_KINDS:
+            reached = slack_delivery.deliver(services, claimed.kind, claimed.payload)
+        else:
+            reached = services.notifier.send(
+                claimed.kind, claimed.payload["request"], recipients=claimed.payload["recipients"],
+                delivery_id=claimed.id, done=claimed.sent_channels)
     except DeliveryFailed as exc:
         _record(session, claimed, attempts=attempts, reached=exc.reached, error=str(exc),
                 next_attempt_at=now + backoff(attempts))

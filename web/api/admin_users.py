@@ -56,6 +56,10 @@ class UserUpdateBody(schemas.Body):
     email: StrictStr | None = Field(default=None, max_length=254, description="null clears it.")
     active: StrictBool = Field(default=None, description="false deactivates.",
                                json_schema_extra=_no_default)
+    slack_user_id: StrictStr | None = Field(
+        default=None, max_length=32, description="The Slack member id (U012AB3CD) whose Approve "
+        "/ Deny buttons act as this person; null unlinks. People only; unique (409 "
+        "`slack_user_taken`).")
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -152,7 +156,8 @@ def get_user(user_id: str):
 @bp.patch("/users/<user_id>")
 @documented(summary="Change role, subrole, email or active (deactivation, not deletion)",
             tag=TAG, body=UserUpdateBody, responses={200: AdminUser, 403: E, 404: E, 409: E},
-            description="Only these four fields; any other is refused (412). A new role or "
+            description="Only these five fields (role, subrole, email, active, "
+                        "slack_user_id); any other is refused (412). A new role or "
                         "subrole, or a deactivation, revokes every token of the user at once. "
                         "A deactivation also cancels their pending requests and revokes their "
                         "active grants (the provisioner's revoke included; audited with reason "
@@ -169,7 +174,8 @@ def update_user(user_id: str):
     named = {field: getattr(body, field) for field in body.model_fields_set}
     if not named:
         raise InvalidParams(code="missing_params", errors=[
-            {"field": "(body)", "problem": "name at least one of role, subrole, email, active"}])
+            {"field": "(body)",
+             "problem": "name at least one of role, subrole, email, active, slack_user_id"}])
     user = admin_users.update_user(db(), services(), user_id=user_id, actor=_actor(),
                                    origin=origin(), now=utcnow(), **named)
     return respond(None, user=user_json(user))

@@ -32,9 +32,13 @@ E = schemas.Error
 
 def user_json(user: User | sessions.Account) -> dict:
     """Render a user as the contract describes it."""
-    return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
-            "subrole": user.subrole, "kind": user.kind, "active": user.active,
-            "totp_enabled": user.totp_confirmed, "created_at": isoformat(user.created_at)}
+    rendered = {"id": user.id, "username": user.username, "email": user.email,
+                "role": user.role, "subrole": user.subrole, "kind": user.kind,
+                "active": user.active, "totp_enabled": user.totp_confirmed,
+                "created_at": isoformat(user.created_at)}
+    if isinstance(user, User):  # the admin body; a token's Account does not read the link
+        rendered["slack_user_id"] = user.slack_user_id
+    return rendered
 
 
 def _tokens(issued: sessions.IssuedTokens):

@@ -94,6 +94,11 @@ def validate_fields(schema: type[BaseModel], data: dict) -> BaseModel:
         raise _invalid_params(exc) from None
 
 
+def read_raw_body() -> bytes:
+    """Return the body's exact bytes (bounded by MAX_BODY_BYTES, 413), for signature checks."""
+    return _body_bytes()
+
+
 def _body_bytes() -> bytes:
     """Return the body; 413 when it is larger than MAX_BODY_BYTES, however it was sent.
 

@@ -41,17 +41,23 @@ class ApiDoc:
     auth: str | None = None
     description: str = ""
     query: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def documented(*, summary: str, tag: str, responses: dict, body=None, auth=None,
-               description: str = "", query: type[BaseModel] | None = None):
+               description: str = "", query: type[BaseModel] | None = None,
+               form: type[BaseModel] | None = None, headers: tuple = ()):
     """Attach OpenAPI facts to a view; put it under the route decorator.
 
     `query` is the model the view reads its query string with (read_query), so the
-    parameters documented are the ones validated.
+    parameters documented are the ones validated. `form` documents a form-encoded body
+    (application/x-www-form-urlencoded) instead of JSON; `headers` names request headers
+    the view reads, as (name, description).
     """
     def decorate(view):
-        view.api_doc = ApiDoc(summary, tag, responses, body, auth, description, query)
+        view.api_doc = ApiDoc(summary, tag, responses, body, auth, description, query, form,
+                              tuple(headers))
         return view
     return decorate
 
@@ -141,6 +147,9 @@ def query_parameters(model: type[BaseModel]) -> list[dict]:
 def _parameters(doc: ApiDoc, path_params: list[str]) -> list[dict]:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in path_params]
+    parameters += [{"name": name, "in": "header", "required": False, "description": text,
+                    "schema": {"type": "string", "pattern": NO_NUL}}
+                   for name, text in doc.headers]
     return parameters + (query_parameters(doc.query) if doc.query else [])
 
 
@@ -163,6 +172,10 @@ def _operation(view, doc: ApiDoc, components: dict, path_params: list[str], *,
         operation["requestBody"] = {"required": required,
                                     "content": _json_content(doc.body, components,
                                                              request=True)}
+    if doc.form is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": _schema_ref(doc.form, components, request=True)}}}
     return operation
 
 

@@ -103,6 +103,9 @@ class UserOut(BaseModel):
     active: bool
     totp_enabled: bool
     created_at: str
+    slack_user_id: str | None = Field(default=None, description="Admin bodies only: the Slack "
+                                      "member whose buttons act as this account (set by an "
+                                      "administrator).")
 
 
 class Profile(BaseModel):
