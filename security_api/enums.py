@@ -25,6 +25,13 @@ class RequestStatus(StrEnum):
     REVOKED = "revoked"
 
 
+class ExpiredReason(StrEnum):
+    """Why a request is `expired`: shown as the request's `expired_reason`."""
+
+    NOT_DECIDED = "not_decided"  # pending past its rule's pending_ttl_minutes
+    ENDED = "ended"  # an active grant reached its expires_at
+
+
 class ProvisioningState(StrEnum):
     """An outside call that is owed: running now, or failed and to be tried again."""
 
@@ -76,6 +83,7 @@ class AuditAction(StrEnum):
     REQUEST_RETRIED = "request.retried"
     REQUEST_REVOKED = "request.revoked"
     REQUEST_EXPIRED = "request.expired"
+    REQUEST_EXPIRY_WARNING_SENT = "request.expiry_warning_sent"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
     PERMISSION_CREATED = "permission.created"

@@ -202,6 +202,9 @@ class PolicyRule(Base):
     approvers: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # pendingexp: how long a request under this rule may wait for a decision.
+    pending_ttl_minutes: Mapped[int] = mapped_column(Integer, default=1440,
+                                                     server_default=text("1440"))
 
 
 class AccessRequest(Base):
@@ -234,6 +237,12 @@ class AccessRequest(Base):
     # An outside call still owed (see provisioning.py), and when it was last started.
     provisioning_state: Mapped[str | None] = mapped_column(String(16), index=True)
     provisioning_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # pendingexp: the decision deadline, frozen at creation from the rule's pending_ttl_minutes;
+    # why an expired request ended ("not_decided" or "ended"); and the `expires_at` the holder
+    # was last warned about (a grant extended to a new end may be warned again).
+    pending_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    expired_reason: Mapped[str | None] = mapped_column(String(16))
+    expiry_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RequestApproverGroup(Base):

@@ -60,6 +60,8 @@ class Settings:
     smtp_starttls: bool = True
     public_base_url: str = "http://127.0.0.1:16381"
     reaper_interval_seconds: int = 60
+    # pendingexp: warn a grant's holder this long before it ends (0: no warnings).
+    expiry_warning_minutes: int = 15
     # Deployment: proxies in front of the service, and tasks run once per instance at start.
     trusted_proxy_count: int = 0
     startup_tasks: tuple[str, ...] = ()

@@ -6,10 +6,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from security_api import audit
+from security_api import audit, metrics
 from security_api.access.provisioning import revoke_each_claimed
 from security_api.access.transitions import Event, transition
-from security_api.enums import AuditAction, RequestStatus
+from security_api.enums import AuditAction, ExpiredReason, RequestStatus
 from security_api.integrations import outbox
 from security_api.models import AccessRequest
 from security_api.services import Services
@@ -23,10 +23,12 @@ def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
     The conditional update is the claim: a second reaper finds nothing left to do.
     """
     if not transition(session, request_id, event=Event.EXPIRE, ended_at=now,
-                      provisioning_started_at=now):
+                      provisioning_started_at=now, expired_reason=ExpiredReason.ENDED):
         return False
     audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
-                 target=request_id, origin=origin, now=now)
+                 target=request_id, origin=origin, now=now,
+                 details={"reason": ExpiredReason.ENDED.value})
+    metrics.stage_expiry(session, ExpiredReason.ENDED)
     outbox.requests_ended(session, [request_id])
     return True
 

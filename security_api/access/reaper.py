@@ -1,12 +1,14 @@
-"""Expire due grants and deliver owed notifications: once from cron (`flask reap`) or in the
-background of each worker."""
+"""Expire due grants and undecided requests, warn of grants ending soon, and deliver owed
+notifications: once from cron (`flask reap`) or in the background of each worker."""
 from __future__ import annotations
 
 import logging
 import threading
 
 from security_api import audit
+from security_api.access.expiry_warnings import warn_due
 from security_api.access.lifecycle import expire_due
+from security_api.access.pending_expiry import expire_pending_due
 from security_api.access.provisioning import recover
 from security_api.clock import utcnow
 from security_api.integrations.outbox_delivery import deliver_due
@@ -17,7 +19,8 @@ BATCH = 100
 
 
 def reap_once(services: Services) -> int:
-    """Expire every grant that is due now; return how many this call expired."""
+    """Expire every grant and pending request that is due now, and warn of grants ending soon;
+    return how many requests this call expired."""
     total = 0
     origin = audit.Origin(ip="reaper")
     with services.session_factory() as session:
@@ -26,10 +29,28 @@ def reap_once(services: Services) -> int:
             total += expired
             if expired < BATCH:
                 break
+        total += _expire_pending(session, origin)
+        _warn_of_endings(session, services, origin)
         # Claims left by a crashed worker: abandoned grants fail, owed revokes run again.
         recover(session, services, origin=origin, now=utcnow())
     deliver_due(services)  # notifications owed, including any a crashed worker left
     return total
+
+
+def _expire_pending(session, origin: audit.Origin) -> int:
+    total = 0
+    while True:
+        expired = expire_pending_due(session, now=utcnow(), limit=BATCH, origin=origin)
+        total += expired
+        if expired < BATCH:
+            return total
+
+
+def _warn_of_endings(session, services: Services, origin: audit.Origin) -> None:
+    minutes = services.settings.expiry_warning_minutes
+    while warn_due(session, warning_minutes=minutes, now=utcnow(), limit=BATCH,
+                   origin=origin) >= BATCH:
+        pass
 
 
 def start_background_reaper(services: Services, *, interval_seconds: int) -> threading.Event:

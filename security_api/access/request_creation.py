@@ -11,6 +11,7 @@ from security_api import audit, metrics
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
+from security_api.access.pending_deadline import pending_deadline
 from security_api.access.policy import Decision
 from security_api.access.provisioning import claim_lease, fail_abandoned, finish_revoke
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
@@ -123,6 +124,7 @@ def _insert(session: Session, subject: Subject, permission: str, decision: Decis
         status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
         approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
         decided_at=now if auto else None, provisioning_started_at=now if auto else None,
+        pending_expires_at=None if auto else pending_deadline(now, rule.pending_ttl_minutes),
         provisioning={})
     session.add(request)
     try:

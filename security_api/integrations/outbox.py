@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session
 
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
-from security_api.integrations.notify_texts import DECIDED, PENDING
+from security_api.integrations.notify_texts import DECIDED, EXPIRY_WARNING, PENDING
 from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
 # failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED)
+# EXPIRY_WARNING: the holder of a grant that ends soon (pendingexp).
+KINDS = (PENDING, DECIDED, EXPIRY_WARNING)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"
@@ -63,10 +64,15 @@ def requests_ended(session: Session, request_ids: list[str]) -> None:
         _tell_requester(session, _fresh(session, request_id))
 
 
-def _tell_requester(session: Session, request: AccessRequest) -> None:
+def expiry_warning(session: Session, request_id: str) -> None:
+    """A grant ends soon: tell its holder, with a link to extend it."""
+    _tell_requester(session, _fresh(session, request_id), kind=EXPIRY_WARNING)
+
+
+def _tell_requester(session: Session, request: AccessRequest, *, kind: str = DECIDED) -> None:
     email = session.scalar(select(User.email).where(User.id == request.requester_id))
-    enqueue(session, DECIDED, {"request": _rendered(session, request),
-                               "recipients": [email] if email else []})
+    enqueue(session, kind, {"request": _rendered(session, request),
+                            "recipients": [email] if email else []})
 
 
 def _fresh(session: Session, request_id: str) -> AccessRequest:

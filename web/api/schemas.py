@@ -163,6 +163,12 @@ class RequestOut(BaseModel):
     expires_at: str | None
     ended_at: str | None
     provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
+    pending_expires_at: str | None = Field(
+        description="While pending: when it expires undecided (the rule's pending_ttl_minutes "
+                    "after creation, fixed then; later rule changes do not move it).")
+    expired_reason: str | None = Field(
+        description="null unless expired: `not_decided` (pending past pending_expires_at) or "
+                    "`ended` (an active grant reached expires_at).")
 
 
 class RequestEnvelope(BaseModel):

@@ -16,7 +16,8 @@ EXPORT_HEADER = """\
 # security-api.audit rules are always kept and need not be listed.
 """
 # Left out of a rule when they have these values, to keep the file short.
-RULE_DEFAULTS = {"max_duration_minutes": None, "approvers": [], "approvals_required": 1}
+RULE_DEFAULTS = {"max_duration_minutes": None, "approvers": [], "approvals_required": 1,
+                 "pending_ttl_minutes": 1440}
 
 
 def export(session: Session) -> str:
