@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Response, request, url_for
 
-from flask_api_functions import current_actor, db
+from flask_api_functions import current_actor, db, services
 from security_api.access import lifecycle
 from security_api.access.request_views import list_requests
 from security_api.access.request_views import render as render_requests
@@ -15,7 +15,7 @@ from security_api.clock import utcnow
 from security_api.enums import RequestStatus
 
 from .blueprint import bp, login_required, render
-from .formatting import approvers_text, duration, status_label, time_left, when
+from .formatting import approvers_text, duration, ending_soon, status_label, time_left, when
 from .permission_names import permission_names
 from .timeline import timeline
 
@@ -72,7 +72,10 @@ def request_detail(request_id: str) -> Response:
                  decided=when(view["decided_at"]), expires=when(view["expires_at"]),
                  time_left=time_left(access_request.expires_at, now)
                  if view["status"] == RequestStatus.ACTIVE else "",
-                 approvers=approvers_text(approvers))
+                 approvers=approvers_text(approvers),
+                 pending_expires=when(view["pending_expires_at"]),
+                 ending_soon=view["status"] == RequestStatus.ACTIVE and ending_soon(
+                     access_request.expires_at, now, services().settings.expiry_warning_minutes))
     return render("portal/request_detail.html", item=facts,
                   actions=_actions(access_request, view, actor),
                   timeline=timeline(view, access_request, approvers))
