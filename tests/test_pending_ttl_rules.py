@@ -81,3 +81,13 @@ def test_policy_file_carries_the_ttl_and_old_files_apply_unchanged(db_session, s
 def test_policy_file_refuses_a_bad_ttl_on_its_line(settings):
     problems = problems_of(MINIMAL + "    pending_ttl_minutes: 0\n", settings)
     assert any("pending_ttl_minutes" in p and "from 1 to 525600" in p for p in problems), problems
+
+
+def test_openapi_documents_the_new_fields(client):
+    schemas = client.get("/v1/openapi.json").json["components"]["schemas"]
+    for model, field in [("RequestOut", "pending_expires_at"), ("RequestOut", "expired_reason"),
+                         ("PolicyOut", "pending_ttl_minutes"),
+                         ("PolicyCreateBody", "pending_ttl_minutes"),
+                         ("PolicyUpdateBody", "pending_ttl_minutes")]:
+        assert field in schemas[model]["properties"], (model, field)
+    assert schemas["PolicyCreateBody"]["properties"]["pending_ttl_minutes"]["maximum"] == 525600

@@ -33,6 +33,9 @@ def test_pending_requests_show_when_they_expire(world):
 def test_an_expired_request_says_nobody_decided(world):
     request_id = world.open("alice", "db", justification="deploy")
     _move(world, request_id, pending_expires_at=utcnow() - timedelta(seconds=1))
+    before = html.unescape(text(world.client("alice").get(f"/portal/requests/{request_id}")))
+    assert "Nobody decided it in time." in before
+    assert "Cancel the request" not in before  # too late: it would answer 409
     reap_once(world.app.extensions["security_api"])
     detail = html.unescape(text(world.client("alice").get(f"/portal/requests/{request_id}")))
     assert "Nobody decided it in time." in detail

@@ -46,7 +46,9 @@ def my_requests() -> Response:
 def _actions(access_request, view: dict, actor) -> dict[str, bool]:
     """Which buttons the page shows this actor; the domain checks again on every POST."""
     mine = access_request.requester_id == actor.subject.id
-    pending = access_request.status == RequestStatus.PENDING
+    # Past its decision deadline a pending row reads expired: no buttons that would answer 409.
+    pending = access_request.status == RequestStatus.PENDING \
+        and view["status"] == RequestStatus.PENDING
     decided = any(item["approver"] == actor.subject.username for item in view["approvals"])
     return {
         "cancel": mine and pending,
