@@ -90,6 +90,7 @@ ENV_VARIABLES = {
     "PUBLIC_BASE_URL": ("public_base_url", str),
     "REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _int),
     "DRIFT_INTERVAL_SECONDS": ("drift_interval_seconds", _int),
+    "EXPIRY_WARNING_MINUTES": ("expiry_warning_minutes", _int),
     "TRUSTED_PROXY_COUNT": ("trusted_proxy_count", _int),
     "STARTUP_TASKS": ("startup_tasks", _origins),
     "INSTANCE_ADDRESS": ("instance_address", str),
@@ -206,6 +207,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("REAPER_INTERVAL_SECONDS must be 0 (off) or positive")
     if settings.drift_interval_seconds < 0:
         raise ConfigError("DRIFT_INTERVAL_SECONDS must be 0 (off) or positive")
+    if not 0 <= settings.expiry_warning_minutes <= 525600:
+        raise ConfigError("EXPIRY_WARNING_MINUTES must be 0 (off) or between 1 and 525600")
     if settings.webhook_signing_secret and len(settings.webhook_signing_secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"WEBHOOK_SIGNING_SECRET must be at least {MIN_SECRET_BYTES} bytes")
     if settings.is_production and settings.smtp_username and not settings.smtp_starttls:

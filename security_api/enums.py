@@ -25,6 +25,13 @@ class RequestStatus(StrEnum):
     REVOKED = "revoked"
 
 
+class ExpiredReason(StrEnum):
+    """Why a request is `expired`: shown as the request's `expired_reason`."""
+
+    NOT_DECIDED = "not_decided"  # pending past its rule's pending_ttl_minutes
+    ENDED = "ended"  # an active grant reached its expires_at
+
+
 class ProvisioningState(StrEnum):
     """An outside call that is owed: running now, or failed and to be tried again."""
 
@@ -80,6 +87,7 @@ class AuditAction(StrEnum):
     REQUEST_EXTENDED = "request.extended"
     # An extension waits for approval: target is the grant, details name the extension.
     REQUEST_EXTENSION_REQUESTED = "request.extension_requested"
+    REQUEST_EXPIRY_WARNING_SENT = "request.expiry_warning_sent"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
     # Read-back (access/readback.py): the target confirmed a grant or a revoke, or it did not

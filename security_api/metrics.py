@@ -18,6 +18,7 @@ from security_api.db import ServiceSession
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PENDING_STATUSES = "metrics_request_statuses"
 _PENDING_EXTENSIONS = "metrics_grant_extensions"
+_PENDING_COUNTS = "metrics_staged_counts"
 
 HTTP_REQUESTS = Counter(
     "security_api_http_requests", "HTTP requests answered, by route template, method and status.",
@@ -86,6 +87,26 @@ def count_conflict_refusal(stage: str) -> None:
     CONFLICT_REFUSALS.labels(stage=stage).inc()
 
 
+# pendingexp: expiries by reason and expiry warnings, counted when their transaction commits.
+REQUESTS_EXPIRED = Counter(
+    "security_api_access_requests_expired",
+    "Access requests that expired, by reason: not_decided (pending too long) or ended.",
+    ["reason"])
+EXPIRY_WARNINGS = Counter(
+    "security_api_expiry_warnings_sent",
+    "Grants whose holder was warned (through the outbox) that the grant ends soon.")
+
+
+def stage_expiry(session: Session, reason: str) -> None:
+    """Count one request expiring for `reason` once the session commits."""
+    session.info.setdefault(_PENDING_COUNTS, []).append((REQUESTS_EXPIRED, {"reason": str(reason)}))
+
+
+def stage_expiry_warning(session: Session) -> None:
+    """Count one expiry warning once the session commits."""
+    session.info.setdefault(_PENDING_COUNTS, []).append((EXPIRY_WARNINGS, None))
+
+
 def count_outbox_delivered() -> None:
     """Count one notification delivered."""
     OUTBOX_DELIVERED.inc()
@@ -145,6 +166,8 @@ def _count_committed_statuses(session: Session) -> None:
         REQUEST_TRANSITIONS.labels(status=status).inc()
     for outcome in session.info.pop(_PENDING_EXTENSIONS, ()):
         GRANT_EXTENSIONS.labels(outcome=outcome).inc()
+    for counter, labels in session.info.pop(_PENDING_COUNTS, ()):
+        (counter.labels(**labels) if labels else counter).inc()
 
 
 @event.listens_for(ServiceSession, "after_transaction_end")
@@ -153,6 +176,7 @@ def _forget_uncommitted_statuses(session: Session, transaction) -> None:
     if transaction.parent is None:
         session.info.pop(_PENDING_STATUSES, None)
         session.info.pop(_PENDING_EXTENSIONS, None)
+        session.info.pop(_PENDING_COUNTS, None)
 
 
 def multiprocess_dir() -> str | None:

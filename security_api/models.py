@@ -206,6 +206,9 @@ class PolicyRule(Base):
     approvers: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # pendingexp: how long a request under this rule may wait for a decision.
+    pending_ttl_minutes: Mapped[int] = mapped_column(Integer, default=1440,
+                                                     server_default=text("1440"))
 
 
 OPEN_SLOT = "status IN ('pending', 'granting', 'active') AND continues_id IS NULL"
@@ -255,6 +258,12 @@ class AccessRequest(Base):
     grant_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoke_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     verify_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # pendingexp: the decision deadline, frozen at creation from the rule's pending_ttl_minutes;
+    # why an expired request ended ("not_decided" or "ended"); and the `expires_at` the holder
+    # was last warned about (a grant extended to a new end may be warned again).
+    pending_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    expired_reason: Mapped[str | None] = mapped_column(String(16))
+    expiry_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RequestApproverGroup(Base):

@@ -62,6 +62,8 @@ class Settings:
     reaper_interval_seconds: int = 60
     # A drift scan (access/drift.py) from the reaper at most this often, cluster-wide; 0: never.
     drift_interval_seconds: int = 3600
+    # pendingexp: warn a grant's holder this long before it ends (0: no warnings).
+    expiry_warning_minutes: int = 15
     # Deployment: proxies in front of the service, and tasks run once per instance at start.
     trusted_proxy_count: int = 0
     startup_tasks: tuple[str, ...] = ()

@@ -270,3 +270,46 @@ def test_a_hanging_receiver_does_not_slow_the_api_call(app, client, make_user, l
 def test_backoff_doubles_and_is_capped():
     assert [backoff(n).total_seconds() for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
     assert backoff(50).total_seconds() == BACKOFF_CAP_SECONDS
+
+
+# ---- the kinds added with pending expiry and warnings (pendingexp) ------------------------------
+@failing
+def test_expiry_and_warning_survive_receivers_down_then_up(app, client, make_user, login_as,
+                                                           receiver, smtp_port):
+    """A pending request expired by the reaper and a grant ending soon: both written while the
+    receivers are down, both delivered once when they are back."""
+    alice_h, _ = _people(make_user, login_as)
+    _world(app)
+    waiting = client.post("/v1/requests", headers=alice_h,
+                          json={"permission": "db", "justification": "x"}).json["request"]
+    grant = client.post("/v1/requests", headers=alice_h, json={"permission": "vpn"}).json["request"]
+    with _services(app).session_factory() as session:
+        session.execute(update(AccessRequest).where(AccessRequest.id == waiting["id"])
+                        .values(pending_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(update(AccessRequest).where(AccessRequest.id == grant["id"])
+                        .values(expires_at=utcnow() + timedelta(minutes=5)))
+        session.commit()
+    assert reap_once(_services(app)) == 1
+    kinds = [outbox.PENDING, outbox.DECIDED, outbox.EXPIRY_WARNING]
+    wait_for(lambda: sorted(row.kind for row in _rows(app) if row.attempts >= 1) == sorted(kinds),
+             what="the failed attempts")
+    assert undelivered(app) == 3
+
+    receiver.status = 200
+    with receiver.lock:
+        receiver.received.clear()
+    handler = kit.Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    try:
+        assert deliver_due(_services(app), now=utcnow() + LATER) == 3
+        assert deliver_due(_services(app), now=utcnow() + LATER) == 0
+        assert reap_once(_services(app)) == 0  # the reaper writes no second warning or expiry
+        assert deliver_due(_services(app), now=utcnow() + LATER) == 0
+        ids = {row.kind: row.id for row in _rows(app)}
+        assert sorted(_delivery_ids(receiver)) == sorted(ids.values())
+        alice_mail = sorted(key for key in _mail_keys(handler) if key[0] == "alice@example.com")
+        assert alice_mail == sorted([("alice@example.com", ids[outbox.DECIDED]),
+                                     ("alice@example.com", ids[outbox.EXPIRY_WARNING])])
+    finally:
+        controller.stop()

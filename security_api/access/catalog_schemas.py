@@ -100,6 +100,9 @@ class RuleSpec(CatalogModel):
     approvers: list[Approver] = Field(default_factory=list, max_length=50,
                                       description="`role` or `role/subrole` entries.")
     approvals_required: Approvals = 1
+    pending_ttl_minutes: Minutes = Field(
+        default=1440, description="How long a request may wait for a decision before it "
+                                  "expires (`expired_reason: not_decided`).")
 
     @property
     def ident(self) -> tuple[str, str, str]:
@@ -150,7 +153,8 @@ class ConflictSetSpec(CatalogModel):
 
 # ---- readable problems -------------------------------------------------------------------------
 # Ranges by field name: pydantic reports one bound, the reader wants to see both.
-RANGES = {"max_duration_minutes": (1, MAX_MINUTES), "approvals_required": (1, MAX_APPROVALS)}
+RANGES = {"max_duration_minutes": (1, MAX_MINUTES), "approvals_required": (1, MAX_APPROVALS),
+          "pending_ttl_minutes": (1, MAX_MINUTES)}
 TYPE_PROBLEMS = {"int_type": "must be an integer", "int_parsing": "must be an integer",
                  "string_type": "must be a string", "bool_type": "must be true or false",
                  "dict_type": "must be a mapping", "model_type": "must be a mapping",

@@ -6,11 +6,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from security_api import audit
+from security_api import audit, metrics
 from security_api.access.grant_chain import end_with_grant
 from security_api.access.provisioning import revoke_each_claimed
 from security_api.access.transitions import Event, transition
-from security_api.enums import AuditAction, RequestStatus
+from security_api.enums import AuditAction, ExpiredReason, RequestStatus
 from security_api.integrations import outbox
 from security_api.models import AccessRequest
 from security_api.services import Services
@@ -27,12 +27,15 @@ def expire_one(session: Session, request_id: str, *, origin: audit.Origin,
     """
     due = AccessRequest.expires_at <= now
     if not transition(session, request_id, event=Event.EXPIRE, ended_at=now,
-                      provisioning_started_at=now,
+                      provisioning_started_at=now, expired_reason=ExpiredReason.ENDED,
                       extra_where=(due, AccessRequest.continues_id.is_(None))):
         return transition(session, request_id, event=Event.EXPIRE_WITH_GRANT, ended_at=now,
+                          expired_reason=ExpiredReason.ENDED,
                           extra_where=(due, AccessRequest.continues_id.is_not(None)))
     audit.record(session, action=AuditAction.REQUEST_EXPIRED, actor="system",
-                 target=request_id, origin=origin, now=now)
+                 target=request_id, origin=origin, now=now,
+                 details={"reason": ExpiredReason.ENDED.value})
+    metrics.stage_expiry(session, ExpiredReason.ENDED)
     outbox.requests_ended(session, [request_id])
     end_with_grant(session, request_id, expired=True, actor="system", origin=origin, now=now)
     return True

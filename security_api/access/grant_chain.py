@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from security_api import audit
 from security_api.access.transitions import Event, transition
-from security_api.enums import AuditAction, RequestStatus
+from security_api.enums import AuditAction, ExpiredReason, RequestStatus
 from security_api.integrations import outbox
 from security_api.models import AccessRequest
 
@@ -57,7 +57,9 @@ def end_with_grant(session: Session, grant_id: str, *, expired: bool, actor: str
     """
     for rider_id in _leaning(session, grant_id, RequestStatus.ACTIVE):
         event = Event.EXPIRE_WITH_GRANT if expired else Event.END_WITH_GRANT
-        if transition(session, rider_id, event=event, source=RequestStatus.ACTIVE, ended_at=now):
+        reason = {"expired_reason": ExpiredReason.ENDED} if expired else {}
+        if transition(session, rider_id, event=event, source=RequestStatus.ACTIVE, ended_at=now,
+                      **reason):
             audit.record(session, action=AuditAction.REQUEST_EXPIRED if expired
                          else AuditAction.REQUEST_REVOKED, actor=actor, target=rider_id,
                          origin=origin, now=now, details={"with_grant": grant_id})

@@ -26,6 +26,7 @@ from security_api.access.eligibility import (
 )
 from security_api.access.expiry import expire_due
 from security_api.access.grant_chain import end_with_grant, hold_running, running
+from security_api.access.pending_deadline import decidable_in_time
 from security_api.access.provisioning import finish_revoke
 from security_api.access.request_actors import Actor, approver_groups, is_eligible_approver, visible_request
 from security_api.access.request_creation import create_request
@@ -101,7 +102,9 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
                          permission_key=request.permission_key, now=now,
                          ignore_request_id=request.id)
         # Touching the row takes its write lock: deciders of one request go one at a time.
-        transition(session, request.id, event=Event.DECIDE)
+        # Past its decision deadline it reads as expired: too late to decide (409).
+        transition(session, request.id, event=Event.DECIDE,
+                   extra_where=(decidable_in_time(now),))
         _record_decision(session, request, actor, Decision.APPROVE, comment, now)
         audit.record(session, action=AuditAction.REQUEST_APPROVED, actor=actor.subject.username,
                      target=request.id, origin=origin, now=now, details={"comment": comment or ""})
@@ -139,7 +142,8 @@ def deny(session: Session, services: Services, *, request_id: str, actor: Actor,
         request = visible_request(session, request_id, actor)
         _require_decider(session, request, actor)
         _require_decider_step_up(session, services, request, actor, totp, origin, now)
-        transition(session, request.id, event=Event.DENY, decided_at=now)
+        transition(session, request.id, event=Event.DENY, decided_at=now,
+                   extra_where=(decidable_in_time(now),))
         _record_decision(session, request, actor, Decision.DENY, comment, now)
         audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,
                      target=request.id, origin=origin, now=now, details={"comment": comment or ""})
@@ -155,7 +159,8 @@ def cancel(session: Session, services: Services, *, request_id: str, actor: Acto
         request = visible_request(session, request_id, actor)
         if request.requester_id != actor.subject.id:
             raise Forbidden("Only the requester can cancel a request.")
-        transition(session, request.id, event=Event.CANCEL, decided_at=now)
+        transition(session, request.id, event=Event.CANCEL, decided_at=now,
+                   extra_where=(decidable_in_time(now),))
         audit.record(session, action=AuditAction.REQUEST_CANCELLED, actor=actor.subject.username,
                      target=request.id, origin=origin, now=now)
     session.refresh(request)

@@ -21,6 +21,7 @@ class Rule:
     max_duration_minutes: int | None = None
     approvers: tuple[str, ...] = ()
     approvals_required: int = 1
+    pending_ttl_minutes: int = 1440  # how long a request may wait for a decision
 
 
 @dataclass(frozen=True)

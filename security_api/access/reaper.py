@@ -1,5 +1,6 @@
-"""Expire due grants, scan for drift when due, and deliver owed notifications: once from cron
-(`flask reap`) or in the background of each worker."""
+"""Expire due grants and undecided requests, warn of grants ending soon, scan for drift when
+due, and deliver owed notifications: once from cron (`flask reap`) or in the background of each
+worker."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,9 @@ import threading
 
 from security_api import audit
 from security_api.access.drift_schedule import scan_if_due
+from security_api.access.expiry_warnings import warn_due
 from security_api.access.lifecycle import expire_due
+from security_api.access.pending_expiry import expire_pending_due
 from security_api.access.provisioning import recover
 from security_api.access.readback_retry import retry_grant_readbacks
 from security_api.clock import utcnow
@@ -19,7 +22,8 @@ BATCH = 100
 
 
 def reap_once(services: Services) -> int:
-    """Expire every grant that is due now; return how many this call expired."""
+    """Expire every grant and pending request that is due now, and warn of grants ending soon;
+    return how many requests this call expired."""
     total = 0
     origin = audit.Origin(ip="reaper")
     with services.session_factory() as session:
@@ -28,6 +32,8 @@ def reap_once(services: Services) -> int:
             total += expired
             if expired < BATCH:
                 break
+        total += _expire_pending(session, origin)
+        _warn_of_endings(session, services, origin)
         # Claims left by a crashed worker: abandoned grants fail, owed revokes run again.
         recover(session, services, origin=origin, now=utcnow())
         # Grants whose read-back could not be made right after the call (see readback.py).
@@ -43,6 +49,20 @@ def _scan_drift_if_due(services: Services) -> None:
         scan_if_due(services, now=utcnow())
     except Exception:  # noqa: BLE001 - logged; the next interval tries again
         log.exception("drift scan failed")
+def _expire_pending(session, origin: audit.Origin) -> int:
+    total = 0
+    while True:
+        expired = expire_pending_due(session, now=utcnow(), limit=BATCH, origin=origin)
+        total += expired
+        if expired < BATCH:
+            return total
+
+
+def _warn_of_endings(session, services: Services, origin: audit.Origin) -> None:
+    minutes = services.settings.expiry_warning_minutes
+    while warn_due(session, warning_minutes=minutes, now=utcnow(), limit=BATCH,
+                   origin=origin) >= BATCH:
+        pass
 
 
 def start_background_reaper(services: Services, *, interval_seconds: int) -> threading.Event:

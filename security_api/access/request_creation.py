@@ -13,6 +13,7 @@ from security_api.access import conflicts
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
+from security_api.access.pending_deadline import pending_deadline
 from security_api.access.policy import Decision
 from security_api.access.provisioning import claim_lease, fail_abandoned, finish_revoke
 from security_api.accounts.step_up import require_step_up
@@ -180,6 +181,7 @@ def insert_request(session: Session, subject: Subject, terms: Terms, *, origin: 
         status=RequestStatus.GRANTING if auto else RequestStatus.PENDING, mode=rule.mode,
         approvals_required=rule.approvals_required, requester_ip=origin.ip, created_at=now,
         decided_at=now if auto else None, provisioning_started_at=now if auto else None,
+        pending_expires_at=None if auto else pending_deadline(now, rule.pending_ttl_minutes),
         provisioning={}, extends_id=extends[0] if extends else None,
         continues_id=extends[1] if extends else None)
     session.add(request)

@@ -7,10 +7,11 @@ from sqlalchemy import and_, exists, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from security_api import cursors
+from security_api.access.pending_deadline import decidable_in_time
 from security_api.access.request_actors import Actor
 from security_api.clock import as_utc, isoformat
 from security_api.db import UTCDateTime
-from security_api.enums import RequestStatus
+from security_api.enums import ExpiredReason, RequestStatus
 from security_api.errors import Forbidden
 from security_api.models import AccessRequest, Approval, RequestApproverGroup, User
 
@@ -18,13 +19,26 @@ SCOPES = ("own", "approvable", "all")
 
 
 def effective_status(request: AccessRequest, now: datetime) -> str:
-    """Return the status a reader sees: an active grant past its end is expired, reaped or not."""
-    if request.status == RequestStatus.ACTIVE and request.expires_at is not None \
-            and as_utc(request.expires_at) <= now:
+    """Return the status a reader sees: an active grant past its end is expired, reaped or not,
+    and so is a pending request past its decision deadline."""
+    if effective_expired_reason(request, now) is not None:
         return RequestStatus.EXPIRED
     if request.status == RequestStatus.GRANTING:
         return RequestStatus.PENDING  # approved; the provisioner is still at work
     return request.status
+
+
+def effective_expired_reason(request: AccessRequest, now: datetime) -> str | None:
+    """Return why the request is (or reads as) expired, or None when it is not."""
+    if request.status == RequestStatus.EXPIRED:
+        return request.expired_reason or ExpiredReason.ENDED
+    if request.status == RequestStatus.ACTIVE and request.expires_at is not None \
+            and as_utc(request.expires_at) <= now:
+        return ExpiredReason.ENDED
+    if request.status == RequestStatus.PENDING and request.pending_expires_at is not None \
+            and as_utc(request.pending_expires_at) <= now:
+        return ExpiredReason.NOT_DECIDED
+    return None
 
 
 def render(session: Session, requests: list[AccessRequest], *, now: datetime) -> list[dict]:
@@ -59,6 +73,8 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
         "extends": r.extends_id, "extended_by": extended_by[r.id],
         "verified_at": {"grant": isoformat(r.grant_verified_at),
                         "revoke": isoformat(r.revoke_verified_at)},
+        "pending_expires_at": isoformat(r.pending_expires_at),
+        "expired_reason": effective_expired_reason(r, now),
     } for r in requests]
 
 
@@ -68,17 +84,20 @@ def _status_filter(status: str, now: datetime):
     if status == RequestStatus.EXPIRED:
         return or_(AccessRequest.status == status,
                    and_(AccessRequest.status == RequestStatus.ACTIVE,
-                        AccessRequest.expires_at <= now))
+                        AccessRequest.expires_at <= now),
+                   and_(AccessRequest.status == RequestStatus.PENDING, ~decidable_in_time(now)))
     if status == RequestStatus.PENDING:
-        return AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.GRANTING])
+        return or_(AccessRequest.status == RequestStatus.GRANTING,
+                   and_(AccessRequest.status == RequestStatus.PENDING, decidable_in_time(now)))
     return AccessRequest.status == status
 
 
-def _approvable(actor: Actor):
+def _approvable(actor: Actor, now: datetime):
     subject = actor.subject
     decided = exists().where(Approval.request_id == AccessRequest.id,
                              Approval.approver_id == subject.id)
     condition = and_(AccessRequest.requester_id != subject.id, ~decided)
+    condition = and_(condition, decidable_in_time(now))
     if actor.is_admin:
         return and_(condition, AccessRequest.status == RequestStatus.PENDING)
     group = exists().where(RequestApproverGroup.request_id == AccessRequest.id,
@@ -97,7 +116,7 @@ def list_requests(session: Session, *, actor: Actor, scope: str, status: str | N
     elif scope == "approvable":
         if actor.subject.kind != "person":
             return [], None
-        stmt = stmt.where(_approvable(actor))
+        stmt = stmt.where(_approvable(actor, now))
     elif scope == "all":
         if not (actor.is_admin or actor.is_auditor):
             raise Forbidden("scope=all is for holders of security-api.admin or security-api.audit.")

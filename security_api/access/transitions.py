@@ -45,6 +45,7 @@ class Event(StrEnum):
     VERIFY_ABSENT = "verify_absent"  # a late read-back found the active grant missing
     REVOKE = "revoke"
     EXPIRE = "expire"
+    EXPIRE_PENDING = "expire_pending"  # not decided within the rule's pending_ttl_minutes
     END_INELIGIBLE = "end_ineligible"  # deactivated, or the role no longer allows it
     RETRY_REVOKE = "retry_revoke"  # the reaper takes over an owed revoke
     REVOKE_FINISHED = "revoke_finished"
@@ -89,6 +90,7 @@ MOVES: tuple[Move, ...] = (
     Move(Event.DENY, (RS.PENDING,), RS.DENIED, refusal=NOT_PENDING),
     Move(Event.CANCEL, (RS.PENDING,), RS.CANCELLED, refusal=NOT_PENDING),
     Move(Event.END_INELIGIBLE, (RS.PENDING,), RS.CANCELLED),
+    Move(Event.EXPIRE_PENDING, (RS.PENDING,), RS.EXPIRED),
     Move(Event.RETRY, (RS.FAILED,), RS.GRANTING,
          refusal=("Only a failed request can be retried.", "request_not_failed"),
          duplicate=("Only a failed request can be retried.", "request_not_failed")),

@@ -16,6 +16,7 @@ from security_api.integrations.notify_channels import post_chat, send_mail, vali
 from security_api.integrations.notify_texts import (
     DECIDED,
     DRIFT,
+    EXPIRY_WARNING,
     MAX_JUSTIFICATION,
     PENDING,
     SUBJECT_PREFIX,
@@ -63,7 +64,8 @@ class Notifier:
         `delivery_id` (the outbox row's id) goes with each channel so a receiver can drop a
         duplicate (a crash between sending and recording it sends again).
         """
-        link = self.drift_link() if kind == DRIFT else self.link(request)
+        link = (self.drift_link() if kind == DRIFT
+                else self.portal_link(request) if kind == EXPIRY_WARNING else self.link(request))
         subject, body, chat = texts(kind, request, link=link)
         reached, errors = set(done), []
         if self.settings.notify_webhook_url and "webhook" not in reached:
@@ -132,6 +134,11 @@ class Notifier:
         """Return the API address of the request."""
         base = self.settings.public_base_url.rstrip("/")
         return f"{base}/v1/requests/{quote(str(request.get('id', '')), safe='')}"
+
+    def portal_link(self, request: dict) -> str:
+        """Return the portal page of the request, where its holder can extend it."""
+        base = self.settings.public_base_url.rstrip("/")
+        return f"{base}/portal/requests/{quote(str(request.get('id', '')), safe='')}"
 
 
 def _warn(channel: str, request: dict, exc: Exception) -> None:

@@ -29,8 +29,12 @@ READBACK_WORDS = {
 DRIFT = "drift.found"
 DRIFT_WORDS = {"missing": "an active grant is missing at its target",
                "orphaned": "an entry this service made has no active grant"}
+# pendingexp: the holder of a grant, shortly before it ends (the link is the portal's page).
+EXPIRY_WARNING = "request.expiry_warning"
 STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
+# pendingexp: an expired request says which way it expired.
+EXPIRED_WORDS = {"not_decided": "expired before anyone decided it", "ended": "expired"}
 
 
 def clean(value, *, limit: int = MAX_FIELD) -> str:
@@ -130,12 +134,25 @@ def drift_texts(finding: dict, *, link: str) -> tuple[str, str, str]:
     return subject, body, chat
 
 
+def expiry_warning_texts(request: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (subject, body, chat) warning the holder that a grant ends soon, with where to extend."""
+    permission, ends = clean(request.get("permission")), clean(request.get("expires_at"))
+    subject = f"{SUBJECT_PREFIX} your access to {permission} ends at {ends}"
+    body = "\n".join([f"Your access to {permission} ends at {ends}.", "",
+                      f"To keep it, extend the grant: {link}"]) + "\n"
+    chat = (f"*Access ending soon*: {slack_escape(_requester(request))}'s grant of "
+            f"`{slack_escape(permission)}` ends at {slack_escape(ends)}\n<{link}|Extend it>")
+    return subject, body, chat
+
+
 def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
     """Return (mail subject, mail body, chat text) of one notification kind."""
     if kind == VERIFY_FAILED:
         return verify_failed_texts(request, link=link)
     if kind == DRIFT:
         return drift_texts(request, link=link)
+    if kind == EXPIRY_WARNING:
+        return expiry_warning_texts(request, link=link)
     if kind == PENDING:
         return (pending_subject(request), pending_body(request, link=link),
                 pending_chat(request, link=link))
@@ -156,6 +173,8 @@ def _justification(request: dict) -> str:
 
 def _status_word(request: dict) -> str:
     status = clean(request.get("status"))
+    if status == "expired" and request.get("expired_reason") in EXPIRED_WORDS:
+        return EXPIRED_WORDS[request["expired_reason"]]
     return STATUS_WORDS.get(status, status)
 
 

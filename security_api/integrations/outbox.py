@@ -17,16 +17,23 @@ from sqlalchemy.orm import Session
 
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
-from security_api.integrations.notify_texts import DECIDED, DRIFT, PENDING, VERIFY_FAILED
+from security_api.integrations.notify_texts import (
+    DECIDED,
+    DRIFT,
+    EXPIRY_WARNING,
+    PENDING,
+    VERIFY_FAILED,
+)
 from security_api.integrations.slack_messages import SLACK_KINDS
 from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
 # failed, cancelled, revoked or expired. VERIFY_FAILED: the requester (and the channel), a
 # read-back contradicted a grant or a revoke. DRIFT: administrators, a new drift finding
-# (access/drift_findings.py). SLACK_KINDS: the Slack message of a request, posted and updated
-# (slack_outbox, slack_delivery). The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED, VERIFY_FAILED, DRIFT, *SLACK_KINDS)
+# (access/drift_findings.py). EXPIRY_WARNING: the holder of a grant that ends soon.
+# SLACK_KINDS: the Slack message of a request, posted and updated (slack_outbox,
+# slack_delivery). The kinds are the notifier's: it renders each.
+KINDS = (PENDING, DECIDED, VERIFY_FAILED, DRIFT, EXPIRY_WARNING, *SLACK_KINDS)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"
@@ -75,10 +82,15 @@ def readback_failed(session: Session, request_id: str, *, step: str, outcome: st
     enqueue(session, VERIFY_FAILED, {"request": rendered, "recipients": [email] if email else []})
 
 
-def _tell_requester(session: Session, request: AccessRequest) -> None:
+def expiry_warning(session: Session, request_id: str) -> None:
+    """A grant ends soon: tell its holder, with a link to extend it."""
+    _tell_requester(session, _fresh(session, request_id), kind=EXPIRY_WARNING)
+
+
+def _tell_requester(session: Session, request: AccessRequest, *, kind: str = DECIDED) -> None:
     email = session.scalar(select(User.email).where(User.id == request.requester_id))
-    enqueue(session, DECIDED, {"request": _rendered(session, request),
-                               "recipients": [email] if email else []})
+    enqueue(session, kind, {"request": _rendered(session, request),
+                            "recipients": [email] if email else []})
 
 
 def _fresh(session: Session, request_id: str) -> AccessRequest:

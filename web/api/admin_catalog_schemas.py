@@ -70,6 +70,9 @@ class PolicyUpdateBody(Body):
                                                  description="null: the permission's maximum.")
     approvers: list[Approver] | None = Field(default=None, max_length=50)
     approvals_required: Approvals | None = None
+    pending_ttl_minutes: Minutes | None = Field(
+        default=None, description="Requests made from now on wait at most this long for a "
+                                  "decision; requests already waiting keep their deadline.")
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -128,6 +131,7 @@ class PolicyOut(BaseModel):
     max_duration_minutes: int | None
     approvers: list[str]
     approvals_required: int
+    pending_ttl_minutes: int = Field(description="How long a request may wait for a decision.")
     created_at: str | None = None
 
 

@@ -208,6 +208,12 @@ class RequestOut(BaseModel):
     verified_at: VerifiedAtOut = Field(description="When the target confirmed the grant and the "
                                        "revoke (read-back); null until confirmed, and always "
                                        "null for a provisioner that cannot read back.")
+    pending_expires_at: str | None = Field(
+        description="While pending: when it expires undecided (the rule's pending_ttl_minutes "
+                    "after creation, fixed then; later rule changes do not move it).")
+    expired_reason: str | None = Field(
+        description="null unless expired: `not_decided` (pending past pending_expires_at) or "
+                    "`ended` (an active grant reached expires_at).")
 
 
 class RequestEnvelope(BaseModel):

@@ -29,6 +29,13 @@ def time_left(expires_at: datetime | None, now: datetime) -> str:
                     rest=rest)
 
 
+def ending_soon(expires_at: datetime | None, now: datetime, warning_minutes: int) -> bool:
+    """Tell whether a grant ends within the expiry-warning window (its holder is warned then)."""
+    if expires_at is None or warning_minutes <= 0:
+        return False
+    return (as_utc(expires_at) - now).total_seconds() <= warning_minutes * 60
+
+
 def when(value: datetime | str | None) -> str:
     """Format a time for people in the page's language (UTC, said so)."""
     if value is None:

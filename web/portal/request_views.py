@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Response, request, url_for
 
-from flask_api_functions import current_actor, db
+from flask_api_functions import current_actor, db, services
 from security_api.access import lifecycle
 from security_api.access.request_views import list_requests
 from security_api.access.request_views import render as render_requests
@@ -15,7 +15,7 @@ from security_api.clock import utcnow
 from security_api.enums import RequestStatus
 
 from .blueprint import bp, login_required, render
-from .formatting import approvers_text, duration, status_label, time_left, when
+from .formatting import approvers_text, duration, ending_soon, status_label, time_left, when
 from .permission_names import permission_names, step_up_keys
 from .timeline import timeline
 
@@ -46,7 +46,9 @@ def my_requests() -> Response:
 def _actions(access_request, view: dict, actor) -> dict[str, bool]:
     """Which buttons the page shows this actor; the domain checks again on every POST."""
     mine = access_request.requester_id == actor.subject.id
-    pending = access_request.status == RequestStatus.PENDING
+    # Past its decision deadline a pending row reads expired: no buttons that would answer 409.
+    pending = access_request.status == RequestStatus.PENDING \
+        and view["status"] == RequestStatus.PENDING
     decided = any(item["approver"] == actor.subject.username for item in view["approvals"])
     return {
         "cancel": mine and pending,
@@ -74,7 +76,10 @@ def request_detail(request_id: str) -> Response:
                  time_left=time_left(access_request.expires_at, now)
                  if view["status"] == RequestStatus.ACTIVE else "",
                  approvers=approvers_text(approvers),
-                 step_up=bool(step_up_keys([view["permission"]])))
+                 step_up=bool(step_up_keys([view["permission"]])),
+                 pending_expires=when(view["pending_expires_at"]),
+                 ending_soon=view["status"] == RequestStatus.ACTIVE and ending_soon(
+                     access_request.expires_at, now, services().settings.expiry_warning_minutes))
     return render("portal/request_detail.html", item=facts,
                   actions=_actions(access_request, view, actor),
                   timeline=timeline(view, access_request, approvers))

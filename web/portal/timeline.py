@@ -74,7 +74,9 @@ def _outcome(view: dict) -> list[dict]:
     if status == RequestStatus.REVOKED:
         events.append({"at": view["ended_at"], "kind": "revoked", "text": _("Revoked")})
     if status == RequestStatus.EXPIRED:
-        events.append({"at": view["ended_at"] or view["expires_at"], "kind": "expired",
+        # An undecided request (expired_reason not_decided) has no expires_at: its deadline.
+        events.append({"at": view["ended_at"] or view["expires_at"]
+                       or view.get("pending_expires_at"), "kind": "expired",
                        "text": _("Expired")})
     return events
 

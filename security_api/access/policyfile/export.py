@@ -18,7 +18,8 @@ EXPORT_HEADER = """\
 # `conflicts` section are deleted too; a file without the section leaves the sets alone.
 """
 # Left out of a rule when they have these values, to keep the file short.
-RULE_DEFAULTS = {"max_duration_minutes": None, "approvers": [], "approvals_required": 1}
+RULE_DEFAULTS = {"max_duration_minutes": None, "approvers": [], "approvals_required": 1,
+                 "pending_ttl_minutes": 1440}
 
 
 def export(session: Session) -> str:
