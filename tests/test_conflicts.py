@@ -297,3 +297,11 @@ def test_concurrent_requests_for_the_sides_of_a_set_open_one_per_person(app, wor
             AccessRequest.status.in_(["pending", "granting", "active"]))
         .group_by(AccessRequest.requester_id)).all()
     assert sorted(count for _, count in open_rows) == [1, 1, 1]
+
+
+def test_portal_explain_names_the_conflict(app, world, make_user):
+    _make_set(world, "books", ["ledger", "pay-approve"])
+    browser = signed_in_client(app, make_user("root2", role="security", subrole="admin"))
+    page = browser.get("/portal/admin/explain?user=alice&permission=pay-approve").get_data(as_text=True)
+    assert "Conflict set books" in page
+    assert "blocked: the user holds or waits for ledger" in page
