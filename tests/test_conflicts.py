@@ -157,10 +157,14 @@ def test_a_permission_in_a_set_cannot_be_deleted(world, db_session):
                                headers=world.headers["root"]).status_code == 200
 
 
-def test_routes_are_in_the_openapi_document(world):
-    paths = world.client.get("/v1/openapi.json").json["paths"]
+def test_routes_and_fields_are_in_the_openapi_document(world):
+    document = world.client.get("/v1/openapi.json").json
+    paths, schemas = document["paths"], document["components"]["schemas"]
     assert set(paths["/v1/admin/conflicts/{name}"]) >= {"get", "patch", "delete"}
     assert set(paths["/v1/admin/conflicts"]) >= {"get", "post"}
+    assert "conflicts_with" in schemas["Error"]["properties"]
+    assert "blocked_by" in schemas["CatalogItem"]["properties"]
+    assert "conflicts" in schemas["Explanation"]["properties"]
 
 
 # ---- enforcement -------------------------------------------------------------------------------
