@@ -157,10 +157,14 @@ def test_a_permission_in_a_set_cannot_be_deleted(world, db_session):
                                headers=world.headers["root"]).status_code == 200
 
 
-def test_routes_are_in_the_openapi_document(world):
-    paths = world.client.get("/v1/openapi.json").json["paths"]
+def test_routes_and_fields_are_in_the_openapi_document(world):
+    document = world.client.get("/v1/openapi.json").json
+    paths, schemas = document["paths"], document["components"]["schemas"]
     assert set(paths["/v1/admin/conflicts/{name}"]) >= {"get", "patch", "delete"}
     assert set(paths["/v1/admin/conflicts"]) >= {"get", "post"}
+    assert "conflicts_with" in schemas["Error"]["properties"]
+    assert "blocked_by" in schemas["CatalogItem"]["properties"]
+    assert "conflicts" in schemas["Explanation"]["properties"]
 
 
 # ---- enforcement -------------------------------------------------------------------------------
@@ -297,3 +301,11 @@ def test_concurrent_requests_for_the_sides_of_a_set_open_one_per_person(app, wor
             AccessRequest.status.in_(["pending", "granting", "active"]))
         .group_by(AccessRequest.requester_id)).all()
     assert sorted(count for _, count in open_rows) == [1, 1, 1]
+
+
+def test_portal_explain_names_the_conflict(app, world, make_user):
+    _make_set(world, "books", ["ledger", "pay-approve"])
+    browser = signed_in_client(app, make_user("root2", role="security", subrole="admin"))
+    page = browser.get("/portal/admin/explain?user=alice&permission=pay-approve").get_data(as_text=True)
+    assert "Conflict set books" in page
+    assert "blocked: the user holds or waits for ledger" in page
