@@ -96,6 +96,7 @@ ENV_VARIABLES = {
     "STARTUP_SECURITY_GROUP_ID": ("startup_security_group_id", str),
     "STARTUP_SECURITY_GROUP_PORTS": ("startup_security_group_ports", str),
     "STARTUP_NOTIFY_EMAILS": ("startup_notify_emails", _origins),
+    "SECURITY_TEAM_EMAIL": ("security_team_emails", _origins),
 }
 MAX_TRUSTED_PROXIES = 5
 

@@ -11,6 +11,9 @@ class PolicyMode(StrEnum):
     STANDING = "standing"
     AUTO = "auto"
     APPROVAL = "approval"
+    # Granted at once to the requester (justification and step-up always required), then
+    # reviewed after the fact by an approver of the rule.
+    BREAK_GLASS = "break_glass"
 
 
 class RequestStatus(StrEnum):
@@ -40,6 +43,13 @@ class ProvisioningAction(StrEnum):
     CLEANUP = "cleanup"
     # End of a grant that was active (revoked or expired).
     REVOKE = "revoke"
+
+
+class ReviewVerdict(StrEnum):
+    """An after-the-fact review of a break-glass grant."""
+
+    JUSTIFIED = "justified"
+    UNJUSTIFIED = "unjustified"
 
 
 class Decision(StrEnum):
@@ -76,6 +86,9 @@ class AuditAction(StrEnum):
     REQUEST_RETRIED = "request.retried"
     REQUEST_REVOKED = "request.revoked"
     REQUEST_EXPIRED = "request.expired"
+    REQUEST_BREAK_GLASS = "request.break_glass"
+    REQUEST_REVIEWED = "request.reviewed"
+    REQUEST_REVIEW_OVERDUE = "request.review_overdue"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
     PERMISSION_CREATED = "permission.created"

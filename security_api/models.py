@@ -201,6 +201,9 @@ class PolicyRule(Base):
     max_duration_minutes: Mapped[int | None] = mapped_column(Integer)
     approvers: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    # break_glass: minutes the approvers have to review a use (see break_glass_models.py).
+    review_within_minutes: Mapped[int] = mapped_column(Integer, default=1440,
+                                                       server_default="1440")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -294,3 +297,7 @@ class OutboxMessage(Base):
     sent_channels: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     last_error: Mapped[str | None] = mapped_column(String(200))
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+
+# Registered with Base.metadata here, kept in a module of its own (break-glass reviews).
+from security_api.break_glass_models import BreakGlassReview  # noqa: E402,F401

@@ -68,6 +68,8 @@ class Settings:
     startup_security_group_id: str = ""
     startup_security_group_ports: str = ""
     startup_notify_emails: tuple[str, ...] = ()
+    # Told at once of every break-glass use (besides the rule's reviewers and the security role).
+    security_team_emails: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:

@@ -32,7 +32,8 @@ def as_rule(row: PolicyRule) -> Rule:
     return Rule(id=row.id, permission=row.permission_key, role=row.role, subrole=row.subrole,
                 mode=PolicyMode(row.mode), max_duration_minutes=row.max_duration_minutes,
                 approvers=tuple(row.approvers or ()),
-                approvals_required=row.approvals_required)
+                approvals_required=row.approvals_required,
+                review_within_minutes=row.review_within_minutes)
 
 
 def candidate_rules(session: Session, subject: Subject, *,

@@ -247,7 +247,8 @@ def policy_create():
     rule = admin_rules.create_rule(
         db(), permission=body.permission, role=body.role, subrole=body.subrole,
         mode=PolicyMode(body.mode), max_duration_minutes=body.max_duration_minutes,
-        approvers=body.approvers, approvals_required=body.approvals_required, **_who())
+        approvers=body.approvers, approvals_required=body.approvals_required,
+        review_within_minutes=body.review_within_minutes, **_who())
     return _policy(rule, status=201, message="Policy rule created.")
 
 

@@ -69,6 +69,8 @@ class PolicyUpdateBody(Body):
                                                  description="null: the permission's maximum.")
     approvers: list[Approver] | None = Field(default=None, max_length=50)
     approvals_required: Approvals | None = None
+    review_within_minutes: Minutes | None = Field(
+        default=None, description="break_glass: minutes the approvers have to review a use.")
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -126,6 +128,7 @@ class PolicyOut(BaseModel):
     max_duration_minutes: int | None
     approvers: list[str]
     approvals_required: int
+    review_within_minutes: int = Field(description="break_glass rules: minutes to review a use.")
     created_at: str | None = None
 
 
@@ -151,7 +154,8 @@ class Explanation(BaseModel):
     subrole: str
     user_active: bool
     permission: str
-    decision: str | None = Field(description="standing, auto, approval, or null: not requestable.")
+    decision: str | None = Field(
+        description="standing, auto, approval, break_glass, or null: not requestable.")
     max_duration_minutes: int | None
     rule: PolicyOut | None
     considered: list[ConsideredRule]
