@@ -107,6 +107,8 @@ class AuditAction(StrEnum):
     USER_UNLOCKED = "user.unlocked"
     STARTUP_TASK_SUCCEEDED = "startup.task_succeeded"
     STARTUP_TASK_FAILED = "startup.task_failed"
+    # stepup: a risky action refused for want of a good step-up code (details: reason, purpose).
+    STEP_UP_REFUSED = "step_up.refused"
 
 
 class FailureReason(StrEnum):

@@ -28,6 +28,21 @@ class Unauthenticated(ApiError):
     status, code, default_message = 401, "invalid_credentials", INVALID_CREDENTIALS_MESSAGE
 
 
+class StepUpRequired(Unauthenticated):
+    """The permission needs a fresh code from the caller's authenticator app (step-up)."""
+
+    code = "step_up_required"
+    default_message = ("This permission needs step-up: send a current code from your "
+                       "authenticator app as \"totp\".")
+
+
+class InvalidStepUp(Unauthenticated):
+    """The step-up code was malformed, wrong or already used, or the caller cannot step up."""
+
+    code = "invalid_step_up"
+    default_message = "The step-up code is wrong or was already used."
+
+
 class Forbidden(ApiError):
     status, code, default_message = 403, "forbidden", "You are not allowed to do this."
 

@@ -29,6 +29,10 @@ HTTP_LATENCY = Histogram(
 LOGINS = Counter(
     "security_api_logins", "POST /v1/login attempts by outcome: success, failure, locked, "
     "throttled, enrollment_required, invalid_request, error.", ["outcome"])
+# stepup
+STEP_UP_REFUSALS = Counter(
+    "security_api_step_up_refusals", "Step-up checks refused, by reason: missing, malformed, "
+    "wrong_code, replayed, service_account, not_enrolled, locked.", ["reason"])
 REQUEST_TRANSITIONS = Counter(
     "security_api_access_request_transitions",
     "Access requests entering a status (counted when the change is committed).", ["status"])
@@ -76,6 +80,11 @@ def observe_http(*, route: str, method: str, status: int, seconds: float) -> Non
 def count_login(outcome: str) -> None:
     """Count one sign-in attempt by its outcome."""
     LOGINS.labels(outcome=outcome).inc()
+
+
+def count_step_up_refusal(reason: str) -> None:
+    """Count one refused step-up by its reason (stepup)."""
+    STEP_UP_REFUSALS.labels(reason=reason).inc()
 
 
 def count_provisioning_failure(*, provisioner: str, action: str) -> None:

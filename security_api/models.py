@@ -183,6 +183,8 @@ class Permission(Base):
     provisioner: Mapped[str] = mapped_column(String(64), default="none")
     provisioner_config: Mapped[dict] = mapped_column(JSONText(), default=dict)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # stepup: creating, extending, approving or denying a request needs a fresh TOTP code.
+    step_up: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
