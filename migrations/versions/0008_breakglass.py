@@ -1,7 +1,7 @@
 """break-glass: a rule's review window, and one review row per break-glass request
 
 Revision ID: 0008_breakglass
-Revises: 0007
+Revises: 0008_stepup
 Create Date: 2026-12-06 08:10:00
 """
 from alembic import op
@@ -10,7 +10,8 @@ import security_api.db
 
 
 revision = '0008_breakglass'
-down_revision = '0007'
+# Chained after 0008_stepup, which this branch merged (step-up is called by break-glass).
+down_revision = '0008_stepup'
 branch_labels = None
 depends_on = None
 

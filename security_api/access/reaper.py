@@ -1,11 +1,12 @@
-"""Expire due grants and deliver owed notifications: once from cron (`flask reap`) or in the
-background of each worker."""
+"""Expire due grants, flag overdue break-glass reviews and deliver owed notifications: once
+from cron (`flask reap`) or in the background of each worker."""
 from __future__ import annotations
 
 import logging
 import threading
 
 from security_api import audit
+from security_api.access.break_glass import notify_overdue
 from security_api.access.lifecycle import expire_due
 from security_api.access.provisioning import recover
 from security_api.clock import utcnow
@@ -28,6 +29,8 @@ def reap_once(services: Services) -> int:
                 break
         # Claims left by a crashed worker: abandoned grants fail, owed revokes run again.
         recover(session, services, origin=origin, now=utcnow())
+        # Break-glass reviews past due: their reviewers are told again, once per review.
+        notify_overdue(session, origin=origin, now=utcnow())
     deliver_due(services)  # notifications owed, including any a crashed worker left
     return total
 

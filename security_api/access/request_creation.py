@@ -8,11 +8,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from security_api import audit, metrics
+from security_api.access.break_glass import record_use
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
 from security_api.access.policy import Decision
 from security_api.access.provisioning import claim_lease, fail_abandoned, finish_revoke
+from security_api.accounts.step_up import require_step_up
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from security_api.errors import Conflict, Forbidden, InvalidParams
 from security_api.integrations import outbox
@@ -24,8 +26,9 @@ from security_api.unit_of_work import unit_of_work
 
 def create_request(session: Session, services: Services, *, requester: Subject,
                    permission_key: str, justification: str, duration_minutes: int | None,
-                   params: dict, origin: audit.Origin, now: datetime) -> AccessRequest:
-    """Ask for a permission: active at once for `auto`, pending for `approval`.
+                   params: dict, origin: audit.Origin, now: datetime,
+                   totp: object = None) -> AccessRequest:
+    """Ask for a permission: active at once for `auto` and `break_glass`, pending for `approval`.
 
     Takes the requester alone: no administrator or auditor power changes what one may ask for,
     so the caller need not look those up. One unit of work ends what blocks the slot (a grant
@@ -33,10 +36,16 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     (their revokes, then the new grant) run after its commit.
     """
     permission, decision = _requestable(session, requester, permission_key)
+    break_glass = decision.mode == PolicyMode.BREAK_GLASS
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
-    justification = _checked_justification(justification, permission.requires_justification)
+    # An emergency grant is judged afterwards by its reason: one is always needed.
+    justification = _checked_justification(
+        justification, permission.requires_justification or break_glass)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
+    if break_glass:  # always a fresh second factor, whatever the permission's step_up says
+        require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
+                        now=now)
     with unit_of_work(session):
         owed = _end_what_blocks(session, requester.id, permission.key, origin=origin, now=now)
         _refuse_open_request(session, requester.id, permission.key)
@@ -44,6 +53,11 @@ def create_request(session: Session, services: Services, *, requester: Subject,
                           params=clean_params, duration=duration, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
         outbox.request_created(session, request_id)
+        if break_glass:
+            record_use(session, services, request=request, rule=decision.rule,
+                       requester=requester.username, origin=origin, now=now)
+    if break_glass:
+        metrics.count_break_glass_use()
     for ended_id in owed:
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if auto:
@@ -116,7 +130,7 @@ def _insert(session: Session, subject: Subject, permission: str, decision: Decis
             now: datetime) -> AccessRequest:
     """Add the request (granting under `auto`: the claim is made with the insert)."""
     rule = decision.rule
-    auto = rule.mode == PolicyMode.AUTO
+    auto = rule.mode in (PolicyMode.AUTO, PolicyMode.BREAK_GLASS)  # granted at once
     request = AccessRequest(
         requester_id=subject.id, permission_key=permission, justification=justification,
         params=params, duration_minutes=duration,

@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
-from security_api.integrations.notify_texts import DECIDED, PENDING
+from security_api.integrations.notify_texts import BREAK_GLASS, DECIDED, PENDING, REVIEW_OVERDUE, REVIEWED
 from security_api.models import AccessRequest, OutboxMessage, RequestApproverGroup, User, new_id
 
 # PENDING: approvers, a request waits for them. DECIDED: the requester, approved, denied,
 # failed, cancelled, revoked or expired. The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED)
+# BREAK_GLASS: the security team, at once, of a self-granted use; REVIEW_OVERDUE: its reviewers,
+# once, when the review is late; REVIEWED: the requester, of the verdict.
+KINDS = (PENDING, DECIDED, BREAK_GLASS, REVIEW_OVERDUE, REVIEWED)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"
@@ -63,10 +65,35 @@ def requests_ended(session: Session, request_ids: list[str]) -> None:
         _tell_requester(session, _fresh(session, request_id))
 
 
-def _tell_requester(session: Session, request: AccessRequest) -> None:
+def break_glass_used(session: Session, request_id: str, *, team_emails: tuple[str, ...],
+                     team_role: str) -> None:
+    """A break-glass use: tell the security team (the configured addresses, the people of the
+    security role) and the rule's reviewers, at once."""
+    request = _fresh(session, request_id)
+    team = session.scalars(select(User.email).where(
+        User.role == team_role, User.active.is_(True), User.email.is_not(None),
+        User.id != request.requester_id))
+    recipients = set(team_emails) | set(team) | set(_approver_emails(session, request))
+    enqueue(session, BREAK_GLASS, {"request": _rendered(session, request),
+                                   "recipients": sorted(recipients)})
+
+
+def review_overdue(session: Session, request_id: str) -> None:
+    """A break-glass review is late: tell the reviewers again."""
+    request = _fresh(session, request_id)
+    enqueue(session, REVIEW_OVERDUE, {"request": _rendered(session, request),
+                                      "recipients": _approver_emails(session, request)})
+
+
+def review_recorded(session: Session, request_id: str) -> None:
+    """A break-glass use was reviewed: tell the requester the verdict."""
+    _tell_requester(session, _fresh(session, request_id), kind=REVIEWED)
+
+
+def _tell_requester(session: Session, request: AccessRequest, *, kind: str = DECIDED) -> None:
     email = session.scalar(select(User.email).where(User.id == request.requester_id))
-    enqueue(session, DECIDED, {"request": _rendered(session, request),
-                               "recipients": [email] if email else []})
+    enqueue(session, kind, {"request": _rendered(session, request),
+                            "recipients": [email] if email else []})
 
 
 def _fresh(session: Session, request_id: str) -> AccessRequest:

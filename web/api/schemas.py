@@ -1,6 +1,8 @@
 """Request and response bodies: validation and the OpenAPI document come from these."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 
@@ -134,10 +136,31 @@ class RequestCreateBody(Body):
     duration_minutes: int | None = Field(default=None, ge=1, le=525600,
                                          description="Defaults to the effective maximum.")
     params: dict = Field(default_factory=dict, description="Checked by the permission's provisioner.")
+    totp: StrictStr | None = Field(
+        default=None, max_length=64,
+        description="Step-up: a fresh code from the authenticator app (6 ASCII digits). Always "
+                    "needed under a break_glass rule (401 step_up_required / invalid_step_up).")
 
 
 class DecisionBody(Body):
     comment: StrictStr = Field(default="", max_length=2000)
+
+
+class ReviewBody(Body):
+    verdict: Literal["justified", "unjustified"] = Field(
+        description="unjustified revokes the grant at once if it is still active.")
+    comment: StrictStr = Field(default="", max_length=2000)
+
+
+class ReviewOut(BaseModel):
+    verdict: str | None = Field(description="justified, unjustified, or null: not reviewed yet.")
+    by: str | None = Field(description="The reviewer's username (null before the review).")
+    at: str | None
+    comment: str | None
+    due_at: str = Field(description="When the review is due: the use + the rule's "
+                                    "review_within_minutes.")
+    overdue: bool = Field(description="Due time passed without a verdict, or the verdict came "
+                                      "late.")
 
 
 class ApprovalOut(BaseModel):
@@ -163,6 +186,8 @@ class RequestOut(BaseModel):
     expires_at: str | None
     ended_at: str | None
     provisioning: dict = Field(description="grant/revoke outcomes: ok, result, error, at.")
+    review: ReviewOut | None = Field(
+        description="Break-glass requests: the after-the-fact review; null for the others.")
 
 
 class RequestEnvelope(BaseModel):
