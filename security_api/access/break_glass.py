@@ -64,16 +64,17 @@ def review(session: Session, services: Services, *, request_id: str, actor: Acto
            comment: str, origin: audit.Origin, now: datetime) -> AccessRequest:
     """Record the one review of a break-glass use; `unjustified` revokes a grant still running.
 
-    409 `not_break_glass` for any other request, `already_reviewed` for a second review (of two
-    racing reviewers exactly one wins: a conditional UPDATE on the review row), and
-    `request_not_settled` while the grant is still being provisioned.
+    409 `not_break_glass` for any other request (said before asking who reviews),
+    `already_reviewed` for a second review (of two racing reviewers exactly one wins: a
+    conditional UPDATE on the review row), and `request_not_settled` while the grant is still
+    being provisioned.
     """
     with unit_of_work(session):
         request = visible_request(session, request_id, actor)
-        _require_reviewer(session, request, actor)
-        status = _locked_status(session, request.id)
         if session.get(BreakGlassReview, request.id) is None:
             raise Conflict("Only break-glass grants are reviewed.", code="not_break_glass")
+        _require_reviewer(session, request, actor)
+        status = _locked_status(session, request.id)
         if status == RequestStatus.GRANTING:
             # Reviewed now, an unjustified verdict could not stop the grant still landing.
             raise Conflict("The grant is still being provisioned; review it in a moment.",
