@@ -42,7 +42,9 @@ def test_the_catalog_offers_break_glass_with_a_warning_and_a_code_field(app, wor
 
 
 def test_using_break_glass_grants_at_once(app, world, hook):
-    _client, request_id = _use(app, world)
+    client, request_id = _use(app, world)
+    page = _page(client, f"/portal/requests/{request_id}")
+    assert "Break-glass used: you hold it until" in page and "Awaiting review until" in page
     with world.services.session_factory() as session:
         row = session.get(AccessRequest, request_id)
         assert (row.status, row.mode, row.duration_minutes) == ("active", "break_glass", 30)
