@@ -2,10 +2,11 @@
 reviewed after the fact by an approver of the rule; overdue reviews notified once.
 
 Through HTTP against real local receivers: the webhook provisioner's target (grant and revoke
-calls are counted there), a chat webhook and an SMTP server for the notifications.
+calls are counted there) and an SMTP server for the notifications.
 """
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import select, update
 
 from security_api import audit
 from security_api.access import policyfile
+from security_api.access.break_glass import notify_overdue
 from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.access.reaper import reap_once
 from security_api.break_glass_models import BreakGlassReview
@@ -38,11 +40,10 @@ def hook():
 
 
 @pytest.fixture
-def app(make_app, inbox, hook):
-    with serving("/chat") as chat:
-        yield make_app(webhook_signing_secret=SIGNING_SECRET, notify_webhook_url=chat.url,
-                       smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_starttls=False,
-                       security_team_emails=(TEAM,))
+def app(inbox, hook, make_app):
+    # make_app last: its teardown (stopping the deliverer) runs before the receivers close.
+    return make_app(webhook_signing_secret=SIGNING_SECRET, smtp_host="127.0.0.1",
+                    smtp_port=inbox.port, smtp_starttls=False, security_team_emails=(TEAM,))
 
 
 @pytest.fixture
@@ -302,3 +303,30 @@ def test_policy_file_round_trips_and_an_old_file_applies_unchanged(world):
         assert diff.empty
         windows = set(session.scalars(select(PolicyRule.review_within_minutes)))
         assert windows == {1440}
+
+
+def test_racing_reapers_notify_an_overdue_review_once(app, world):
+    """Two workers (threads, each with its own session) find the same overdue review."""
+    request_id = world.use()["id"]
+    with world.services.session_factory() as session:
+        session.execute(update(BreakGlassReview).where(BreakGlassReview.request_id == request_id)
+                        .values(due_at=utcnow() - timedelta(minutes=1)))
+        session.commit()
+    barrier, told, errors = threading.Barrier(2), [], []
+
+    def reaper():
+        try:
+            with world.services.session_factory() as session:
+                barrier.wait(timeout=10)
+                told.append(notify_overdue(session, origin=audit.Origin(ip="reaper"),
+                                           now=utcnow()))
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reaper) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == [] and sorted(told) == [0, 1]
+    assert len(_rows(app, OutboxMessage, OutboxMessage.kind == "request.review_overdue")) == 1
