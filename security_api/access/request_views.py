@@ -11,7 +11,7 @@ from security_api.access.request_actors import Actor
 from security_api.break_glass_models import BreakGlassReview
 from security_api.clock import as_utc, isoformat
 from security_api.db import UTCDateTime
-from security_api.enums import RequestStatus
+from security_api.enums import PolicyMode, RequestStatus
 from security_api.errors import Forbidden
 from security_api.models import AccessRequest, Approval, RequestApproverGroup, User
 
@@ -43,7 +43,8 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
             "approver": username, "decision": approval.decision, "comment": approval.comment,
             "at": isoformat(approval.at)})
     names = dict(session.execute(select(User.id, User.username).where(User.id.in_(user_ids))).all())
-    reviews = _reviews(session, ids, now)
+    # Only break-glass requests have a review: no query at all for a page without one.
+    reviews = _reviews(session, [r.id for r in requests if r.mode == PolicyMode.BREAK_GLASS], now)
     return [{
         "id": r.id, "requester": names.get(r.requester_id), "permission": r.permission_key,
         "justification": r.justification, "params": r.params,
@@ -62,6 +63,8 @@ def _reviews(session: Session, ids: list[str], now: datetime) -> dict[str, dict]
     Before the verdict the review shows `verdict`, `by`, `at` and `comment` as null and its
     `due_at`; `overdue` says the due time passed without a verdict, or the verdict came late.
     """
+    if not ids:
+        return {}
     rows = session.execute(select(BreakGlassReview, User.username)
                            .outerjoin(User, User.id == BreakGlassReview.reviewer_id)
                            .where(BreakGlassReview.request_id.in_(ids)))
