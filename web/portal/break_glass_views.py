@@ -14,12 +14,13 @@ from security_api.access import lifecycle
 from security_api.access.request_views import list_requests
 from security_api.access.request_views import render as render_requests
 from security_api.clock import utcnow
+from security_api.enums import PolicyMode, RequestStatus
 from security_api.errors import ApiError, NotFound
 from security_api.models import AccessRequest
 from web.api import schemas
 
 from .blueprint import bp, login_required, render, safe_next
-from .catalog_views import _catalog_page, _duration_field
+from .catalog_views import _catalog_page, _duration_field, _flash_created
 from .formatting import ago, duration, when
 from .forms import field, flash_error, validated
 from .permission_names import permission_names
@@ -44,8 +45,11 @@ def break_glass() -> Response:
     except ApiError as exc:
         flash_error(exc)
         return _catalog_page(status=exc.status, submitted=submitted)
-    flash(_("Break-glass used: you hold it until %(when)s. The security team has been told, "
-            "and the use will be reviewed.", when=when(created.expires_at)), "info")
+    if created.mode != PolicyMode.BREAK_GLASS or created.status != RequestStatus.ACTIVE:
+        _flash_created(created)  # the rule changed meanwhile, or the grant failed: say what became
+    else:
+        flash(_("Break-glass used: you hold it until %(when)s. The security team has been told, "
+                "and the use will be reviewed.", when=when(created.expires_at)), "info")
     return redirect(url_for("portal.request_detail", request_id=created.id))
 
 
@@ -83,13 +87,13 @@ def review(request_id: str) -> Response:
     except ApiError as exc:
         flash_error(exc)
     else:
-        flash(*_reviewed_message(reviewed))
+        flash(*_reviewed_message(body.verdict, reviewed))
     target = request.form.get("next")
     return redirect(safe_next(target) if target else
                     url_for("portal.request_detail", request_id=request_id))
 
 
-def _reviewed_message(reviewed: AccessRequest) -> tuple[str, str]:
-    if reviewed.status == "revoked":
+def _reviewed_message(verdict: str, reviewed: AccessRequest) -> tuple[str, str]:
+    if verdict == "unjustified" and reviewed.status == RequestStatus.REVOKED:
         return _("Reviewed as unjustified: the access is revoked."), "info"
     return _("Your review is recorded."), "info"
