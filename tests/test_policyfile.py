@@ -146,7 +146,9 @@ rules:
 
 def test_demo_file_is_valid(settings):
     desired = policyfile.parse(DEMO, settings=settings)
-    assert set(desired.permissions) == {"vpn", "prod-db-readonly", "aws-sg-ssh"}
+    assert set(desired.permissions) == {"vpn", "prod-db-readonly", "aws-sg-ssh", "prod-deploy"}
+    assert desired.permissions["prod-deploy"].step_up is True
+    assert desired.permissions["vpn"].step_up is False  # absent: the default
     assert desired.permissions["aws-sg-ssh"].provisioner.config["ports"] == [{"from": 22, "to": 22}]
 
 
@@ -180,8 +182,8 @@ def test_apply_creates_everything_with_audit_events(db_session, settings):
     actions = [e.action for e in db_session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
     assert actions[-1] == AuditAction.POLICY_FILE_APPLIED
     ours = [e.action for e in db_session.scalars(select(AuditEvent).where(AuditEvent.actor == "test"))]
-    assert ours.count(AuditAction.PERMISSION_CREATED) == 3
-    assert ours.count(AuditAction.POLICY_CREATED) == 6
+    assert ours.count(AuditAction.PERMISSION_CREATED) == 4
+    assert ours.count(AuditAction.POLICY_CREATED) == 7
     summary = db_session.scalar(select(AuditEvent).where(
         AuditEvent.action == AuditAction.POLICY_FILE_APPLIED))
     assert json.loads(summary.details)["created"] == counts["created"]
@@ -296,7 +298,7 @@ def test_apply_refuses_the_whole_file_through_the_cli(policy_runner, db_session,
     result = policy_runner.invoke(args=["policy", "apply", str(path)])
     assert result.exit_code == 1
     assert "is refused; nothing was changed" in result.output
-    assert "line 47, column 17: rules[1].approvers[0]: 'sec/lead' matches no role or subrole" \
+    assert "line 55, column 17: rules[1].approvers[0]: 'sec/lead' matches no role or subrole" \
         in result.output
     assert snapshot(db_session) == before
 

@@ -99,10 +99,11 @@ def create_user_command(username, role, subrole, email, service, password_stdin)
 @click.option("--description", default="")
 @click.option("--max-duration-minutes", type=int, required=True)
 @click.option("--requires-justification", is_flag=True)
+@click.option("--step-up", is_flag=True, help="Requests and decisions need a fresh TOTP code.")
 @click.option("--provisioner", default="none", show_default=True)
 @click.option("--config", "config_json", default="{}", help="Provisioner config as JSON.")
 def create_permission_command(key, name, description, max_duration_minutes,
-                              requires_justification, provisioner, config_json):
+                              requires_justification, step_up, provisioner, config_json):
     """Create a permission (until policy files arrive, the way to add one)."""
     try:
         config = json.loads(config_json)
@@ -116,7 +117,7 @@ def create_permission_command(key, name, description, max_duration_minutes,
                 max_duration_minutes=max_duration_minutes,
                 requires_justification=requires_justification, provisioner=provisioner,
                 provisioner_config=config, settings=services.settings, actor="cli",
-                origin=_origin(), now=utcnow())
+                origin=_origin(), now=utcnow(), step_up=step_up)
         except ApiError as exc:
             _fail(exc)
         session.commit()

@@ -23,7 +23,7 @@ from security_api.provisioners import get_provisioner
 OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.GRANTING, RequestStatus.ACTIVE,
                  RequestStatus.FAILED)
 PERMISSION_FIELDS = ("name", "description", "max_duration_minutes", "requires_justification",
-                     "provisioner", "provisioner_config")
+                     "step_up", "provisioner", "provisioner_config")
 
 
 def render_permission(permission: Permission) -> dict:
@@ -31,7 +31,7 @@ def render_permission(permission: Permission) -> dict:
     return {"key": permission.key, "name": permission.name, "description": permission.description,
             "max_duration_minutes": permission.max_duration_minutes,
             "requires_justification": permission.requires_justification,
-            "provisioner": permission.provisioner,
+            "step_up": permission.step_up, "provisioner": permission.provisioner,
             "provisioner_config": permission.provisioner_config,
             "builtin": permission.builtin, "created_at": isoformat(permission.created_at)}
 
@@ -52,7 +52,7 @@ def get_permission(session: Session, *, key: str) -> Permission:
 def create_permission(session: Session, *, key: str, name: str, description: str,
                       max_duration_minutes: int, requires_justification: bool, provisioner: str,
                       provisioner_config: dict, settings, actor: str, origin: audit.Origin,
-                      now: datetime) -> Permission:
+                      now: datetime, step_up: bool = False) -> Permission:
     """Create a permission with a validated provisioner config; 409 when it exists."""
     if session.get(Permission, key) is not None:
         raise Conflict(f"The permission {key!r} exists.", code="permission_exists")
@@ -60,7 +60,7 @@ def create_permission(session: Session, *, key: str, name: str, description: str
         session, key=key, name=name, description=description,
         max_duration_minutes=max_duration_minutes, requires_justification=requires_justification,
         provisioner=provisioner, provisioner_config=provisioner_config, settings=settings,
-        actor=actor, origin=origin, now=now)
+        actor=actor, origin=origin, now=now, step_up=step_up)
     commit_or_conflict(session, f"The permission {key!r} exists.")
     return permission
 
@@ -81,7 +81,8 @@ def update_permission(session: Session, *, key: str, changes: dict, settings, ac
         validated = get_provisioner(name, settings).validate_config(config or {})
         permission.provisioner = name
         permission.provisioner_config = validated
-    for field in ("name", "description", "max_duration_minutes", "requires_justification"):
+    for field in ("name", "description", "max_duration_minutes", "requires_justification",
+                  "step_up"):
         if field in changes:
             setattr(permission, field, changes[field])
     audit.record(session, action=AuditAction.PERMISSION_UPDATED, actor=actor, target=key,

@@ -39,12 +39,13 @@ __all__ = ["BUILTIN_PERMISSIONS", "MAX_MINUTES", "ensure_permission", "ensure_ru
 def ensure_permission(session: Session, *, key: str, name: str, description: str = "",
                       max_duration_minutes: int, requires_justification: bool = False,
                       provisioner: str = "none", provisioner_config: dict | None = None,
-                      settings, actor: str, origin: audit.Origin, now: datetime) -> Permission:
+                      settings, actor: str, origin: audit.Origin, now: datetime,
+                      step_up: bool = False) -> Permission:
     """Create a permission unless it exists; validate its provisioner config."""
     checked(PermissionSpec, {
         "key": key, "name": name, "description": description,
         "max_duration_minutes": max_duration_minutes,
-        "requires_justification": requires_justification,
+        "requires_justification": requires_justification, "step_up": step_up,
         "provisioner": {"name": provisioner, "config": provisioner_config or {}}})
     config = get_provisioner(provisioner, settings).validate_config(provisioner_config or {})
     existing = session.get(Permission, key)
@@ -52,7 +53,7 @@ def ensure_permission(session: Session, *, key: str, name: str, description: str
         return existing
     permission = Permission(key=key, name=name, description=description,
                             max_duration_minutes=max_duration_minutes,
-                            requires_justification=requires_justification,
+                            requires_justification=requires_justification, step_up=step_up,
                             provisioner=provisioner, provisioner_config=config,
                             builtin=False, created_at=now)
     session.add(permission)

@@ -83,6 +83,8 @@ class PermissionSpec(CatalogModel):
     description: PermissionDescription = ""
     max_duration_minutes: Minutes
     requires_justification: StrictBool = False
+    step_up: StrictBool = Field(default=False, description=(
+        "Creating, extending, approving or denying a request needs a fresh TOTP code."))
     provisioner: ProvisionerRef = Field(default_factory=ProvisionerRef)
 
 

@@ -27,6 +27,7 @@ from security_api.access.provisioning import finish_revoke
 from security_api.access.request_actors import Actor, approver_groups, is_eligible_approver, visible_request
 from security_api.access.request_creation import create_request
 from security_api.access.transitions import Event, transition
+from security_api.accounts.step_up import require_step_up_for
 from security_api.enums import AuditAction, Decision, RequestStatus
 from security_api.errors import Conflict, Forbidden
 from security_api.integrations import outbox
@@ -61,13 +62,25 @@ def _reloaded(session: Session, request_id: str) -> AccessRequest:
     return session.get(AccessRequest, request_id, populate_existing=True)
 
 
+def _require_decider_step_up(session: Session, services: Services, request: AccessRequest,
+                             actor: Actor, totp: object, origin: audit.Origin,
+                             now: datetime) -> None:
+    """A step-up permission's decider proves a fresh second factor, before anything is written."""
+    require_step_up_for(session, services, permission_key=request.permission_key,
+                        user_id=actor.subject.id, code=totp, origin=origin, now=now)
+
+
 def approve(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
-            origin: audit.Origin, now: datetime) -> AccessRequest:
-    """Record an approval; the last one needed grants and provisions, once."""
+            origin: audit.Origin, now: datetime, totp: object = None) -> AccessRequest:
+    """Record an approval; the last one needed grants and provisions, once.
+
+    `totp`: the approver's step-up code, needed when the permission has `step_up`.
+    """
     with unit_of_work(session):
         request = visible_request(session, request_id, actor)
         _require_decider(session, request, actor)
         require_eligible_requester(session, request)
+        _require_decider_step_up(session, services, request, actor, totp, origin, now)
         # Touching the row takes its write lock: deciders of one request go one at a time.
         transition(session, request.id, event=Event.DECIDE)
         _record_decision(session, request, actor, Decision.APPROVE, comment, now)
@@ -85,11 +98,13 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
 
 
 def deny(session: Session, services: Services, *, request_id: str, actor: Actor, comment: str,
-         origin: audit.Origin, now: datetime) -> AccessRequest:
-    """Refuse a pending request; one eligible approver's no is enough."""
+         origin: audit.Origin, now: datetime, totp: object = None) -> AccessRequest:
+    """Refuse a pending request; one eligible approver's no is enough (with step-up when the
+    permission has it: a denial is a decision too, and a stolen token must not make one)."""
     with unit_of_work(session):
         request = visible_request(session, request_id, actor)
         _require_decider(session, request, actor)
+        _require_decider_step_up(session, services, request, actor, totp, origin, now)
         transition(session, request.id, event=Event.DENY, decided_at=now)
         _record_decision(session, request, actor, Decision.DENY, comment, now)
         audit.record(session, action=AuditAction.REQUEST_DENIED, actor=actor.subject.username,

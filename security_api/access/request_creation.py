@@ -33,7 +33,9 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     Takes the requester alone: no administrator or auditor power changes what one may ask for,
     so the caller need not look those up. One unit of work ends what blocks the slot (a grant
     whose time is up, a claim whose worker is gone) and creates the request; the outside calls
-    (their revokes, then the new grant) run after its commit.
+    (their revokes, then the new grant) run after its commit. A `step_up` permission needs
+    `totp`, a fresh code of the requester, checked after every other check (a code is not
+    spent on a request refused anyway) and before anything is written.
     """
     permission, decision = _requestable(session, requester, permission_key)
     break_glass = decision.mode == PolicyMode.BREAK_GLASS
@@ -43,7 +45,8 @@ def create_request(session: Session, services: Services, *, requester: Subject,
         justification, permission.requires_justification or break_glass)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
-    if break_glass:  # always a fresh second factor, whatever the permission's step_up says
+    # break_glass: always a fresh second factor, whatever the permission's step_up says.
+    if permission.step_up or break_glass:
         require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
                         now=now)
     with unit_of_work(session):

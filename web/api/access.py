@@ -27,6 +27,11 @@ from web.api.openapi import documented
 from web.api.queries import DEFAULT_LIMIT, Cursor, Limit, QueryModel, UserPermissionQuery, choice, text
 
 bp = Blueprint("access", __name__, url_prefix="/v1")
+STEP_UP_DOC = ("Step-up: for a permission with `step_up` the body needs `totp`, a current code "
+               "of the caller's authenticator app, checked like a login code after the other "
+               "checks and before any change (used once; it counts toward the lockout when "
+               "wrong): 401 `step_up_required` when missing, 401 `invalid_step_up` when "
+               "malformed, wrong or already used, or when the caller is a service account.")
 E = schemas.Error
 
 
@@ -38,7 +43,7 @@ def permissions_catalog():
     """List what the caller's role may request."""
     items = [{"key": p.key, "name": p.name, "description": p.description, "mode": d.mode,
               "max_duration_minutes": d.max_duration_minutes,
-              "requires_justification": p.requires_justification,
+              "requires_justification": p.requires_justification, "step_up": p.step_up,
               "approvals_required": d.rule.approvals_required if d.mode == "approval" else None}
              for p, d in grants.requestable_catalog(db(), current_subject())]
     return respond(None, permissions=items)
@@ -89,7 +94,7 @@ def _one(access_request, status=200, message=None):
                         "`pending` for `approval`, `failed` when provisioning failed. 403 "
                         "`not_requestable` when no rule allows it; 409 when already held, "
                         "active or pending; 412 for a duration above the maximum, a missing "
-                        "justification, or params the provisioner refuses.")
+                        "justification, or params the provisioner refuses. " + STEP_UP_DOC)
 @require_token
 def create_request():
     """Ask for a permission."""
@@ -143,7 +148,8 @@ def request_detail(request_id: str):
 def _decide(transition, request_id: str, *, with_comment: bool):
     kwargs = {}
     if with_comment:
-        kwargs["comment"] = read_json(schemas.DecisionBody).comment
+        body = read_json(schemas.DecisionBody)
+        kwargs.update(comment=body.comment, totp=body.totp)
     else:
         read_json(schemas.EmptyBody)
     changed = transition(db(), services(), request_id=request_id, actor=current_actor(),
@@ -160,7 +166,8 @@ _TRANSITION_ERRORS = {200: schemas.RequestEnvelope, 403: E, 404: E, 409: E}
             description="The last approval needed grants and provisions, exactly once. "
                         "409 unless pending or when you already decided; 409 "
                         "`no_longer_eligible` when the requester was deactivated or their "
-                        "role's rules no longer let them ask for it (nothing is granted).")
+                        "role's rules no longer let them ask for it (nothing is granted). "
+                        + STEP_UP_DOC)
 @require_token
 def approve(request_id: str):
     """Approve a pending request."""
@@ -169,7 +176,8 @@ def approve(request_id: str):
 
 @bp.post("/requests/<request_id>/deny")
 @documented(summary="Deny (eligible approvers and admins, never the requester)",
-            tag="requests", body=schemas.DecisionBody, responses=_TRANSITION_ERRORS)
+            tag="requests", body=schemas.DecisionBody, responses=_TRANSITION_ERRORS,
+            description=STEP_UP_DOC)
 @require_token
 def deny(request_id: str):
     """Deny a pending request."""

@@ -179,7 +179,7 @@ def permission_create():
     body = read_json(PermissionCreateBody)
     permission = admin_permissions.create_permission(
         db(), key=body.key, name=body.name, description=body.description,
-        max_duration_minutes=body.max_duration_minutes,
+        max_duration_minutes=body.max_duration_minutes, step_up=body.step_up,
         requires_justification=body.requires_justification, provisioner=body.provisioner,
         provisioner_config=body.provisioner_config, settings=services().settings, **_who())
     return _permission(permission, status=201, message="Permission created.")

@@ -54,6 +54,7 @@ class PermissionUpdateBody(Body):
     description: PermissionDescription | None = None
     max_duration_minutes: Minutes | None = None
     requires_justification: StrictBool | None = None
+    step_up: StrictBool | None = None
     provisioner: StrictStr | None = Field(default=None, max_length=64)
     provisioner_config: dict | None = Field(
         default=None, description="Replaces the config; a new provisioner starts from {}.")
@@ -103,6 +104,7 @@ class PermissionOut(BaseModel):
     description: str
     max_duration_minutes: int
     requires_justification: bool
+    step_up: bool
     provisioner: str
     provisioner_config: dict
     builtin: bool

@@ -1,7 +1,7 @@
 """Request and response bodies: validation and the OpenAPI document come from these."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
@@ -130,20 +130,30 @@ class Index(BaseModel):
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
+# No pattern on purpose: a malformed code is the domain's to judge (401 `invalid_step_up`,
+# counted toward the lockout like a wrong one), not a free 412 that guesses around the count.
+StepUpCode = Annotated[StrictStr | None, Field(
+    default=None, max_length=64,
+    description="Step-up: a current code of your authenticator app (6 ASCII digits), needed "
+                "when the permission has `step_up` (missing: 401 `step_up_required`; wrong, "
+                "malformed or already used: 401 `invalid_step_up`, counted toward the lockout "
+                "like a failed login); always needed under a `break_glass` rule. Ignored "
+                "otherwise.")]
+
+
 class RequestCreateBody(Body):
     permission: StrictStr = Field(pattern=SLUG, description="Permission key, e.g. vpn.")
     justification: StrictStr = Field(default="", max_length=2000)
     duration_minutes: int | None = Field(default=None, ge=1, le=525600,
                                          description="Defaults to the effective maximum.")
     params: dict = Field(default_factory=dict, description="Checked by the permission's provisioner.")
-    totp: StrictStr | None = Field(
-        default=None, max_length=64,
-        description="Step-up: a fresh code from the authenticator app (6 ASCII digits). Always "
-                    "needed under a break_glass rule (401 step_up_required / invalid_step_up).")
+    # Always needed under a break_glass rule, whatever the permission's step_up.
+    totp: StepUpCode = None
 
 
 class DecisionBody(Body):
     comment: StrictStr = Field(default="", max_length=2000)
+    totp: StepUpCode = None
 
 
 class ReviewBody(Body):
@@ -208,6 +218,8 @@ class CatalogItem(BaseModel):
     mode: str
     max_duration_minutes: int
     requires_justification: bool
+    step_up: bool = Field(description="Creating, approving or denying a request for it needs "
+                                      "\"totp\": a fresh code from the authenticator app.")
     approvals_required: int | None
 
 

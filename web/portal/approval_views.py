@@ -12,7 +12,7 @@ from security_api.enums import RequestStatus
 
 from .blueprint import bp, login_required, render
 from .formatting import ago, duration, when
-from .permission_names import permission_names
+from .permission_names import permission_names, step_up_keys
 from .request_actions import run_transition
 from .request_views import PAGE_SIZE
 
@@ -29,7 +29,9 @@ def approvals() -> Response:
     page = [row for row in page if row.status == RequestStatus.PENDING]
     rows = render_requests(db(), page, now=now)
     names = permission_names(row["permission"] for row in rows)
+    stepped = step_up_keys(names)
     items = [dict(row, name=names.get(row["permission"], row["permission"]),
+                  step_up=row["permission"] in stepped,
                   duration=duration(row["duration_minutes"]), age=ago(row["created_at"], now),
                   created=when(row["created_at"]),
                   approvals_given=sum(1 for a in row["approvals"] if a["decision"] == "approve"))

@@ -22,7 +22,7 @@ from web.api import schemas
 from .blueprint import bp, login_required, render, safe_next
 from .catalog_views import _catalog_page, _duration_field, _flash_created
 from .formatting import ago, duration, when
-from .forms import field, flash_error, validated
+from .forms import field, flash_error, step_up_code, validated
 from .permission_names import permission_names
 from .request_views import PAGE_SIZE
 
@@ -37,7 +37,7 @@ def break_glass() -> Response:
         body = validated(schemas.RequestCreateBody, {
             "permission": submitted["permission"], "justification": submitted["justification"],
             "duration_minutes": _duration_field(submitted["duration_minutes"]),
-            "totp": field("totp", limit=64).strip() or None})
+            "totp": step_up_code()})
         created = lifecycle.create_request(
             db(), services(), requester=current_subject(), permission_key=body.permission,
             justification=body.justification, duration_minutes=body.duration_minutes,

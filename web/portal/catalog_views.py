@@ -21,7 +21,7 @@ from web.api import schemas
 
 from .blueprint import bp, login_required, render
 from .formatting import approvers_text, duration, provisioning_error, time_left, when
-from .forms import field, flash_error, validated
+from .forms import field, flash_error, step_up_code, validated
 from .permission_names import permission_names
 
 DEFAULT_DURATION = 60  # what the form suggests, when the maximum allows it
@@ -74,6 +74,7 @@ def _catalog_page(*, status: int = 200, submitted: dict | None = None) -> Respon
             "mode": str(decision.mode), "outcome": _outcome(decision),
             "requires_justification": permission.requires_justification
             or decision.mode == PolicyMode.BREAK_GLASS,
+            "step_up": permission.step_up,
             "max_minutes": limit, "max_text": duration(limit),
             "duration": mine.get("duration_minutes") or min(DEFAULT_DURATION, limit),
             "justification": mine.get("justification", ""),
@@ -107,11 +108,12 @@ def create_request() -> Response:
     try:
         body = validated(schemas.RequestCreateBody, {
             "permission": submitted["permission"], "justification": submitted["justification"],
-            "duration_minutes": _duration_field(submitted["duration_minutes"])})
+            "duration_minutes": _duration_field(submitted["duration_minutes"]),
+            "totp": step_up_code()})
         created = lifecycle.create_request(
             db(), services(), requester=current_subject(), permission_key=body.permission,
             justification=body.justification, duration_minutes=body.duration_minutes,
-            params=body.params, origin=origin(), now=utcnow())
+            params=body.params, origin=origin(), now=utcnow(), totp=body.totp)
     except ApiError as exc:
         flash_error(exc)
         return _catalog_page(status=exc.status, submitted=submitted)

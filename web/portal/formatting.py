@@ -87,11 +87,19 @@ DOMAIN_MESSAGES = {
     "separation_of_duties": _l("You cannot decide your own request."),
     "no_longer_eligible": _l("The requester is no longer active or allowed this permission; "
                              "the request cannot be granted."),
+    # stepup
+    "step_up_required": _l("This permission needs a code from your authenticator app."),
+    "invalid_step_up": _l("The code from your authenticator app is wrong or was already used; "
+                          "wait for the next one."),
 }
+
+
+# stepup: the API's text for these names the JSON field ("totp"); a page names its own field.
+PORTAL_WORDED = {"step_up_required", "invalid_step_up"}
 
 
 def error_text(code: str, message: str) -> str:
     """Say a domain error in the page's language when its code is a known one."""
-    if str(get_locale()) != "en" and code in DOMAIN_MESSAGES:
+    if code in PORTAL_WORDED or (str(get_locale()) != "en" and code in DOMAIN_MESSAGES):
         return str(DOMAIN_MESSAGES[code])
     return message

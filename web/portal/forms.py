@@ -22,12 +22,19 @@ FIELD_LABELS = {
     "duration_minutes": _l("Duration (minutes)"), "comment": _l("Comment"),
     "current_password": _l("Current password"), "new_password": _l("New password"),
     "confirm_password": _l("Confirm the new password"), "cursor": _l("Page"),
+    "totp": _l("Code from your authenticator app"),
 }
 
 
 def field(name: str, *, limit: int = MAX_FIELD) -> str:
     """One posted form field, "" when absent, cut at `limit` characters."""
     return request.form.get(name, "")[:limit]
+
+
+def step_up_code() -> str | None:
+    """The step-up code field; empty or absent is no code (the domain says it is needed)."""
+    code = field("totp", limit=64).strip()
+    return code or None
 
 
 def validated(schema: type[BaseModel], data: dict) -> BaseModel:

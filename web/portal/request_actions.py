@@ -18,7 +18,7 @@ from web.api import schemas
 
 from .blueprint import bp, login_required, safe_next
 from .formatting import provisioning_error, when
-from .forms import field, flash_error, validated
+from .forms import field, flash_error, step_up_code, validated
 
 
 def _back(request_id: str) -> Response:
@@ -33,8 +33,9 @@ def run_transition(transition, request_id: str, *, with_comment: bool) -> Respon
     kwargs = {}
     try:
         if with_comment:
-            kwargs["comment"] = validated(schemas.DecisionBody,
-                                          {"comment": field("comment")}).comment
+            body = validated(schemas.DecisionBody,
+                             {"comment": field("comment"), "totp": step_up_code()})
+            kwargs.update(comment=body.comment, totp=body.totp)
         changed = transition(db(), services(), request_id=request_id, actor=current_actor(),
                              origin=origin(), now=utcnow(), **kwargs)
     except NotFound:

@@ -16,7 +16,7 @@ from security_api.enums import RequestStatus
 
 from .blueprint import bp, login_required, render
 from .formatting import approvers_text, duration, status_label, time_left, when
-from .permission_names import permission_names
+from .permission_names import permission_names, step_up_keys
 from .timeline import timeline
 
 PAGE_SIZE = 25
@@ -72,7 +72,8 @@ def request_detail(request_id: str) -> Response:
                  decided=when(view["decided_at"]), expires=when(view["expires_at"]),
                  time_left=time_left(access_request.expires_at, now)
                  if view["status"] == RequestStatus.ACTIVE else "",
-                 approvers=approvers_text(approvers))
+                 approvers=approvers_text(approvers),
+                 step_up=bool(step_up_keys([view["permission"]])))
     return render("portal/request_detail.html", item=facts,
                   actions=_actions(access_request, view, actor),
                   timeline=timeline(view, access_request, approvers))

@@ -52,6 +52,8 @@ def _roles(session: Session) -> list[dict]:
 def _permission(permission: Permission) -> dict:
     values = permission_values(permission)
     provisioner = {"name": values.pop("provisioner"), "config": values.pop("provisioner_config")}
+    if not values["step_up"]:
+        del values["step_up"]  # the default: files of the format before step-up stay as they were
     return {"key": permission.key, **values, "provisioner": provisioner}
 
 

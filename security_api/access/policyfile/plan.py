@@ -172,6 +172,7 @@ def permission_values(source) -> dict:
     return {"name": source.name, "description": source.description,
             "max_duration_minutes": source.max_duration_minutes,
             "requires_justification": bool(source.requires_justification),
+            "step_up": bool(source.step_up),
             "provisioner": provisioner, "provisioner_config": config}
 
 
