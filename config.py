@@ -102,6 +102,7 @@ ENV_VARIABLES = {
     "SLACK_CHANNEL": ("slack_channel", str),
     "SLACK_SIGNING_SECRET": ("slack_signing_secret", str),
     "SLACK_API_URL": ("slack_api_url", str),
+    "SECURITY_TEAM_EMAIL": ("security_team_emails", _origins),
 }
 MAX_TRUSTED_PROXIES = 5
 

@@ -11,6 +11,9 @@ class PolicyMode(StrEnum):
     STANDING = "standing"
     AUTO = "auto"
     APPROVAL = "approval"
+    # Granted at once to the requester (justification and step-up always required), then
+    # reviewed after the fact by an approver of the rule.
+    BREAK_GLASS = "break_glass"
 
 
 class RequestStatus(StrEnum):
@@ -47,6 +50,13 @@ class ProvisioningAction(StrEnum):
     CLEANUP = "cleanup"
     # End of a grant that was active (revoked or expired).
     REVOKE = "revoke"
+
+
+class ReviewVerdict(StrEnum):
+    """An after-the-fact review of a break-glass grant."""
+
+    JUSTIFIED = "justified"
+    UNJUSTIFIED = "unjustified"
 
 
 class Decision(StrEnum):
@@ -88,6 +98,9 @@ class AuditAction(StrEnum):
     # An extension waits for approval: target is the grant, details name the extension.
     REQUEST_EXTENSION_REQUESTED = "request.extension_requested"
     REQUEST_EXPIRY_WARNING_SENT = "request.expiry_warning_sent"
+    REQUEST_BREAK_GLASS = "request.break_glass"
+    REQUEST_REVIEWED = "request.reviewed"
+    REQUEST_REVIEW_OVERDUE = "request.review_overdue"
     PROVISIONING_SUCCEEDED = "provisioning.succeeded"
     PROVISIONING_FAILED = "provisioning.failed"
     # Read-back (access/readback.py): the target confirmed a grant or a revoke, or it did not

@@ -107,6 +107,30 @@ def stage_expiry_warning(session: Session) -> None:
     session.info.setdefault(_PENDING_COUNTS, []).append((EXPIRY_WARNINGS, None))
 
 
+BREAK_GLASS_USES = Counter(
+    "security_api_break_glass_uses", "Break-glass grants made (self-granted, reviewed after).")
+BREAK_GLASS_REVIEWS = Counter(
+    "security_api_break_glass_reviews", "Break-glass uses reviewed, by verdict.", ["verdict"])
+BREAK_GLASS_OVERDUE = Counter(
+    "security_api_break_glass_reviews_overdue",
+    "Break-glass reviews that became overdue (each notified once).")
+
+
+def count_break_glass_use() -> None:
+    """Count one break-glass grant made (after its commit)."""
+    BREAK_GLASS_USES.inc()
+
+
+def count_break_glass_review(verdict: str) -> None:
+    """Count one break-glass review recorded (after its commit)."""
+    BREAK_GLASS_REVIEWS.labels(verdict=verdict).inc()
+
+
+def count_break_glass_overdue() -> None:
+    """Count one overdue break-glass review notified (after its commit)."""
+    BREAK_GLASS_OVERDUE.inc()
+
+
 def count_outbox_delivered() -> None:
     """Count one notification delivered."""
     OUTBOX_DELIVERED.inc()

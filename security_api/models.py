@@ -205,6 +205,9 @@ class PolicyRule(Base):
     max_duration_minutes: Mapped[int | None] = mapped_column(Integer)
     approvers: Mapped[list] = mapped_column(JSONText(empty="[]"), default=list)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    # break_glass: minutes the approvers have to review a use (see access/break_glass_models.py).
+    review_within_minutes: Mapped[int] = mapped_column(Integer, default=1440,
+                                                       server_default="1440")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # pendingexp: how long a request under this rule may wait for a decision.
     pending_ttl_minutes: Mapped[int] = mapped_column(Integer, default=1440,
@@ -370,4 +373,6 @@ class SlackInteraction(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+# Registered with Base.metadata here, kept in a module of its own (break-glass reviews).
+from security_api.access.break_glass_models import BreakGlassReview  # noqa: E402,F401
 from security_api.access.drift_models import DriftFinding, DriftSchedule  # noqa: E402,F401

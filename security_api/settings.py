@@ -78,6 +78,8 @@ class Settings:
     slack_channel: str = ""
     slack_signing_secret: str = field(default="", repr=False)
     slack_api_url: str = "https://slack.com/api"
+    # Told at once of every break-glass use (besides the rule's reviewers and the security role).
+    security_team_emails: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:

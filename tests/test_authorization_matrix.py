@@ -82,6 +82,10 @@ ENDPOINTS = {
     # The webhook still points at a closed port: a retry runs, and fails again.
     "retry": Endpoint("POST", "/v1/requests/{id}/retry", state="failed", body={},
                       after="failed", audited="request.retried"),
+    # The world's request is no break-glass use: those who may see it learn that (409); the
+    # reviewers' own rules are tested in test_break_glass.py.
+    "review": Endpoint("POST", "/v1/requests/{id}/review", state="pending",
+                       body={"verdict": "justified"}, audited="request.reviewed"),
 }
 
 
@@ -103,6 +107,7 @@ NO = Expect(403, "forbidden")
 SOD = Expect(403, "separation_of_duties")
 NOREQ = Expect(403, "not_requestable")
 HIDE = Expect(404, "not_found")
+NOTBG = Expect(409, "not_break_glass")
 
 # The table.
 #                     requester other   approver admin   auditor service anonymous
@@ -121,6 +126,7 @@ MATRIX = {
     "revoke":          (OK,     HIDE,   NO,     OK,     NO,     HIDE,   ANON),
     "retry":           (NO,     HIDE,   OK,     OK,     NO,     HIDE,   ANON),
     "extend":          (NEW,    HIDE,   NO,     NO,     NO,     HIDE,   ANON),
+    "review":          (NOTBG,  HIDE,   NOTBG,  NOTBG,  NOTBG,  HIDE,   ANON),
 }
 
 

@@ -133,8 +133,10 @@ def create_permission_command(key, name, description, max_duration_minutes,
 @click.option("--max-duration-minutes", type=int, default=None)
 @click.option("--approver", "approvers", multiple=True, help="role or role/subrole; repeat.")
 @click.option("--approvals-required", type=int, default=1, show_default=True)
+@click.option("--review-within-minutes", type=int, default=1440, show_default=True,
+              help="break_glass: minutes the approvers have to review a use.")
 def create_rule_command(permission, role, subrole, mode, max_duration_minutes, approvers,
-                        approvals_required):
+                        approvals_required, review_within_minutes):
     """Create a policy rule tying a role/subrole to a permission."""
     with _services().session_factory() as session:
         try:
@@ -142,7 +144,7 @@ def create_rule_command(permission, role, subrole, mode, max_duration_minutes, a
                 session, permission=permission, role=role, subrole=subrole,
                 mode=PolicyMode(mode), max_duration_minutes=max_duration_minutes,
                 approvers=list(approvers), approvals_required=approvals_required,
-                actor="cli", origin=_origin(), now=utcnow())
+                review_within_minutes=review_within_minutes, actor="cli", origin=_origin(), now=utcnow())
             if rule.permission_key == grants.ADMIN_PERMISSION:
                 grants.refuse_admin_for_service_accounts(session, role=role, subrole=subrole)
         except ApiError as exc:

@@ -14,7 +14,7 @@ from security_api import audit
 from security_api.access import catalog
 from security_api.access.admin_changes import check_changes, commit_or_conflict
 from security_api.access.admin_permissions import get_permission
-from security_api.access.catalog_schemas import RuleSpec, checked
+from security_api.access.catalog_schemas import DEFAULT_REVIEW_MINUTES, RuleSpec, checked
 from security_api.access.conflicts import explain_conflicts
 from security_api.access.grants import (
     ADMIN_PERMISSION,
@@ -32,7 +32,7 @@ from security_api.installation import ADMIN_ROLE, ADMIN_SUBROLE
 from security_api.models import PolicyRule
 
 RULE_FIELDS = ("mode", "max_duration_minutes", "approvers", "approvals_required",
-               "pending_ttl_minutes")
+               "pending_ttl_minutes", "review_within_minutes")
 
 
 def render_engine_rule(rule: Rule) -> dict:
@@ -41,7 +41,8 @@ def render_engine_rule(rule: Rule) -> dict:
             "subrole": rule.subrole, "mode": str(rule.mode),
             "max_duration_minutes": rule.max_duration_minutes,
             "approvers": list(rule.approvers), "approvals_required": rule.approvals_required,
-            "pending_ttl_minutes": rule.pending_ttl_minutes}
+            "pending_ttl_minutes": rule.pending_ttl_minutes,
+            "review_within_minutes": rule.review_within_minutes}
 
 
 def render_rule(row: PolicyRule) -> dict:
@@ -71,8 +72,8 @@ def get_rule(session: Session, *, rule_id: str) -> PolicyRule:
 
 def create_rule(session: Session, *, permission: str, role: str, subrole: str, mode: PolicyMode,
                 max_duration_minutes: int | None, approvers: list[str], approvals_required: int,
-                actor: str, origin: audit.Origin, now: datetime,
-                pending_ttl_minutes: int = 1440) -> PolicyRule:
+                review_within_minutes: int = DEFAULT_REVIEW_MINUTES, actor: str,
+                origin: audit.Origin, now: datetime, pending_ttl_minutes: int = 1440) -> PolicyRule:
     """Create a validated policy rule; 409 when one exists for the permission, role and subrole."""
     existing = session.scalar(select(func.count()).select_from(PolicyRule).where(
         PolicyRule.permission_key == permission, PolicyRule.role == role,
@@ -84,6 +85,7 @@ def create_rule(session: Session, *, permission: str, role: str, subrole: str, m
         session, permission=permission, role=role, subrole=subrole, mode=mode,
         max_duration_minutes=max_duration_minutes, approvers=approvers,
         approvals_required=approvals_required, pending_ttl_minutes=pending_ttl_minutes,
+        review_within_minutes=review_within_minutes,
         actor=actor, origin=origin, now=now)
     _refuse_service_admins(session, rule)
     commit_or_conflict(session, f"A rule for {permission} and {role}/{subrole} exists.")
@@ -115,16 +117,19 @@ def update_rule(session: Session, *, rule_id: str, changes: dict, actor: str,
     approvals_required = changes.get("approvals_required", current.approvals_required)
     minutes = changes.get("max_duration_minutes", current.max_duration_minutes)
     pending_ttl = changes.get("pending_ttl_minutes", current.pending_ttl_minutes)
+    review_minutes = changes.get("review_within_minutes", current.review_within_minutes)
     checked(RuleSpec, {"permission": rule.permission_key, "role": rule.role,
                        "subrole": rule.subrole, "mode": str(mode), "approvers": approvers,
                        "approvals_required": approvals_required,
-                       "max_duration_minutes": minutes, "pending_ttl_minutes": pending_ttl})
+                       "max_duration_minutes": minutes, "pending_ttl_minutes": pending_ttl,
+                       "review_within_minutes": review_minutes})
     catalog._check_rule(session, permission=rule.permission_key, role=rule.role,
                         subrole=rule.subrole, mode=mode, approvers=approvers,
                         approvals_required=approvals_required, max_duration_minutes=minutes)
     rule.mode, rule.approvers = str(mode), approvers
     rule.approvals_required, rule.max_duration_minutes = approvals_required, minutes
     rule.pending_ttl_minutes = pending_ttl  # requests already waiting keep their deadline
+    rule.review_within_minutes = review_minutes
     audit.record(session, action=AuditAction.POLICY_UPDATED, actor=actor, target=rule.id,
                  origin=origin, now=now,
                  details={"permission": rule.permission_key, "role": rule.role,

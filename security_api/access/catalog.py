@@ -11,7 +11,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from security_api import audit
-from security_api.access.catalog_schemas import MAX_MINUTES, PermissionSpec, RuleSpec, checked, rule_problems
+from security_api.access.catalog_schemas import (
+    DEFAULT_REVIEW_MINUTES,
+    MAX_MINUTES,
+    PermissionSpec,
+    RuleSpec,
+    checked,
+    rule_problems,
+)
 from security_api.access.policy import WILDCARD
 from security_api.enums import AuditAction, PolicyMode, UserKind
 from security_api.errors import InvalidParams
@@ -69,14 +76,16 @@ def ensure_builtin_permissions(session: Session, *, now: datetime) -> None:
 
 def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, mode: PolicyMode,
                 max_duration_minutes: int | None = None, approvers: list[str] | None = None,
-                approvals_required: int = 1, pending_ttl_minutes: int = 1440, actor: str,
+                approvals_required: int = 1, pending_ttl_minutes: int = 1440,
+                review_within_minutes: int = DEFAULT_REVIEW_MINUTES, actor: str,
                 origin: audit.Origin, now: datetime) -> PolicyRule:
     """Create a policy rule unless one exists for this permission, role and subrole."""
     checked(RuleSpec, {"permission": permission, "role": role, "subrole": subrole,
                        "mode": str(mode), "max_duration_minutes": max_duration_minutes,
                        "approvers": list(approvers or []),
                        "approvals_required": approvals_required,
-                       "pending_ttl_minutes": pending_ttl_minutes})
+                       "pending_ttl_minutes": pending_ttl_minutes,
+                       "review_within_minutes": review_within_minutes})
     _check_rule(session, permission=permission, role=role, subrole=subrole, mode=mode,
                 approvers=approvers or [], approvals_required=approvals_required,
                 max_duration_minutes=max_duration_minutes)
@@ -89,7 +98,8 @@ def ensure_rule(session: Session, *, permission: str, role: str, subrole: str, m
                       max_duration_minutes=max_duration_minutes,
                       approvers=list(approvers or []),
                       approvals_required=approvals_required,
-                      pending_ttl_minutes=pending_ttl_minutes, created_at=now)
+                      pending_ttl_minutes=pending_ttl_minutes,
+                      review_within_minutes=review_within_minutes, created_at=now)
     session.add(rule)
     session.flush()
     audit.record(session, action=AuditAction.POLICY_CREATED, actor=actor, target=rule.id,

@@ -26,7 +26,8 @@ NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # Permission keys: dots allowed, e.g. security-api.admin.
 KEY = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 ROLE_OR_WILDCARD = r"^(\*|[a-z0-9][a-z0-9_-]{0,63})$"
-Mode = Literal["standing", "auto", "approval"]
+Mode = Literal["standing", "auto", "approval", "break_glass"]
+DEFAULT_REVIEW_MINUTES = 1440
 
 RoleName = Annotated[StrictStr, Field(pattern=NAME)]
 PermissionKey = Annotated[StrictStr, Field(pattern=KEY)]
@@ -103,6 +104,9 @@ class RuleSpec(CatalogModel):
     pending_ttl_minutes: Minutes = Field(
         default=1440, description="How long a request may wait for a decision before it "
                                   "expires (`expired_reason: not_decided`).")
+    review_within_minutes: Minutes = Field(
+        default=DEFAULT_REVIEW_MINUTES,
+        description="break_glass: minutes the approvers have to review a use (1-525600).")
 
     @property
     def ident(self) -> tuple[str, str, str]:
@@ -122,6 +126,9 @@ def rule_problems(*, role: str, subrole: str, mode: str, approvers: list[str]) -
         problems.append(("subrole", "must be * when role is *"))
     if mode == "approval" and not approvers:
         problems.append(("approvers", "an approval rule needs approvers"))
+    if mode == "break_glass" and not approvers:
+        # Someone must review each use after the fact.
+        problems.append(("approvers", "a break_glass rule needs approvers (its reviewers)"))
     return problems
 
 
@@ -154,7 +161,8 @@ class ConflictSetSpec(CatalogModel):
 # ---- readable problems -------------------------------------------------------------------------
 # Ranges by field name: pydantic reports one bound, the reader wants to see both.
 RANGES = {"max_duration_minutes": (1, MAX_MINUTES), "approvals_required": (1, MAX_APPROVALS),
-          "pending_ttl_minutes": (1, MAX_MINUTES)}
+          "pending_ttl_minutes": (1, MAX_MINUTES),
+          "review_within_minutes": (1, MAX_MINUTES)}
 TYPE_PROBLEMS = {"int_type": "must be an integer", "int_parsing": "must be an integer",
                  "string_type": "must be a string", "bool_type": "must be true or false",
                  "dict_type": "must be a mapping", "model_type": "must be a mapping",

@@ -39,6 +39,8 @@ from security_api.services import Services
 from security_api.unit_of_work import unit_of_work
 
 NOT_ACTIVE = ("Only an active grant can be extended.", "request_not_active")
+BREAK_GLASS_REFUSAL = ("A break-glass grant cannot be extended: when it ends, break the glass "
+                       "again (each use is reviewed).", "break_glass_not_extendable")
 EXTENSION_PENDING = ("An extension of this grant is already waiting for approval.",
                      "extension_pending")
 
@@ -61,6 +63,9 @@ def extend(session: Session, services: Services, *, request_id: str, actor: Acto
                           permission_key=grant.permission_key, justification=justification,
                           duration_minutes=duration_minutes, params=grant.params,
                           totp=totp, origin=origin, now=now)
+    if terms.decision.mode == PolicyMode.BREAK_GLASS:
+        # An emergency use is one reviewed use: more time is a new use, with its own review.
+        raise Conflict(*BREAK_GLASS_REFUSAL[:1], code=BREAK_GLASS_REFUSAL[1])
     if terms.decision.mode == PolicyMode.AUTO:
         _extend_at_once(session, grant, terms, actor=actor, origin=origin, now=now)
         return session.get(AccessRequest, request.id, populate_existing=True), False

@@ -33,7 +33,8 @@ def as_rule(row: PolicyRule) -> Rule:
                 mode=PolicyMode(row.mode), max_duration_minutes=row.max_duration_minutes,
                 approvers=tuple(row.approvers or ()),
                 approvals_required=row.approvals_required,
-                pending_ttl_minutes=row.pending_ttl_minutes)
+                pending_ttl_minutes=row.pending_ttl_minutes,
+                review_within_minutes=row.review_within_minutes)
 
 
 def candidate_rules(session: Session, subject: Subject, *,

@@ -22,6 +22,8 @@ class Rule:
     approvers: tuple[str, ...] = ()
     approvals_required: int = 1
     pending_ttl_minutes: int = 1440  # how long a request may wait for a decision
+    # break_glass: how long the approvers have to review a self-granted use.
+    review_within_minutes: int = 1440
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,8 @@ class Decision:
 
     @property
     def requestable(self) -> bool:
-        """Tell whether a request can be made (auto or approval)."""
-        return self.mode in (PolicyMode.AUTO, PolicyMode.APPROVAL)
+        """Tell whether a request can be made (auto, approval or break_glass)."""
+        return self.mode in (PolicyMode.AUTO, PolicyMode.APPROVAL, PolicyMode.BREAK_GLASS)
 
 
 NOT_REQUESTABLE = Decision(None, None, None)

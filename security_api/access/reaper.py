@@ -1,12 +1,13 @@
-"""Expire due grants and undecided requests, warn of grants ending soon, scan for drift when
-due, and deliver owed notifications: once from cron (`flask reap`) or in the background of each
-worker."""
+"""Expire due grants and undecided requests, warn of grants ending soon, flag overdue
+break-glass reviews, scan for drift when due, and deliver owed notifications: once from cron
+(`flask reap`) or in the background of each worker."""
 from __future__ import annotations
 
 import logging
 import threading
 
 from security_api import audit
+from security_api.access.break_glass import notify_overdue
 from security_api.access.drift_schedule import scan_if_due
 from security_api.access.expiry_warnings import warn_due
 from security_api.access.lifecycle import expire_due
@@ -38,6 +39,8 @@ def reap_once(services: Services) -> int:
         recover(session, services, origin=origin, now=utcnow())
         # Grants whose read-back could not be made right after the call (see readback.py).
         retry_grant_readbacks(session, services, origin=origin, now=utcnow())
+        # Break-glass reviews past due: their reviewers are told again, once per review.
+        notify_overdue(session, origin=origin, now=utcnow())
     _scan_drift_if_due(services)
     deliver_due(services)  # notifications owed, including any a crashed worker left
     return total

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from security_api import audit, metrics
 from security_api.access import conflicts
+from security_api.access.break_glass import record_use
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
 from security_api.access.grants import Subject, decision_for
@@ -48,11 +49,16 @@ def checked_terms(session: Session, services: Services, *, requester: Subject,
     conflict sets) belong here, so that neither path can skip them.
     """
     permission, decision, rivals = _requestable(session, requester, permission_key)
+    break_glass = decision.mode == PolicyMode.BREAK_GLASS
     duration = _checked_duration(duration_minutes, decision.max_duration_minutes)
-    justification = _checked_justification(justification, permission.requires_justification)
+    # An emergency grant is judged afterwards by its reason: one is always needed.
+    justification = _checked_justification(
+        justification, permission.requires_justification or break_glass)
     provisioner = get_provisioner(permission.provisioner, services.settings)
     clean_params = provisioner.validate_params(params, config=permission.provisioner_config)
-    if permission.step_up:  # last: a code is not spent on a request refused anyway
+    # Last: a code is not spent on a request refused anyway. break_glass: always a fresh
+    # second factor, whatever the permission's step_up says (and checked once, here).
+    if permission.step_up or break_glass:
         require_step_up(session, services, user_id=requester.id, code=totp, origin=origin,
                         now=now)
     return Terms(permission, decision, duration, justification, clean_params, frozenset(rivals))
@@ -70,7 +76,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
                    permission_key: str, justification: str, duration_minutes: int | None,
                    params: dict, origin: audit.Origin, now: datetime,
                    totp: object = None) -> AccessRequest:
-    """Ask for a permission: active at once for `auto`, pending for `approval`.
+    """Ask for a permission: active at once for `auto` and `break_glass`, pending for `approval`.
 
     Takes the requester alone: no administrator or auditor power changes what one may ask for,
     so the caller need not look those up. One unit of work ends what blocks the slot (a grant
@@ -82,6 +88,7 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     terms = checked_terms(session, services, requester=requester, permission_key=permission_key,
                           justification=justification, duration_minutes=duration_minutes,
                           params=params, totp=totp, origin=origin, now=now)
+    break_glass = terms.decision.mode == PolicyMode.BREAK_GLASS
     with conflicts.refusals_audited(session, stage="create", actor=requester.username,
                                     target=terms.permission.key, origin=origin, now=now), \
             unit_of_work(session):
@@ -93,6 +100,11 @@ def create_request(session: Session, services: Services, *, requester: Subject,
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
         outbox.request_created(session, request_id)
         slack_outbox.request_created(session, request_id, pending=request.status == RequestStatus.PENDING)
+        if break_glass:
+            record_use(session, services, request=request, rule=terms.decision.rule,
+                       requester=requester.username, origin=origin, now=now)
+    if break_glass:
+        metrics.count_break_glass_use()
     for ended_id in owed:
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if auto:
@@ -173,7 +185,7 @@ def insert_request(session: Session, subject: Subject, terms: Terms, *, origin: 
     `duplicate` the 409 when a unique index says another open request holds its place.
     """
     rule = terms.decision.rule
-    auto = rule.mode == PolicyMode.AUTO
+    auto = rule.mode in (PolicyMode.AUTO, PolicyMode.BREAK_GLASS)  # granted at once
     request = AccessRequest(
         requester_id=subject.id, permission_key=terms.permission.key,
         justification=terms.justification, params=terms.params,

@@ -7,15 +7,16 @@ from sqlalchemy import and_, exists, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from security_api import cursors
+from security_api.access.break_glass_models import BreakGlassReview
 from security_api.access.pending_deadline import decidable_in_time
 from security_api.access.request_actors import Actor
 from security_api.clock import as_utc, isoformat
 from security_api.db import UTCDateTime
-from security_api.enums import ExpiredReason, RequestStatus
+from security_api.enums import ExpiredReason, PolicyMode, RequestStatus
 from security_api.errors import Forbidden
 from security_api.models import AccessRequest, Approval, RequestApproverGroup, User
 
-SCOPES = ("own", "approvable", "all")
+SCOPES = ("own", "approvable", "all", "unreviewed")
 
 
 def effective_status(request: AccessRequest, now: datetime) -> str:
@@ -62,6 +63,8 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
             .where(AccessRequest.extends_id.in_(ids))
             .order_by(AccessRequest.created_at, AccessRequest.id)):
         extended_by[extended_id].append(extension_id)
+    # Only break-glass requests have a review: no query at all for a page without one.
+    reviews = _reviews(session, [r.id for r in requests if r.mode == PolicyMode.BREAK_GLASS], now)
     return [{
         "id": r.id, "requester": names.get(r.requester_id), "permission": r.permission_key,
         "justification": r.justification, "params": r.params,
@@ -75,7 +78,30 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime) ->
                         "revoke": isoformat(r.revoke_verified_at)},
         "pending_expires_at": isoformat(r.pending_expires_at),
         "expired_reason": effective_expired_reason(r, now),
+        "review": reviews.get(r.id),
     } for r in requests]
+
+
+def _reviews(session: Session, ids: list[str], now: datetime) -> dict[str, dict]:
+    """Render the break-glass reviews of these requests (the others have none: null).
+
+    Before the verdict the review shows `verdict`, `by`, `at` and `comment` as null and its
+    `due_at`; `overdue` says the due time passed without a verdict, or the verdict came late.
+    """
+    if not ids:
+        return {}
+    rows = session.execute(select(BreakGlassReview, User.username)
+                           .outerjoin(User, User.id == BreakGlassReview.reviewer_id)
+                           .where(BreakGlassReview.request_id.in_(ids)))
+    rendered = {}
+    for review, reviewer in rows:
+        due_at = as_utc(review.due_at)
+        decided = review.verdict is not None
+        rendered[review.request_id] = {
+            "verdict": review.verdict, "by": reviewer, "at": isoformat(review.reviewed_at),
+            "comment": review.comment if decided else None, "due_at": isoformat(due_at),
+            "overdue": (as_utc(review.reviewed_at) if decided else now) > due_at}
+    return rendered
 
 
 def _status_filter(status: str, now: datetime):
@@ -106,6 +132,19 @@ def _approvable(actor: Actor, now: datetime):
     return and_(condition, AccessRequest.status == RequestStatus.PENDING, group)
 
 
+def _unreviewed(actor: Actor):
+    """Break-glass uses awaiting review: all of them for admins, else those the actor may review."""
+    open_review = exists().where(BreakGlassReview.request_id == AccessRequest.id,
+                                 BreakGlassReview.verdict.is_(None))
+    if actor.is_admin:
+        return open_review
+    subject = actor.subject
+    group = exists().where(RequestApproverGroup.request_id == AccessRequest.id,
+                           RequestApproverGroup.role == subject.role,
+                           RequestApproverGroup.subrole.in_([subject.subrole, "*"]))
+    return and_(open_review, AccessRequest.requester_id != subject.id, group)
+
+
 def list_requests(session: Session, *, actor: Actor, scope: str, status: str | None,
                   permission: str | None, limit: int, cursor: str | None,
                   now: datetime) -> tuple[list[AccessRequest], str | None]:
@@ -117,6 +156,10 @@ def list_requests(session: Session, *, actor: Actor, scope: str, status: str | N
         if actor.subject.kind != "person":
             return [], None
         stmt = stmt.where(_approvable(actor, now))
+    elif scope == "unreviewed":
+        if actor.subject.kind != "person":
+            return [], None
+        stmt = stmt.where(_unreviewed(actor))
     elif scope == "all":
         if not (actor.is_admin or actor.is_auditor):
             raise Forbidden("scope=all is for holders of security-api.admin or security-api.audit.")

@@ -33,6 +33,7 @@ from security_api.models import AccessRequest
 class Event(StrEnum):
     SUBMIT = "submit"  # created for approval (an insert: drawn, never performed)
     SUBMIT_AUTO = "submit_auto"  # created under an `auto` rule (an insert, as above)
+    BREAK_GLASS = "break_glass"  # self-granted under a `break_glass` rule (an insert, as above)
     DECIDE = "decide"  # an approval or denial is being recorded: takes the row's lock
     APPROVE = "approve"  # the last approval needed: the grant is claimed
     DENY = "deny"
@@ -47,6 +48,7 @@ class Event(StrEnum):
     EXPIRE = "expire"
     EXPIRE_PENDING = "expire_pending"  # not decided within the rule's pending_ttl_minutes
     END_INELIGIBLE = "end_ineligible"  # deactivated, or the role no longer allows it
+    REVIEWED_UNJUSTIFIED = "reviewed_unjustified"  # a break-glass use judged unjustified
     RETRY_REVOKE = "retry_revoke"  # the reaper takes over an owed revoke
     REVOKE_FINISHED = "revoke_finished"
     REVOKE_FAILED = "revoke_failed"
@@ -82,6 +84,7 @@ NOT_PENDING = ("The request is not pending.", "request_not_pending")
 MOVES: tuple[Move, ...] = (
     Move(Event.SUBMIT, (), RS.PENDING),
     Move(Event.SUBMIT_AUTO, (), RS.GRANTING),
+    Move(Event.BREAK_GLASS, (), RS.GRANTING),
     Move(Event.DECIDE, (RS.PENDING,), SAME, refusal=NOT_PENDING),
     Move(Event.APPROVE, (RS.PENDING,), RS.GRANTING,
          refusal=("The request was decided meanwhile.", "request_not_pending"),
@@ -109,6 +112,8 @@ MOVES: tuple[Move, ...] = (
     Move(Event.EXPIRE_WITH_GRANT, (RS.ACTIVE,), RS.EXPIRED),
     Move(Event.END_WITH_GRANT, (RS.ACTIVE,), RS.REVOKED),
     Move(Event.END_WITH_GRANT, (RS.PENDING,), RS.CANCELLED),
+    # No refusal: a grant already ended (expired, revoked) keeps its end; the verdict stands.
+    Move(Event.REVIEWED_UNJUSTIFIED, (RS.ACTIVE,), RS.REVOKED, owes_revoke=True),
     Move(Event.RETRY_REVOKE, OWED, SAME, Column.PROVISIONING),
     Move(Event.REVOKE_FINISHED, OWED, None, Column.PROVISIONING),
     Move(Event.REVOKE_FAILED, OWED, PS.REVOKE_FAILED, Column.PROVISIONING),

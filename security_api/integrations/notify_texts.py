@@ -31,6 +31,8 @@ DRIFT_WORDS = {"missing": "an active grant is missing at its target",
                "orphaned": "an entry this service made has no active grant"}
 # pendingexp: the holder of a grant, shortly before it ends (the link is the portal's page).
 EXPIRY_WARNING = "request.expiry_warning"
+BREAK_GLASS, REVIEW_OVERDUE = "request.break_glass", "request.review_overdue"
+REVIEWED = "request.reviewed"
 STATUS_WORDS = {"active": "approved", "denied": "denied", "failed": "approved, but provisioning failed",
                 "cancelled": "cancelled", "revoked": "revoked", "expired": "expired"}
 # pendingexp: an expired request says which way it expired.
@@ -145,6 +147,30 @@ def expiry_warning_texts(request: dict, *, link: str) -> tuple[str, str, str]:
     return subject, body, chat
 
 
+def break_glass_texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
+    """Return (subject, body, chat) for a break-glass use, its overdue review, or its verdict."""
+    who, what = _requester(request), clean(request.get("permission"))
+    review = request.get("review") if isinstance(request.get("review"), dict) else {}
+    due, verdict = clean(review.get("due_at")), clean(review.get("verdict"))
+    if kind == BREAK_GLASS:
+        head = f"{who} used break-glass for {what}"
+        lines = [f"{head} ({clean(request.get('duration_minutes'))} minutes), granted at once.",
+                 f"Justification: {_justification(request)}",
+                 f"Review it (justified or unjustified) by {due}."]
+    elif kind == REVIEW_OVERDUE:
+        head = f"Review overdue: {who}'s break-glass use of {what}"
+        lines = [f"{head}; it was due at {due}.", f"Justification: {_justification(request)}"]
+    else:
+        head = f"{who}'s break-glass use of {what} was reviewed: {verdict}"
+        lines = [f"{head} by {clean(review.get('by'))}.",
+                 f"Comment: {clean(review.get('comment'), limit=MAX_JUSTIFICATION) or '(none)'}",
+                 f"Status: {_status_word(request)}"]
+    body = "\n".join([*lines, "", f"Details: {link}"]) + "\n"
+    chat = f"*{slack_escape(head)}*\n" + "\n".join(slack_escape(line) for line in lines[1:]) \
+        + f"\n<{link}|View request>"
+    return f"{SUBJECT_PREFIX} {head}", body, chat
+
+
 def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
     """Return (mail subject, mail body, chat text) of one notification kind."""
     if kind == VERIFY_FAILED:
@@ -153,6 +179,8 @@ def texts(kind: str, request: dict, *, link: str) -> tuple[str, str, str]:
         return drift_texts(request, link=link)
     if kind == EXPIRY_WARNING:
         return expiry_warning_texts(request, link=link)
+    if kind in (BREAK_GLASS, REVIEW_OVERDUE, REVIEWED):
+        return break_glass_texts(kind, request, link=link)
     if kind == PENDING:
         return (pending_subject(request), pending_body(request, link=link),
                 pending_chat(request, link=link))

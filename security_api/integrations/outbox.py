@@ -18,10 +18,13 @@ from sqlalchemy.orm import Session
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
 from security_api.integrations.notify_texts import (
+    BREAK_GLASS,
     DECIDED,
     DRIFT,
     EXPIRY_WARNING,
     PENDING,
+    REVIEW_OVERDUE,
+    REVIEWED,
     VERIFY_FAILED,
 )
 from security_api.integrations.slack_messages import SLACK_KINDS
@@ -31,9 +34,12 @@ from security_api.models import AccessRequest, OutboxMessage, RequestApproverGro
 # failed, cancelled, revoked or expired. VERIFY_FAILED: the requester (and the channel), a
 # read-back contradicted a grant or a revoke. DRIFT: administrators, a new drift finding
 # (access/drift_findings.py). EXPIRY_WARNING: the holder of a grant that ends soon.
+# BREAK_GLASS: the security team, at once, of a self-granted use; REVIEW_OVERDUE: its
+# reviewers, once, when the review is late; REVIEWED: the requester, of the verdict.
 # SLACK_KINDS: the Slack message of a request, posted and updated (slack_outbox,
 # slack_delivery). The kinds are the notifier's: it renders each.
-KINDS = (PENDING, DECIDED, VERIFY_FAILED, DRIFT, EXPIRY_WARNING, *SLACK_KINDS)
+KINDS = (PENDING, DECIDED, VERIFY_FAILED, DRIFT, EXPIRY_WARNING, BREAK_GLASS, REVIEW_OVERDUE,
+         REVIEWED, *SLACK_KINDS)
 DECIDED_STATUSES = {RequestStatus.ACTIVE, RequestStatus.DENIED, RequestStatus.FAILED}
 # Set on a session that wrote rows; its commit wakes the background deliverer.
 WROTE_INFO = "outbox_wrote"
@@ -85,6 +91,31 @@ def readback_failed(session: Session, request_id: str, *, step: str, outcome: st
 def expiry_warning(session: Session, request_id: str) -> None:
     """A grant ends soon: tell its holder, with a link to extend it."""
     _tell_requester(session, _fresh(session, request_id), kind=EXPIRY_WARNING)
+
+
+def break_glass_used(session: Session, request_id: str, *, team_emails: tuple[str, ...],
+                     team_role: str) -> None:
+    """A break-glass use: tell the security team (the configured addresses, the people of the
+    security role) and the rule's reviewers, at once."""
+    request = _fresh(session, request_id)
+    team = session.scalars(select(User.email).where(
+        User.role == team_role, User.active.is_(True), User.email.is_not(None),
+        User.id != request.requester_id))
+    recipients = set(team_emails) | set(team) | set(_approver_emails(session, request))
+    enqueue(session, BREAK_GLASS, {"request": _rendered(session, request),
+                                   "recipients": sorted(recipients)})
+
+
+def review_overdue(session: Session, request_id: str) -> None:
+    """A break-glass review is late: tell the reviewers again."""
+    request = _fresh(session, request_id)
+    enqueue(session, REVIEW_OVERDUE, {"request": _rendered(session, request),
+                                      "recipients": _approver_emails(session, request)})
+
+
+def review_recorded(session: Session, request_id: str) -> None:
+    """A break-glass use was reviewed: tell the requester the verdict."""
+    _tell_requester(session, _fresh(session, request_id), kind=REVIEWED)
 
 
 def _tell_requester(session: Session, request: AccessRequest, *, kind: str = DECIDED) -> None:

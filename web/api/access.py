@@ -14,7 +14,7 @@ from flask_api_functions import (
     respond,
     services,
 )
-from security_api.access import conflicts, grants, lifecycle
+from security_api.access import break_glass, conflicts, grants, lifecycle
 from security_api.access.grants import Subject
 from security_api.access.request_views import SCOPES, list_requests, render
 from security_api.clock import isoformat, utcnow
@@ -92,7 +92,9 @@ def _one(access_request, status=200, message=None):
 @bp.post("/requests")
 @documented(summary="Request a permission", tag="requests", body=schemas.RequestCreateBody,
             responses={201: schemas.RequestEnvelope, 403: E, 409: E},
-            description="Active at once when the caller's rule is `auto` (provisioned), "
+            description="Active at once when the caller's rule is `auto` or `break_glass` "
+                        "(provisioned; break_glass always needs a justification and `totp`, "
+                        "step-up: 401 `step_up_required` / `invalid_step_up`), "
                         "`pending` for `approval`, `failed` when provisioning failed. 403 "
                         "`not_requestable` when no rule allows it; 409 when already held, "
                         "active or pending; 412 for a duration above the maximum, a missing "
@@ -108,7 +110,8 @@ def create_request():
     return _one(created, status=201)
 
 
-Scope = choice("own (default) | approvable | all (admin or audit holders)", SCOPES,
+Scope = choice("own (default) | approvable | all (admin or audit holders) | unreviewed "
+               "(break-glass uses awaiting review: those you may review; admins: all)", SCOPES,
                f"one of {', '.join(SCOPES)}")
 Status = choice("filter by status", [s.value for s in RequestStatus], "not a request status")
 PermissionFilter = text("filter by permission key")
@@ -125,7 +128,8 @@ class RequestsQuery(QueryModel):
 
 
 @bp.get("/requests")
-@documented(summary="List requests: own (default), approvable, or all", tag="requests",
+@documented(summary="List requests: own (default), approvable, all, or unreviewed",
+            tag="requests",
             responses={200: schemas.RequestList, 403: E, 412: E}, query=RequestsQuery)
 @require_token
 def requests_list():
@@ -239,3 +243,24 @@ def extend(request_id: str):
         justification=body.justification, duration_minutes=body.duration_minutes,
         origin=origin(), now=utcnow(), totp=body.totp)
     return _one(shown, status=201 if created else 200)
+
+
+@bp.post("/requests/<request_id>/review")
+@documented(summary="Review a break-glass use (an approver of the rule, never the requester)",
+            tag="requests", body=schemas.ReviewBody,
+            responses={200: schemas.RequestEnvelope, 401: E, 403: E, 404: E, 409: E, 412: E},
+            description="Exactly one review per break-glass request, due within the rule's "
+                        "`review_within_minutes` (a late one is still taken, `overdue: true`). "
+                        "`unjustified` revokes the grant at once if it is still active (the "
+                        "provisioner's revoke runs). 403 for the requester or anyone the rule "
+                        "does not name as approver (administrator power alone is not enough); "
+                        "409 `not_break_glass`, `already_reviewed`, `request_not_settled` "
+                        "(still being provisioned).")
+@require_token
+def review(request_id: str):
+    """Record the after-the-fact review of a break-glass grant."""
+    body = read_json(schemas.ReviewBody)
+    reviewed = break_glass.review(db(), services(), request_id=request_id, actor=current_actor(),
+                                  verdict=body.verdict, comment=body.comment, origin=origin(),
+                                  now=utcnow())
+    return _one(reviewed)

@@ -248,7 +248,8 @@ def policy_create():
         db(), permission=body.permission, role=body.role, subrole=body.subrole,
         mode=PolicyMode(body.mode), max_duration_minutes=body.max_duration_minutes,
         approvers=body.approvers, approvals_required=body.approvals_required,
-        pending_ttl_minutes=body.pending_ttl_minutes, **_who())
+        pending_ttl_minutes=body.pending_ttl_minutes,
+        review_within_minutes=body.review_within_minutes, **_who())
     return _policy(rule, status=201, message="Policy rule created.")
 
 

@@ -73,6 +73,8 @@ class PolicyUpdateBody(Body):
     pending_ttl_minutes: Minutes | None = Field(
         default=None, description="Requests made from now on wait at most this long for a "
                                   "decision; requests already waiting keep their deadline.")
+    review_within_minutes: Minutes | None = Field(
+        default=None, description="break_glass: minutes the approvers have to review a use.")
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -132,6 +134,7 @@ class PolicyOut(BaseModel):
     approvers: list[str]
     approvals_required: int
     pending_ttl_minutes: int = Field(description="How long a request may wait for a decision.")
+    review_within_minutes: int = Field(description="break_glass rules: minutes to review a use.")
     created_at: str | None = None
 
 
@@ -164,7 +167,8 @@ class Explanation(BaseModel):
     subrole: str
     user_active: bool
     permission: str
-    decision: str | None = Field(description="standing, auto, approval, or null: not requestable.")
+    decision: str | None = Field(
+        description="standing, auto, approval, break_glass, or null: not requestable.")
     max_duration_minutes: int | None
     rule: PolicyOut | None
     considered: list[ConsideredRule]

@@ -1,7 +1,7 @@
 """Request and response bodies: validation and the OpenAPI document come from these."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
@@ -144,7 +144,8 @@ StepUpCode = Annotated[StrictStr | None, Field(
     description="Step-up: a current code of your authenticator app (6 ASCII digits), needed "
                 "when the permission has `step_up` (missing: 401 `step_up_required`; wrong, "
                 "malformed or already used: 401 `invalid_step_up`, counted toward the lockout "
-                "like a failed login). Ignored for other permissions.")]
+                "like a failed login); always needed under a `break_glass` rule. Ignored "
+                "otherwise.")]
 
 
 class RequestCreateBody(Body):
@@ -153,6 +154,7 @@ class RequestCreateBody(Body):
     duration_minutes: int | None = Field(default=None, ge=1, le=525600,
                                          description="Defaults to the effective maximum.")
     params: dict = Field(default_factory=dict, description="Checked by the permission's provisioner.")
+    # Always needed under a break_glass rule, whatever the permission's step_up.
     totp: StepUpCode = None
 
 
@@ -169,6 +171,23 @@ class ExtendBody(Body):
 class DecisionBody(Body):
     comment: StrictStr = Field(default="", max_length=2000)
     totp: StepUpCode = None
+
+
+class ReviewBody(Body):
+    verdict: Literal["justified", "unjustified"] = Field(
+        description="unjustified revokes the grant at once if it is still active.")
+    comment: StrictStr = Field(default="", max_length=2000)
+
+
+class ReviewOut(BaseModel):
+    verdict: str | None = Field(description="justified, unjustified, or null: not reviewed yet.")
+    by: str | None = Field(description="The reviewer's username (null before the review).")
+    at: str | None
+    comment: str | None
+    due_at: str = Field(description="When the review is due: the use + the rule's "
+                                    "review_within_minutes.")
+    overdue: bool = Field(description="Due time passed without a verdict, or the verdict came "
+                                      "late.")
 
 
 class ApprovalOut(BaseModel):
@@ -214,6 +233,8 @@ class RequestOut(BaseModel):
     expired_reason: str | None = Field(
         description="null unless expired: `not_decided` (pending past pending_expires_at) or "
                     "`ended` (an active grant reached expires_at).")
+    review: ReviewOut | None = Field(
+        description="Break-glass requests: the after-the-fact review; null for the others.")
 
 
 class RequestEnvelope(BaseModel):

@@ -41,6 +41,7 @@ def init_app(app: Flask) -> None:
         admin_views,
         approval_views,
         auth_views,
+        break_glass_views,
         catalog_views,
         drift_views,
         extend_views,

@@ -229,7 +229,8 @@ def admin_audit() -> Response:
 # ---- explain -----------------------------------------------------------------------------------
 MODE_LABELS = {"standing": ("standing", lambda: _("Standing: held always, no request needed")),
                "auto": ("auto", lambda: _("Granted at once on request")),
-               "approval": ("approval", lambda: _("Needs approval"))}
+               "approval": ("approval", lambda: _("Needs approval")),
+               "break_glass": ("break_glass", lambda: _("Break-glass: granted at once, reviewed after"))}
 
 
 def _mode(mode: str | None) -> dict:

@@ -34,6 +34,11 @@ def _outcome(decision) -> str:
     if decision.mode == PolicyMode.AUTO:
         return ngettext("Granted at once for up to %(num)s minute",
                         "Granted at once for up to %(num)s minutes", limit)
+    if decision.mode == PolicyMode.BREAK_GLASS:
+        return _("Emergency only: granted at once for up to %(num)s minutes, then reviewed by "
+                 "%(approvers)s within %(review)s.", num=limit,
+                 approvers=approvers_text(decision.rule.approvers),
+                 review=duration(decision.rule.review_within_minutes))
     needed = decision.rule.approvals_required
     return ngettext("Needs approval by %(approvers)s (%(num)s approval)",
                     "Needs approval by %(approvers)s (%(num)s approvals)", needed,
@@ -71,7 +76,8 @@ def _catalog_page(*, status: int = 200, submitted: dict | None = None) -> Respon
         cards.append({
             "key": permission.key, "name": permission.name, "description": permission.description,
             "mode": str(decision.mode), "outcome": _outcome(decision),
-            "requires_justification": permission.requires_justification,
+            "requires_justification": permission.requires_justification
+            or decision.mode == PolicyMode.BREAK_GLASS,
             "step_up": permission.step_up,
             "max_minutes": limit, "max_text": duration(limit),
             "duration": mine.get("duration_minutes") or min(DEFAULT_DURATION, limit),

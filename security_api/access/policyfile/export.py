@@ -5,6 +5,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from security_api.access.catalog_schemas import DEFAULT_REVIEW_MINUTES
 from security_api.access.policyfile.conflicts import export_conflicts
 from security_api.access.policyfile.plan import permission_values, rule_values
 from security_api.access.policyfile.read import FILE_VERSION, protected_rule
@@ -19,7 +20,8 @@ EXPORT_HEADER = """\
 """
 # Left out of a rule when they have these values, to keep the file short.
 RULE_DEFAULTS = {"max_duration_minutes": None, "approvers": [], "approvals_required": 1,
-                 "pending_ttl_minutes": 1440}
+                 "pending_ttl_minutes": 1440,
+                 "review_within_minutes": DEFAULT_REVIEW_MINUTES}
 
 
 def export(session: Session) -> str:

@@ -205,7 +205,8 @@ def rule_values(source) -> dict:
     """Return a rule's terms, from a stored row or from the file."""
     return {"mode": str(source.mode), "max_duration_minutes": source.max_duration_minutes,
             "approvers": list(source.approvers or []), "approvals_required": source.approvals_required,
-            "pending_ttl_minutes": source.pending_ttl_minutes}
+            "pending_ttl_minutes": source.pending_ttl_minutes,
+            "review_within_minutes": source.review_within_minutes}
 
 
 def _count_by(session: Session, *columns, where=None) -> dict[tuple, int]:
