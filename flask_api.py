@@ -144,7 +144,10 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
     def _database_down(exc):
-        log.error("database error: %s", type(exc).__name__)
+        # The driver's class names the cause (QueryCanceled, DeadlockDetected, ...) and carries
+        # no data; its message could, so it is not logged.
+        log.error("database error: %s (%s)", type(exc).__name__,
+                  type(getattr(exc, "orig", None) or exc).__name__)
         return error_response(ServiceUnavailable())
 
     @app.errorhandler(Exception)

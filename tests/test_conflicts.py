@@ -18,7 +18,7 @@ from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.clock import utcnow
 from security_api.enums import AuditAction, PolicyMode
 from security_api.models import AccessRequest, AuditEvent, ConflictSet
-from tests.conftest import bearer
+from tests.conftest import basic, bearer
 from tests.portal_support import signed_in_client
 
 PERMISSIONS = {"pay-create": (PolicyMode.AUTO, []),
@@ -268,18 +268,27 @@ def test_portal_shows_blocked_cards_without_a_request_button(app, world, make_us
 
 
 # ---- races -------------------------------------------------------------------------------------
-def test_concurrent_requests_for_the_sides_of_a_set_open_one_per_person(app, world, make_user,
-                                                                         login_as, db_session):
-    """Threads released together ask for every side of one set: one request per person wins."""
+def test_concurrent_requests_for_the_sides_of_a_set_open_one_per_person(world, make_app,
+                                                                         make_user, db_session):
+    """Threads released together ask for every side of one set: one request per person wins.
+
+    The eighteen queue on each person's lock and on the audit chain; on a loaded machine (CI
+    runs two suites side by side) that queue can outlast the default 10-s statement timeout,
+    a 503 that proves nothing here, so this app's timeout is generous."""
     from tests.test_concurrency import race
 
+    patient = make_app(database_query_timeout_seconds=120)
     _make_set(world, "all", ["pay-create", "pay-approve", "vpn"])
-    tokens = {name: login_as(make_user(name, role="finance", subrole="ops"))["token"]
-              for name in ("p1", "p2", "p3")}
+    tokens = {}
+    for name in ("p1", "p2", "p3"):
+        user = make_user(name, role="finance", subrole="ops")
+        tokens[name] = patient.test_client().post(
+            "/v1/login", headers=basic(user.username, user.password),
+            json={"totp": user.next_code()}).json["token"]
 
     def ask(token, permission):
         def call():
-            response = app.test_client().post("/v1/requests", headers=bearer(token),
+            response = patient.test_client().post("/v1/requests", headers=bearer(token),
                                               json={"permission": permission, "justification": "x"})
             return response.status_code, response.json
         return call

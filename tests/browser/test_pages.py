@@ -100,6 +100,7 @@ SIGNED_IN_PAGES = [
     ("person", "my-requests", "/portal/requests"), ("person", "approvals-empty", "/portal/approvals"),
     ("person", "password", "/portal/password"), ("admin", "admin-users", "/portal/admin/users"),
     ("admin", "admin-audit", "/portal/admin/audit"), ("admin", "admin-my-access", "/portal/"),
+    ("admin", "admin-drift", "/portal/admin/drift"), ("approver", "reviews", "/portal/reviews"),
 ]
 
 
