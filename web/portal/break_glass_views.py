@@ -8,9 +8,8 @@ from __future__ import annotations
 from flask import Response, flash, redirect, request, url_for
 from flask_babel import gettext as _
 
-from flask_api_functions import current_actor, current_subject, db, origin, services
+from flask_api_functions import current_actor, db, origin, services
 from security_api.access import break_glass as break_glass_ops
-from security_api.access import lifecycle
 from security_api.access.request_views import list_requests
 from security_api.access.request_views import render as render_requests
 from security_api.clock import utcnow
@@ -20,9 +19,9 @@ from security_api.models import AccessRequest
 from web.api import schemas
 
 from .blueprint import bp, login_required, render, safe_next
-from .catalog_views import _catalog_page, _duration_field, _flash_created
+from .catalog_views import _flash_created, submit_catalog_form
 from .formatting import ago, duration, when
-from .forms import field, flash_error, step_up_code, validated
+from .forms import field, flash_error, validated
 from .permission_names import permission_names
 from .request_views import PAGE_SIZE
 
@@ -31,20 +30,9 @@ from .request_views import PAGE_SIZE
 @login_required
 def break_glass() -> Response:
     """Grant oneself a break-glass permission at once (justification and code always needed)."""
-    submitted = {"permission": field("permission"), "justification": field("justification"),
-                 "duration_minutes": field("duration_minutes").strip()}
-    try:
-        body = validated(schemas.RequestCreateBody, {
-            "permission": submitted["permission"], "justification": submitted["justification"],
-            "duration_minutes": _duration_field(submitted["duration_minutes"]),
-            "totp": step_up_code()})
-        created = lifecycle.create_request(
-            db(), services(), requester=current_subject(), permission_key=body.permission,
-            justification=body.justification, duration_minutes=body.duration_minutes,
-            params=body.params, origin=origin(), now=utcnow(), totp=body.totp)
-    except ApiError as exc:
-        flash_error(exc)
-        return _catalog_page(status=exc.status, submitted=submitted)
+    created, refused = submit_catalog_form()
+    if refused is not None:
+        return refused
     if created.mode != PolicyMode.BREAK_GLASS or created.status != RequestStatus.ACTIVE:
         _flash_created(created)  # the rule changed meanwhile, or the grant failed: say what became
     else:

@@ -15,13 +15,13 @@ from security_api.access import conflicts, grants, lifecycle
 from security_api.access.request_views import effective_status
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode, RequestStatus
-from security_api.errors import ApiError, InvalidParams
+from security_api.errors import ApiError
 from security_api.models import AccessRequest
 from web.api import schemas
 
 from .blueprint import bp, login_required, render
 from .formatting import approvers_text, duration, provisioning_error, time_left, when
-from .forms import field, flash_error, step_up_code, validated
+from .forms import field, flash_error, minutes_field, step_up_code, validated
 from .permission_names import permission_names
 
 DEFAULT_DURATION = 60  # what the form suggests, when the maximum allows it
@@ -95,35 +95,34 @@ def catalog() -> Response:
     return _catalog_page()
 
 
-def _duration_field(raw: str) -> int | None:
-    raw = raw.strip()
-    if not raw:
-        return None  # the domain's default: the effective maximum
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
-        raise InvalidParams.one("duration_minutes", "must be a whole number of minutes")
-    return int(raw)
-
-
 @bp.post("/requests")
 @login_required
 def create_request() -> Response:
     """Ask for a permission exactly as POST /v1/requests does; re-show the catalog on a refusal."""
+    created, refused = submit_catalog_form()
+    if refused is not None:
+        return refused
+    _flash_created(created)
+    return redirect(url_for("portal.request_detail", request_id=created.id))
+
+
+def submit_catalog_form() -> tuple[AccessRequest | None, Response | None]:
+    """Create what a catalog card's form asks for (a request, or a break-glass use), exactly as
+    POST /v1/requests does; return (the request, None), or (None, the page re-shown refusing)."""
     submitted = {"permission": field("permission"), "justification": field("justification"),
                  "duration_minutes": field("duration_minutes").strip()}
     try:
         body = validated(schemas.RequestCreateBody, {
             "permission": submitted["permission"], "justification": submitted["justification"],
-            "duration_minutes": _duration_field(submitted["duration_minutes"]),
+            "duration_minutes": minutes_field(submitted["duration_minutes"]),
             "totp": step_up_code()})
-        created = lifecycle.create_request(
+        return lifecycle.create_request(
             db(), services(), requester=current_subject(), permission_key=body.permission,
             justification=body.justification, duration_minutes=body.duration_minutes,
-            params=body.params, origin=origin(), now=utcnow(), totp=body.totp)
+            params=body.params, origin=origin(), now=utcnow(), totp=body.totp), None
     except ApiError as exc:
         flash_error(exc)
-        return _catalog_page(status=exc.status, submitted=submitted)
-    _flash_created(created)
-    return redirect(url_for("portal.request_detail", request_id=created.id))
+        return None, _catalog_page(status=exc.status, submitted=submitted)
 
 
 def _flash_created(created: AccessRequest) -> None:

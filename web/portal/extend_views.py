@@ -12,21 +12,12 @@ from flask_babel import gettext as _
 from flask_api_functions import current_actor, db, origin, services
 from security_api.access import lifecycle
 from security_api.clock import utcnow
-from security_api.errors import ApiError, InvalidParams, NotFound
+from security_api.errors import ApiError, NotFound
 from web.api import schemas
 
 from .blueprint import bp, login_required, safe_next
 from .formatting import approvers_text, when
-from .forms import field, flash_error, step_up_code, validated
-
-
-def _minutes(raw: str) -> int | None:
-    raw = raw.strip()
-    if not raw:
-        return None  # the domain's default: the effective maximum
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
-        raise InvalidParams.one("duration_minutes", "must be a whole number of minutes")
-    return int(raw)
+from .forms import field, flash_error, minutes_field, step_up_code, validated
 
 
 @bp.post("/requests/<request_id>/extend")
@@ -37,7 +28,7 @@ def extend(request_id: str) -> Response:
     back = safe_next(back) if back else url_for("portal.request_detail", request_id=request_id)
     try:
         body = validated(schemas.ExtendBody, {
-            "duration_minutes": _minutes(field("duration_minutes")),
+            "duration_minutes": minutes_field(field("duration_minutes")),
             "justification": field("justification"), "totp": step_up_code()})
         shown, created = lifecycle.extend(
             db(), services(), request_id=request_id, actor=current_actor(),

@@ -9,7 +9,7 @@ from flask import flash, request
 from flask_babel import lazy_gettext as _l
 from pydantic import BaseModel
 
-from security_api.errors import ApiError
+from security_api.errors import ApiError, InvalidParams
 from web.api.inputs import validate_fields
 
 from .formatting import error_text
@@ -35,6 +35,16 @@ def step_up_code() -> str | None:
     """The step-up code field; empty or absent is no code (the domain says it is needed)."""
     code = field("totp", limit=64).strip()
     return code or None
+
+
+def minutes_field(raw: str) -> int | None:
+    """A minutes field as typed: empty means the domain's default (the effective maximum)."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        raise InvalidParams.one("duration_minutes", "must be a whole number of minutes")
+    return int(raw)
 
 
 def validated(schema: type[BaseModel], data: dict) -> BaseModel:
