@@ -97,7 +97,7 @@ def test_no_body_where_one_is_required_is_a_412(client, make_user, login_as):
 def test_query_parameters_are_documented_as_parsed(document):
     requests = _query(document, "get", "/v1/requests")
     assert requests["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 200}
-    assert requests["scope"]["schema"]["enum"] == ["own", "approvable", "all"]
+    assert requests["scope"]["schema"]["enum"] == ["own", "approvable", "all", "unreviewed"]
     assert "pending" in requests["status"]["schema"]["enum"]
     users = _query(document, "get", "/v1/admin/users")
     assert users["kind"]["schema"]["enum"] == ["person", "service"]
