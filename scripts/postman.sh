@@ -112,9 +112,12 @@ for pair in "${variables[@]}"; do
 done
 started=$SECONDS
 newman_status=0
+# --timeout bounds the whole run: about 210 s of it now, most of that the pre-request scripts
+# waiting for fresh TOTP steps (step-up and break-glass spend a code each); 8 minutes leaves room
+# on a loaded machine, and a hang still fails.
 run_client "$NEWMAN" run postman_collection.json "${env_args[@]}" \
     --timeout-request 15000 \
-    --timeout 150000 \
+    --timeout 480000 \
     "$@" || newman_status=$?
 echo "postman.sh: newman finished in $((SECONDS - started)) s with exit code $newman_status"
 exit "$newman_status"
