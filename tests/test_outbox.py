@@ -234,7 +234,7 @@ def test_the_cli_reap_command_notifies_the_requester(app, client, make_user, log
                                                      inbox, receiver):
     _granted(app, client, make_user, login_as)
     result = app.test_cli_runner().invoke(args=["reap"])
-    assert result.exit_code == 0 and "Expired 1 grant(s)." in result.output
+    assert result.exit_code == 0 and "Expired 1 request(s)" in result.output
     wait_for(lambda: undelivered(app) == 0 and inbox.messages())
     [(rcpts, message)] = inbox.messages()
     assert rcpts == ["alice@example.com"] and "expired" in message["Subject"]

@@ -794,14 +794,14 @@ def test_expiry_is_seen_at_once_and_reaped_exactly_once(world, db_session, runne
     assert (row.status, row.provisioning.get("revoke")) == ("active", None)
 
     first = runner.invoke(args=["reap"])
-    assert first.exit_code == 0 and "Expired 1 grant(s)." in first.output
+    assert first.exit_code == 0 and "Expired 1 request(s)" in first.output
     db_session.expire_all()
     row = db_session.get(AccessRequest, made["id"])
     assert row.status == "expired" and row.ended_at is not None
     assert row.provisioning["revoke"]["ok"] is True
     assert db_session.get(AccessRequest, other["id"]).status == "active"
     second = runner.invoke(args=["reap"])
-    assert second.exit_code == 0 and "Expired 0 grant(s)." in second.output
+    assert second.exit_code == 0 and "Expired 0 request(s)" in second.output
     assert audit_trail(db_session, made["id"]) == [
         ("request.created", "alice"), ("provisioning.succeeded:grant", "system"),
         ("request.activated", "system"), ("request.expired", "system"),
@@ -875,13 +875,13 @@ def test_cli_creates_a_permission_and_a_rule_that_the_api_honours(world, runner,
     result = runner.invoke(args=["create-rule", "gitlab", "--role", "developer", "--subrole", "*",
                                  "--mode", "approval", "--approver", "security/lead",
                                  "--approver", "security", "--approvals-required", "2",
-                                 "--max-duration-minutes", "45"])
+                                 "--max-duration-minutes", "45", "--pending-ttl-minutes", "120"])
     assert result.exit_code == 0, result.output
     assert "developer/* -> gitlab (approval)" in result.output
     rule = db_session.scalar(select(PolicyRule).where(PolicyRule.permission_key == "gitlab"))
     assert (rule.role, rule.subrole, rule.mode, rule.approvals_required,
-            rule.max_duration_minutes, rule.approvers) == \
-        ("developer", "*", "approval", 2, 45, ["security/lead", "security"])
+            rule.max_duration_minutes, rule.approvers, rule.pending_ttl_minutes) == \
+        ("developer", "*", "approval", 2, 45, ["security/lead", "security"], 120)
     item = next(i for i in world.get("fred", "/v1/permissions").json["permissions"]
                 if i["key"] == "gitlab")
     assert (item["mode"], item["max_duration_minutes"], item["approvals_required"]) == \
@@ -928,6 +928,8 @@ def test_cli_create_permission_refusals(runner, db_session, args, message):
     (["vpn", "--role", "developer", "--subrole", "*", "--mode", "approval",
       "--approver", "security", "--approvals-required", "11"], "from 1 to 10"),
     (["vpn", "--role", "developer", "--subrole", "*", "--mode", "sometimes"], "Invalid value"),
+    (["vpn", "--role", "developer", "--subrole", "*", "--mode", "approval",
+      "--approver", "security", "--pending-ttl-minutes", "0"], "from 1 to 525600"),
 ])
 def test_cli_create_rule_refusals(runner, db_session, make_user, args, message):
     make_user("alice")  # creates developer/backend

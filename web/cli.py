@@ -135,8 +135,10 @@ def create_permission_command(key, name, description, max_duration_minutes,
 @click.option("--approvals-required", type=int, default=1, show_default=True)
 @click.option("--review-within-minutes", type=int, default=1440, show_default=True,
               help="break_glass: minutes the approvers have to review a use.")
+@click.option("--pending-ttl-minutes", type=int, default=1440, show_default=True,
+              help="Minutes a request may wait for a decision before it expires.")
 def create_rule_command(permission, role, subrole, mode, max_duration_minutes, approvers,
-                        approvals_required, review_within_minutes):
+                        approvals_required, review_within_minutes, pending_ttl_minutes):
     """Create a policy rule tying a role/subrole to a permission."""
     with _services().session_factory() as session:
         try:
@@ -144,7 +146,8 @@ def create_rule_command(permission, role, subrole, mode, max_duration_minutes, a
                 session, permission=permission, role=role, subrole=subrole,
                 mode=PolicyMode(mode), max_duration_minutes=max_duration_minutes,
                 approvers=list(approvers), approvals_required=approvals_required,
-                review_within_minutes=review_within_minutes, actor="cli", origin=_origin(), now=utcnow())
+                review_within_minutes=review_within_minutes,
+                pending_ttl_minutes=pending_ttl_minutes, actor="cli", origin=_origin(), now=utcnow())
             if rule.permission_key == grants.ADMIN_PERMISSION:
                 grants.refuse_admin_for_service_accounts(session, role=role, subrole=subrole)
         except ApiError as exc:
@@ -174,9 +177,10 @@ def seed_demo_command():
 @click.command("reap")
 @with_appcontext
 def reap_command():
-    """Expire due grants once and run their provisioners' revoke (for cron)."""
+    """Expire due grants and undecided requests once, run the grants' revokes (for cron)."""
     count = reap_once(_services())
-    click.echo(f"Expired {count} grant(s).")
+    click.echo(f"Expired {count} request(s): grants past their end and requests not decided "
+               "in time.")
 
 
 @click.command("run-startup-tasks")
