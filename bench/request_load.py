@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["write"].append(writes.run(runner, pairs, args.duration))
             print(writes.describe("write", results["write"][-1]), flush=True)
     figures = summarise(results["ping"], results["profile"], results["write"])
-    figures["settings"] = settings
+    figures.update(settings=settings, connections=args.connections, workers=args.workers)
     print_summary(figures)
     common.write_json(args.json, figures)
     return figures

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    base_urls=list(service.base_urls)))
             print(writes.describe("two", twos[-1]), flush=True)
     figures = summarise(ones, twos)
-    figures["settings"] = settings
+    figures.update(settings=settings, workers=args.workers, connections=args.connections)
     print("\n==== summary " + "=" * 60)
     print(f"writes/s with two instances ÷ one: {figures['two_wps']:.1f} / {figures['one_wps']:.1f}"
           f" = {figures['ratio']:.2f}; {request_load.rounds_text(figures['ratios'])} "
