@@ -203,7 +203,8 @@ def breakdown_rows(results: dict) -> list[str]:
     if not columns:
         return []
     lines = ["", "## Where the authenticated request's time goes (in-process, µs)", "",
-             "No gunicorn, no network, no load client: the pieces of (a), medians of batches.", "",
+             "No gunicorn, no network, no load client: the pieces of profile ÷ ping, medians of "
+             "batches.", "",
              "| Piece | " + " | ".join(label for _, label in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for name, label in BREAKDOWN:
