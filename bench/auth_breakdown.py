@@ -1,4 +1,4 @@
-"""Break the cost of an authenticated request down, in-process, to see where (a) loses.
+"""Break the cost of an authenticated request down, in-process, to see where profile ÷ ping loses.
 
 auth_overhead.py measures profile/ping through gunicorn; this script times the pieces in one
 process (no network, no gunicorn, no wrk): a whole ping and a whole profile request through the

@@ -1,4 +1,4 @@
-"""Measure what authentication costs: /v1/profile against /v1/ping, and logins against bcrypt.
+"""Measure what authentication costs: /v1/profile and /v1/check against /v1/ping, logins vs bcrypt.
 
 One run sets up a throw-away database (or a private schema of DATABASE_URL, and REDIS_URL),
 starts gunicorn on a free local port, loads it with wrk (or a multi-process Python client when
@@ -18,9 +18,10 @@ import sys
 import time
 
 import common
+from check_load import CheckSeed
 from common import Load, LoadResult, Runner, describe, mean_rate
 
-PROFILE_TARGET = 0.9
+PROFILE_TARGET, CHECK_TARGET = 0.9, 0.85
 BCRYPT_SAMPLES = 5
 
 
@@ -40,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bcrypt-rounds", type=int, default=12,
                         help="bcrypt cost of the service (default 12, the production cost)")
     parser.add_argument("--rounds", type=int, default=4,
-                        help="ping/profile pairs, alternated so drift hits both (default 4)")
+                        help="ping/profile(/check) rounds, alternated so drift hits each "
+                             "(default 4)")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="also load GET /v1/check as a service account each round "
+                             "(default on; --no-check skips it)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="seconds of unmeasured load per endpoint first (default 2, 0 = none)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
@@ -54,12 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare_database(username: str, secret: str):
-    """Return the set-up step: a role and the service account the benchmark signs in with."""
+def prepare_database(username: str, secret: str, check: CheckSeed | None):
+    """Return the set-up step: a role and the service account the benchmark signs in with.
+
+    With `check`, also the /v1/check tool, its subject and the subject's permission.
+    """
     def prepare(env: dict) -> None:
         common.flask_cli(env, "create-role", "developer", "--subrole", "backend")
         common.flask_cli(env, "create-user", username, "--role", "developer", "--subrole",
                          "backend", "--service", "--password-stdin", stdin=secret + "\n")
+        if check is not None:
+            check(env)
     return prepare
 
 
@@ -72,21 +82,24 @@ def log_in(base_url: str, authorization: str) -> str:
     return body["token"]
 
 
-def measure_profile_overhead(runner: Runner, token: str, *, seconds: int, rounds: int,
-                             warmup: int) -> tuple[list[LoadResult], list[LoadResult]]:
-    """Alternate ping and profile loads; return every run of each."""
-    ping = Load("/v1/ping")
-    profile = Load("/v1/profile", headers=(("Authorization", f"Bearer {token}"),))
+def measure_alternated(runner: Runner, loads: dict[str, Load], *, seconds: int, rounds: int,
+                       warmup: int) -> dict[str, list[LoadResult]]:
+    """Run each load once per round, in order (ping first); return every run of each."""
     if warmup:
-        runner.run(ping, warmup)
-        runner.run(profile, warmup)
-    pings, profiles = [], []
+        for load in loads.values():
+            runner.run(load, warmup)
+    runs: dict[str, list[LoadResult]] = {name: [] for name in loads}
     for _ in range(rounds):
-        pings.append(runner.run(ping, seconds))
-        print(describe("ping", pings[-1]), flush=True)
-        profiles.append(runner.run(profile, seconds))
-        print(describe("profile", profiles[-1]), flush=True)
-    return pings, profiles
+        for name, load in loads.items():
+            runs[name].append(runner.run(load, seconds))
+            print(describe(name, runs[name][-1]), flush=True)
+    return runs
+
+
+def ratios(runs: list[LoadResult], pings: list[LoadResult]) -> list[float]:
+    """Each round's throughput ÷ the same round's ping."""
+    return [r.ok_per_second / p.ok_per_second for r, p in zip(runs, pings, strict=True)
+            if p.ok_per_second]
 
 
 def bcrypt_check_seconds(rounds: int) -> float:
@@ -112,15 +125,23 @@ def measure_logins(runner: Runner, authorization: str, *, seconds: int) -> LoadR
     return result
 
 
+def _rounds(values: list[float]) -> str:
+    return "rounds " + ", ".join(f"{v:.2f}" for v in values)
+
+
 def print_summary(figures: dict, settings: list[str]) -> None:
-    """Print the ratios with the raw figures and the settings they were measured with."""
-    verdict = "ok" if figures["profile_ping_ratio"] >= PROFILE_TARGET else "BELOW TARGET"
+    """Print the ratios with their rounds, the raw figures and the settings."""
     print("\n==== summary " + "=" * 60)
-    print(f"profile/ping throughput ratio: {figures['profile_ping_ratio']:.2f} "
-          f"(target >= {PROFILE_TARGET}, {verdict})")
-    print(f"  ping {figures['ping_rps']:.1f} req/s, profile {figures['profile_rps']:.1f} req/s")
+    for name, target in (("profile", PROFILE_TARGET), ("check", CHECK_TARGET)):
+        if f"{name}_ping_ratio" not in figures:
+            continue
+        ratio = figures[f"{name}_ping_ratio"]
+        verdict = "ok" if ratio >= target else "BELOW TARGET"
+        print(f"{name}/ping throughput ratio: {ratio:.2f}; "
+              f"{_rounds(figures[f'{name}_ping_ratios'])} (target >= {target}, {verdict})")
+        print(f"  ping {figures['ping_rps']:.1f} req/s, {name} {figures[f'{name}_rps']:.1f} req/s")
     print(f"logins/s vs bcrypt bound: {figures['login_rps']:.1f} / {figures['bcrypt_bound']:.1f}"
-          f" = {figures['login_bound_ratio']:.2f}")
+          f" = {figures['login_bound_ratio']:.2f} (one login run)")
     print(f"  one bcrypt check {figures['bcrypt_check_ms']:.1f} ms (median of {BCRYPT_SAMPLES}), "
           f"bound = {figures['cores']} cores / check")
     if figures["login_not_ok"] or figures["login_errors"]:
@@ -136,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     cores = common.cpu_cores()
     client = common.choose_client(args.client)
     username, secret = f"bench-bot-{secrets.token_hex(3)}", secrets.token_urlsafe(24)
+    alternated = "ping/profile/check" if args.check else "ping/profile"
     settings = [
         f"settings: {args.workers} gunicorn workers (gthread, "
         f"{os.environ.get('GUNICORN_THREADS', '4')} threads each), {cores} cores, bcrypt rounds "
@@ -143,36 +165,44 @@ def main(argv: list[str] | None = None) -> dict:
         f"load: {client}" + (" (wrk not used: Python fallback, slower; compare ratios only)"
                              if client == "python" else f", {args.threads} threads")
         + f", {args.connections} connections, {args.duration} s per run, "
-          f"{args.rounds} ping/profile pairs alternated, {args.warmup} s warm-up",
+          f"{args.rounds} {alternated} rounds alternated, {args.warmup} s warm-up",
         common.load_average_note(),
     ]
     for line in settings:
         print(line, flush=True)
+    check_seed = CheckSeed() if args.check else None
     with common.running_service(workers=args.workers, bcrypt_rounds=args.bcrypt_rounds,
-                                prepare=prepare_database(username, secret)) as service:
+                                prepare=prepare_database(username, secret, check_seed)) as service:
         authorization = common.basic_header(username, secret)
         token = log_in(service.base_url, authorization)
         common.expect(common.call(service.base_url, "/v1/profile",
                                   headers={"Authorization": f"Bearer {token}"}),
                       200, "GET /v1/profile")
+        loads = {"ping": Load("/v1/ping"),
+                 "profile": Load("/v1/profile", headers=(("Authorization", f"Bearer {token}"),))}
+        if check_seed is not None:
+            check_seed.ready(service.base_url)
+            loads["check"] = check_seed.load()
         runner = Runner(client, service.base_url, service.workdir, args.threads, args.connections)
-        pings, profiles = measure_profile_overhead(runner, token, seconds=args.duration,
-                                                   rounds=args.rounds, warmup=args.warmup)
+        runs = measure_alternated(runner, loads, seconds=args.duration, rounds=args.rounds,
+                                  warmup=args.warmup)
         check = bcrypt_check_seconds(args.bcrypt_rounds)
         logins = measure_logins(runner, authorization, seconds=args.login_duration)
-    ping, profile = mean_rate(pings), mean_rate(profiles)
+    ping = mean_rate(runs["ping"])
     bound = cores / check
     figures = {
-        "ping_rps": ping, "profile_rps": profile,
-        "profile_ping_ratio": profile / ping if ping else 0.0,
-        "profile_ping_ratios": [p.per_second / q.per_second
-                                for p, q in zip(profiles, pings, strict=True) if q.per_second],
-        "login_rps": logins.per_second, "bcrypt_check_ms": check * 1000, "bcrypt_bound": bound,
-        "login_bound_ratio": logins.per_second / bound, "cores": cores,
+        "ping_rps": ping,
+        "login_rps": logins.ok_per_second, "bcrypt_check_ms": check * 1000, "bcrypt_bound": bound,
+        "login_bound_ratio": logins.ok_per_second / bound, "cores": cores,
         "login_not_ok": logins.not_ok, "login_errors": logins.errors,
-        "not_ok": sum(r.not_ok + r.errors for r in pings + profiles),
+        "not_ok": sum(r.not_ok + r.errors for results in runs.values() for r in results),
         "settings": settings,
     }
+    for name in loads.keys() - {"ping"}:
+        rate = mean_rate(runs[name])
+        figures[f"{name}_rps"] = rate
+        figures[f"{name}_ping_ratio"] = rate / ping if ping else 0.0
+        figures[f"{name}_ping_ratios"] = ratios(runs[name], runs["ping"])
     print_summary(figures, settings)
     common.write_json(args.json, figures)
     return figures

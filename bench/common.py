@@ -84,7 +84,12 @@ def free_port() -> int:
 
 
 def service_environment(workdir: Path, *, bcrypt_rounds: int, workers: int, port: int) -> dict:
-    """Environment for the CLI and gunicorn: random secret, testing mode, no throttling."""
+    """Environment for the CLI and gunicorn: random secret, testing mode, no throttling.
+
+    No lockout either: a sign-in reserves its place in the username's lockout count before
+    bcrypt runs, so more than LOCKOUT_THRESHOLD (5) concurrent correct logins of the one
+    benchmark account answered 429 `locked` (PostgreSQL + Redis) and counted as fast logins.
+    """
     env = dict(os.environ)
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
@@ -95,6 +100,7 @@ def service_environment(workdir: Path, *, bcrypt_rounds: int, workers: int, port
         "AUDIT_CHAIN_KEY": secrets.token_urlsafe(48),
         "SECURITY_API_ENV": "testing",
         "AUTH_RATE_LIMIT": "1000000",
+        "LOCKOUT_THRESHOLD": "1000000",
         "BCRYPT_ROUNDS": str(bcrypt_rounds),
         "LOG_LEVEL": "WARNING",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
@@ -199,33 +205,53 @@ def stop_gunicorn(server: subprocess.Popen) -> None:
 
 @dataclass(frozen=True)
 class Service:
-    """A running gunicorn on a throw-away database."""
+    """Running gunicorn instances (usually one) on one throw-away database."""
 
-    base_url: str
+    base_urls: tuple[str, ...]
     env: dict
     workdir: Path
 
+    @property
+    def base_url(self) -> str:
+        """The first instance: the only one unless `instances` asked for more."""
+        return self.base_urls[0]
+
 
 @contextlib.contextmanager
-def running_service(*, workers: int, bcrypt_rounds: int, prepare=None) -> Iterator[Service]:
-    """Make a database, run `prepare(env)` on it, start gunicorn; always stop and clean up."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+def running_service(*, workers: int, bcrypt_rounds: int, prepare=None,
+                    instances: int = 1) -> Iterator[Service]:
+    """Make a database, run `prepare(env)` on it, start gunicorn; always stop and clean up.
+
+    With `instances` > 1, as many gunicorn masters of `workers` workers each share the
+    database, the Redis prefix and the secrets, on ports of their own: what two instances of
+    a deployment behind a load balancer are.
+    """
+    ports: list[int] = []
+    while len(ports) < instances:  # the kernel may hand the same free port out twice
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as servers:
         workdir = Path(tmp)
         base_env = service_environment(workdir, bcrypt_rounds=bcrypt_rounds, workers=workers,
-                                       port=port)
+                                       port=ports[0])
         with private_database(base_env) as env:
             flask_cli(env, "init-db")
             if prepare is not None:
                 prepare(env)
-            log_path = workdir / "gunicorn.log"
-            server = start_gunicorn(env, log_path)
+            started = []
             try:
-                base_url = f"http://127.0.0.1:{port}"
-                wait_until_up(base_url, server, log_path)
-                yield Service(base_url, env, workdir)
+                for number, port in enumerate(ports):
+                    log_path = workdir / f"gunicorn-{number}.log"
+                    server = start_gunicorn({**env, "GUNICORN_BIND": f"127.0.0.1:{port}"},
+                                            log_path)
+                    servers.callback(stop_gunicorn, server)
+                    started.append((f"http://127.0.0.1:{port}", server, log_path))
+                for base_url, server, log_path in started:
+                    wait_until_up(base_url, server, log_path)
+                yield Service(tuple(url for url, _, _ in started), env, workdir)
             finally:
-                stop_gunicorn(server)
+                servers.close()
 
 
 # ---- one request -----------------------------------------------------------------------------
@@ -279,18 +305,12 @@ def expect(status_and_body: tuple[int, dict], wanted: int, what: str) -> dict:
 # ---- load clients ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Load:
-    """What one load run sends.
-
-    `rotate` is a list of (Authorization value, body) pairs: each is sent once, spread over
-    wrk's threads, for requests that may not repeat (creating a request). Without it, every
-    request is the same.
-    """
+    """What one load run sends: the same request every time (the write load is writes.py)."""
 
     path: str
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
     body: str = ""
-    rotate: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -307,6 +327,11 @@ class LoadResult:
     def per_second(self) -> float:
         """Completed requests per second (every status counted, as wrk does)."""
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok_per_second(self) -> float:
+        """2xx/3xx answers per second: what the figures use, so refusals never look fast."""
+        return (self.requests - self.not_ok) / self.seconds if self.seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -329,28 +354,10 @@ class Runner:
         return run_python(self, load, seconds, timeout, connections)
 
 
-def wrk_script(workdir: Path, load: Load, threads: int) -> Path:
-    """Write a Lua script: fixed method, body and headers, or one rotation entry per request."""
-    lines = [f"wrk_threads = {threads}", f"wrk.method = {json.dumps(load.method)}",
-             f"wrk.body = {json.dumps(load.body)}"]
+def wrk_script(workdir: Path, load: Load) -> Path:
+    """Write a Lua script: fixed method, body and headers."""
+    lines = [f"wrk.method = {json.dumps(load.method)}", f"wrk.body = {json.dumps(load.body)}"]
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in load.headers]
-    if load.rotate:
-        entries = ",\n".join(f"{{{json.dumps(auth)}, {json.dumps(body)}}}"
-                             for auth, body in load.rotate)
-        # Thread t of n sends entries t, t+n, t+2n...: no entry is sent twice.
-        lines += [
-            f"local entries = {{\n{entries}\n}}",
-            "local counter = 0",
-            "function setup(thread) counter = counter + 1; thread:set('id', counter) end",
-            "function init(args) next_index = id end",
-            "function request()",
-            "  local entry = entries[next_index]",
-            "  next_index = next_index + wrk_threads",
-            "  if entry == nil then return wrk.format() end",
-            "  wrk.headers['Authorization'] = entry[1]",
-            "  return wrk.format(nil, nil, nil, entry[2])",
-            "end",
-        ]
     path = workdir / f"load-{secrets.token_hex(4)}.lua"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -378,7 +385,7 @@ def parse_wrk(output: str) -> LoadResult:
 def run_wrk(runner: Runner, load: Load, seconds: int, timeout: int, connections: int) -> LoadResult:
     """Load with wrk: `wrk -tT -cC -dDs --latency --timeout Xs -s script.lua URL`."""
     threads = min(runner.threads, connections)
-    script = wrk_script(runner.workdir, load, threads)
+    script = wrk_script(runner.workdir, load)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                f"--timeout={timeout}s", "-s", str(script), runner.base_url + load.path]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -389,20 +396,14 @@ def run_wrk(runner: Runner, load: Load, seconds: int, timeout: int, connections:
 
 
 def _python_connection(host: str, port: int, load: Load, start_at: float, stop_at: float,
-                       timeout: int, slot: int, slots: int) -> tuple[int, int, int]:
+                       timeout: int) -> tuple[int, int, int]:
     """One client process: one connection, requests back to back inside [start_at, stop_at)."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = dict(load.headers)
     body = load.body.encode() if load.method != "GET" else None
     done = not_ok = errors = 0
-    index = slot
     time.sleep(max(0.0, start_at - time.monotonic()))
     while time.monotonic() < stop_at:
-        if load.rotate:
-            if index >= len(load.rotate):
-                break
-            headers["Authorization"], text = load.rotate[index]
-            body, index = text.encode(), index + slots
         try:
             connection.request(load.method, load.path, body=body, headers=headers)
             response = connection.getresponse()
@@ -423,8 +424,7 @@ def run_python(runner: Runner, load: Load, seconds: int, timeout: int,
     """Load with one Python process per connection (slower than wrk: compare ratios only)."""
     host, port = split_url(runner.base_url)
     start_at = time.monotonic() + 1.0  # every process is up before the clock starts
-    jobs = [(host, port, load, start_at, start_at + seconds, timeout, slot, connections)
-            for slot in range(connections)]
+    jobs = [(host, port, load, start_at, start_at + seconds, timeout)] * connections
     with multiprocessing.get_context("fork").Pool(connections) as pool:
         counts = pool.starmap(_python_connection, jobs)
     done, not_ok, errors = (sum(column) for column in zip(*counts, strict=True))
@@ -444,8 +444,8 @@ def describe(name: str, result: LoadResult) -> str:
 
 
 def mean_rate(results: list[LoadResult]) -> float:
-    """Requests per second over every run together."""
-    return sum(r.requests for r in results) / sum(r.seconds for r in results)
+    """2xx/3xx answers per second over every run together (refusals are not throughput)."""
+    return sum(r.requests - r.not_ok for r in results) / sum(r.seconds for r in results)
 
 
 def write_json(path: str | None, data: dict) -> None:
@@ -455,10 +455,17 @@ def write_json(path: str | None, data: dict) -> None:
 
 
 # ---- seeding, in process ---------------------------------------------------------------------
-def seed_people(app, *, count: int, role: str, subrole: str, prefix: str = "bench-user") -> list[str]:
+def person_username(prefix: str, number: int) -> str:
+    """The username seed_people gives its `number`th person (the write load names pairs by it)."""
+    return f"{prefix}-{number:05d}"
+
+
+def seed_people(app, *, count: int, role: str, subrole: str, prefix: str = "bench-user",
+                kind=None) -> list[str]:
     """Create `count` people (cheap bcrypt: nobody signs in with a password) with a session each.
 
-    Returns their access tokens. People, not service accounts: only people may request.
+    Returns their access tokens. People, not service accounts (unless `kind` says
+    UserKind.SERVICE): only people may request.
     """
     from security_api import audit
     from security_api.accounts import users as accounts
@@ -475,9 +482,9 @@ def seed_people(app, *, count: int, role: str, subrole: str, prefix: str = "benc
                                  origin=audit.Origin(), now=utcnow())
         for number in range(count):
             user = accounts.create_user(
-                session, username=f"{prefix}-{number:05d}", role=role, subrole=subrole,
-                email=None, kind=UserKind.PERSON, password=None, bcrypt_rounds=4, actor="bench",
-                origin=audit.Origin(), now=utcnow()).user
+                session, username=person_username(prefix, number), role=role, subrole=subrole,
+                email=None, kind=kind or UserKind.PERSON, password=None, bcrypt_rounds=4,
+                actor="bench", origin=audit.Origin(), now=utcnow()).user
             tokens.append(start_session(session, services, user=user, now=utcnow()).access_token)
         session.commit()
     return tokens

@@ -1,8 +1,9 @@
 """Run every benchmark and write docs/benchmarks.md with a chart, docs/benchmarks.png.
 
 Each part runs as its own process (bench/*.py --json) so one part's set-up never leaks into
-the next. Durations are options; the defaults keep the whole run under about 6 minutes.
-See README.md.
+the next. Durations are options; the defaults keep the whole run under about 8 minutes on
+two cores. Every row of issue 13's table comes out as a ratio of loads alternated in one
+run, with its rounds. See README.md.
 
     .venv/bin/python bench/run_all.py --out docs/ \
         --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test --redis-url redis://127.0.0.1:6379/0
@@ -36,8 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Redis URL for the PostgreSQL runs (a private prefix is used)")
     parser.add_argument("--auth-duration", type=int, default=8,
                         help="seconds per ping/profile/login run of the auth part (default 8)")
+    parser.add_argument("--auth-rounds", type=int, default=3,
+                        help="ping/profile(/check) rounds of the auth part (default 3)")
     parser.add_argument("--load-duration", type=int, default=8,
-                        help="seconds per run of the request creation/latency part (default 8)")
+                        help="seconds per run of the write/latency and scale-out parts "
+                             "(default 8)")
+    parser.add_argument("--load-rounds", type=int, default=3,
+                        help="ping/profile/write rounds of the write part (default 3)")
+    parser.add_argument("--scale-rounds", type=int, default=2,
+                        help="one/two-instance rounds of the scale-out part (default 2)")
+    parser.add_argument("--scale-workers", type=int, default=2,
+                        help="gunicorn workers per instance in the scale-out part (default 2, "
+                             "as issue 13 measured)")
     parser.add_argument("--policy-iterations", type=int, default=3000,
                         help="decisions timed per rule count (default 3000)")
     parser.add_argument("--bcrypt-rounds", type=int, default=12, help="bcrypt cost (default 12)")
@@ -96,11 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     results = {"machine": box, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "pg": bool(args.pg_url), "redis": bool(args.redis_url and args.pg_url),
                "note": args.note}
-    auth = ["--duration", str(args.auth_duration), "--bcrypt-rounds", str(args.bcrypt_rounds)]
-    results["auth_sqlite"] = run_part("auth_overhead.py", auth, sqlite_env)
+    auth = ["--duration", str(args.auth_duration), "--bcrypt-rounds", str(args.bcrypt_rounds),
+            "--rounds", str(args.auth_rounds)]
+    # /v1/check is a PostgreSQL + Redis figure: on SQLite only when there is no PostgreSQL.
+    results["auth_sqlite"] = run_part("auth_overhead.py",
+                                      auth + (["--no-check"] if args.pg_url else []), sqlite_env)
     if args.pg_url:
         results["auth_pg"] = run_part("auth_overhead.py", auth + ["--login-duration", "3"], pg_env)
-    results["load"] = run_part("request_load.py", ["--duration", str(args.load_duration)], pg_env)
+    results["load"] = run_part("request_load.py", ["--duration", str(args.load_duration),
+                                                   "--rounds", str(args.load_rounds)], pg_env)
+    results["scale"] = run_part("scale_out.py", ["--duration", str(args.load_duration),
+                                                 "--rounds", str(args.scale_rounds),
+                                                 "--workers", str(args.scale_workers)], pg_env)
     results["policy"] = run_part("policy_decision.py",
                                  ["--iterations", str(args.policy_iterations)], pg_env)
     results["queries"] = run_part("query_counts.py", [], pg_env)
