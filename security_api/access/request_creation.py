@@ -13,9 +13,9 @@ from security_api.access import conflicts
 from security_api.access.break_glass import record_use
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
-from security_api.access.grants import Subject, decision_for
+from security_api.access.grants import Subject
 from security_api.access.pending_deadline import pending_deadline
-from security_api.access.policy import Decision
+from security_api.access.policy import Decision, decide
 from security_api.access.provisioning import Claimed, claim_lease, fail_abandoned, finish_revoke
 from security_api.accounts.step_up import require_step_up
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
@@ -124,8 +124,11 @@ def _requestable(session: Session, subject: Subject,
                  permission_key: str) -> tuple[Permission, Decision, set[str]]:
     if subject.kind != UserKind.PERSON:
         raise Forbidden("Service accounts cannot request permissions.", code="not_requestable")
-    permission, rivals = conflicts.permission_and_rivals(session, permission_key)
-    decision = decision_for(session, subject, permission) if permission else None
+    permission, rules, rivals = conflicts.permission_and_rivals(session, permission_key, subject)
+    # Decided by the policy engine on the candidate rules, as grants.decision_for decides.
+    decision = decide(role=subject.role, subrole=subject.subrole, permission=permission.key,
+                      permission_max_minutes=permission.max_duration_minutes,
+                      candidates=rules) if permission else None
     if decision is not None and decision.mode == PolicyMode.STANDING:
         raise Conflict("You hold this permission already (standing).", code="already_held")
     if decision is None or not decision.requestable:
