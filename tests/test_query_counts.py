@@ -77,18 +77,18 @@ def test_list_query_count_does_not_depend_on_the_page_size(app, client, admin, p
 
 
 # Statements of one auto-granted POST /v1/requests (provisioner `none`). It was 33, then 23 (the
-# permission loaded 4 times, its rules 3 times, the request re-read 4 times). Left now, 14 (the
-# token check reads no table): the permission with its conflict-set rivals 1, its rules for the
-# requester 1; one select of the open requests of the slot (each marked whether it is a due
-# grant or an abandoned claim, ended here) 1; the insert 1 and its audit event 3 (head lock,
-# event, head hash); after the commit the grant runs on what the claim knew (no read back): the
-# landing reads the provisioning record 1, moves granting -> active 1, audit 3; the second look
-# for a deactivation or role change: the request with its requester under a share lock 1, the
-# requester's rules 1. The answer reads nothing: the session's copy is the second look's, the
-# requester is the caller, and a request created a moment ago has no approvals or extensions.
-# Measured 14 on SQLite and PostgreSQL (the 4 audit_chain_head writes counted in it); the bound
-# allows 1 of headroom.
-CREATE_STATEMENTS = 15
+# permission loaded 4 times, its rules 3 times, the request re-read 4 times). Left now, 13 (the
+# token check reads no table): the permission with the requester's candidate rules and its
+# conflict-set rivals 1; one select of the open requests of the slot (each marked whether it is
+# a due grant or an abandoned claim, ended here) 1; the insert 1 and its audit event 3 (head
+# lock, event, head hash); after the commit the grant runs on what the claim knew (no read
+# back): the landing reads the provisioning record 1, moves granting -> active 1, audit 3; the
+# second look for a deactivation or role change: the request with its requester under a share
+# lock 1, the requester's rules 1. The answer reads nothing: the session's copy is the second
+# look's, the requester is the caller, and a request created a moment ago has no approvals or
+# extensions. Measured 13 on SQLite and PostgreSQL (the 4 audit_chain_head writes counted in
+# it); the bound allows 1 of headroom.
+CREATE_STATEMENTS = 14
 
 
 def test_creating_a_request_sends_a_bounded_number_of_statements(app, client, make_user,
