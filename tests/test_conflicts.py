@@ -318,3 +318,31 @@ def test_portal_explain_names_the_conflict(app, world, make_user):
     page = browser.get("/portal/admin/explain?user=alice&permission=pay-approve").get_data(as_text=True)
     assert "Conflict set books" in page
     assert "blocked: the user holds or waits for ledger" in page
+
+
+def test_the_permission_its_rules_and_rivals_come_back_whole_from_one_query(app, world, db_session):
+    """permission_and_rivals joins rules and rivals: each rival and each rule kept once, and the
+    most specific rule still decides (the product of the two joins must not mislead it)."""
+    from security_api.access.conflicts import permission_and_rivals
+    from security_api.access.grants import Subject
+    from security_api.access.policy import decide
+    from security_api.models import User
+    _make_set(world)
+    _make_set(world, name="books", permissions=("ledger", "pay-approve"))
+    # A role-wide rule beside alice's developer/backend one: two candidate rules.
+    ensure_rule(db_session, permission="pay-approve", role="developer", subrole="*",
+                mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+    db_session.commit()
+    alice = db_session.scalars(select(User).where(User.username == "alice")).one()
+    subject = Subject(alice.id, alice.username, alice.role, alice.subrole, alice.kind)
+    permission, rules, rivals = permission_and_rivals(db_session, "pay-approve", subject)
+    assert permission.key == "pay-approve"
+    assert rivals == {"pay-create", "ledger"}
+    assert sorted((rule.role, rule.subrole) for rule in rules) == [("developer", "*"),
+                                                                   ("developer", "backend")]
+    decision = decide(role="developer", subrole="backend", permission="pay-approve",
+                      permission_max_minutes=60, candidates=rules)
+    assert decision.mode == PolicyMode.APPROVAL  # developer/backend's own rule, not the wildcard
+    # vpn is in no set; an unknown key finds nothing at all.
+    assert permission_and_rivals(db_session, "vpn", subject)[2] == set()
+    assert permission_and_rivals(db_session, "no-such-permission", subject) == (None, [], set())

@@ -21,11 +21,11 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from security_api import audit, metrics
-from security_api.access.grants import Subject, candidate_rules
-from security_api.access.policy import decide
+from security_api.access.grants import Subject, as_rule, candidate_rules
+from security_api.access.policy import WILDCARD, Rule, decide
 from security_api.enums import AuditAction, PolicyMode, RequestStatus
 from security_api.errors import Conflict
-from security_api.models import AccessRequest, ConflictSetMember, Permission, User
+from security_api.models import AccessRequest, ConflictSetMember, Permission, PolicyRule, User
 from security_api.unit_of_work import unit_of_work
 
 CODE = "conflicting_permission"
@@ -81,21 +81,28 @@ def held_or_waiting(session: Session, subject: Subject, keys: Iterable[str], *, 
     return found | set(session.scalars(query))
 
 
-def permission_and_rivals(session: Session, key: str) -> tuple[Permission | None, set[str]]:
-    """Load a permission and the other permissions of its sets in one query.
+def permission_and_rivals(session: Session, key: str, subject: Subject,
+                          ) -> tuple[Permission | None, list[Rule], set[str]]:
+    """Load a permission, the subject's candidate rules of it and the other permissions of its
+    sets in one query.
 
     Why one: creating a request has a pinned statement count (tests/test_query_counts.py), and
-    it loads the permission anyway; the rivals ride along as an outer join.
+    it loads the permission anyway; the rules (the index look-up of `candidate_rules`) and the
+    rivals ride along as outer joins (a few rows: rules x rivals, each kept once).
     """
     mine, other = aliased(ConflictSetMember), aliased(ConflictSetMember)
     rows = session.execute(
-        select(Permission, other.permission_key).where(Permission.key == key)
+        select(Permission, PolicyRule, other.permission_key).where(Permission.key == key)
+        .outerjoin(PolicyRule, and_(PolicyRule.permission_key == Permission.key,
+                                    PolicyRule.role.in_([subject.role, WILDCARD]),
+                                    PolicyRule.subrole.in_([subject.subrole, WILDCARD])))
         .outerjoin(mine, mine.permission_key == Permission.key)
         .outerjoin(other, and_(other.set_name == mine.set_name,
                                other.permission_key != Permission.key))).all()
     if not rows:
-        return None, set()
-    return rows[0][0], {rival for _, rival in rows if rival is not None}
+        return None, [], set()
+    rules = {row.id: as_rule(row) for _, row, _ in rows if row is not None}
+    return rows[0][0], list(rules.values()), {rival for _, _, rival in rows if rival is not None}
 
 
 def refuse_conflicts(session: Session, *, requester_id: str, permission_key: str, now: datetime,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from security_api import audit
 from security_api.access.grant_chain import end_with_grant, running
 from security_api.access.grants import Subject, decision_for
-from security_api.access.provisioning import finish_grant, finish_revoke
+from security_api.access.provisioning import Claimed, finish_grant, finish_revoke
 from security_api.access.transitions import Event, transition
 from security_api.enums import AuditAction, RequestStatus, UserKind
 from security_api.errors import Conflict
@@ -109,14 +109,18 @@ def settle_ended(session: Session, services: Services, *, cancelled: list[str],
 
 
 def grant_and_recheck(session: Session, services: Services, request_id: str, *,
-                      origin: audit.Origin, now: datetime) -> None:
+                      origin: audit.Origin, now: datetime,
+                      claimed: Claimed | None = None) -> None:
     """Provision a claimed grant; if the requester stopped being eligible meanwhile, end it.
 
     A deactivation or role change that commits while the provisioner runs finds the request
     `granting` and cannot end it; this second look, after the grant landed, does. The requester's
     row is read with a share lock, so a deactivation still in flight is waited for.
+    `claimed`: see finish_grant. Afterwards the session's copy of the request is the row as
+    this second look read it, or expired when it wrote anything (read again on first use): a
+    caller may answer with `session.get` and need not read it again.
     """
-    finish_grant(session, services, request_id, origin=origin, now=now)
+    finish_grant(session, services, request_id, origin=origin, now=now, claimed=claimed)
     with unit_of_work(session):
         reason = _reason_to_end(session, request_id, origin=origin, now=now)
     if reason is not None:
@@ -128,13 +132,19 @@ def _reason_to_end(session: Session, request_id: str, *, origin: audit.Origin,
                    now: datetime) -> str | None:
     """In the caller's transaction: revoke a just-landed grant whose requester is no longer
     eligible and return why; None (nothing written) if it stays."""
-    request = session.get(AccessRequest, request_id, populate_existing=True)
+    # One statement: the request read fresh, and its requester under a share lock (FOR SHARE
+    # OF users: only the user's row is locked; SQLite has no row locks and needs none).
+    request, user = session.execute(
+        select(AccessRequest, User).join(User, User.id == AccessRequest.requester_id)
+        .where(AccessRequest.id == request_id)
+        .with_for_update(read=True, of=User)
+        .execution_options(populate_existing=True)).one()
     if request.status != RequestStatus.ACTIVE:
         return None
-    user = session.scalar(select(User).where(User.id == request.requester_id)
-                          .with_for_update(read=True).execution_options(populate_existing=True))
     reason = ineligibility(session, user=user, permission_key=request.permission_key)
-    if reason is None or not _end_one(session, request_id, RequestStatus.ACTIVE, reason=reason,
-                                      actor="system", origin=origin, now=now):
+    if reason is None:
         return None
-    return reason
+    ended = _end_one(session, request_id, RequestStatus.ACTIVE, reason=reason, actor="system",
+                     origin=origin, now=now)
+    session.expire(request)  # moved (by this or by a racer): the copy is read again when used
+    return reason if ended else None

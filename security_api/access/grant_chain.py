@@ -55,7 +55,9 @@ def end_with_grant(session: Session, grant_id: str, *, expired: bool, actor: str
     Continued ones end as the grant did (expired or revoked), owing no revoke; on a revoke a
     pending extension is cancelled (on an expiry it keeps waiting: approved, it grants anew).
     """
-    for rider_id in _leaning(session, grant_id, RequestStatus.ACTIVE):
+    # One look for both kinds of rider; the continued ones are ended first, as before.
+    leaning = _leaning_by_status(session, grant_id)
+    for rider_id in leaning.get(RequestStatus.ACTIVE, ()):
         event = Event.EXPIRE_WITH_GRANT if expired else Event.END_WITH_GRANT
         reason = {"expired_reason": ExpiredReason.ENDED} if expired else {}
         if transition(session, rider_id, event=event, source=RequestStatus.ACTIVE, ended_at=now,
@@ -65,13 +67,22 @@ def end_with_grant(session: Session, grant_id: str, *, expired: bool, actor: str
                          origin=origin, now=now, details={"with_grant": grant_id})
     if expired:
         return
-    for waiting_id in _leaning(session, grant_id, RequestStatus.PENDING):
+    for waiting_id in leaning.get(RequestStatus.PENDING, ()):
         if transition(session, waiting_id, event=Event.END_WITH_GRANT,
                       source=RequestStatus.PENDING, decided_at=now):
             audit.record(session, action=AuditAction.REQUEST_CANCELLED, actor=actor,
                          target=waiting_id, origin=origin, now=now,
                          details={"reason": "grant_ended", "with_grant": grant_id})
             outbox.requests_ended(session, [waiting_id])
+
+
+def _leaning_by_status(session: Session, grant_id: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for rider_id, status in session.execute(select(AccessRequest.id, AccessRequest.status).where(
+            AccessRequest.continues_id == grant_id,
+            AccessRequest.status.in_([RequestStatus.ACTIVE, RequestStatus.PENDING]))):
+        found.setdefault(status, []).append(rider_id)
+    return found
 
 
 def _leaning(session: Session, grant_id: str, status: str) -> list[str]:

@@ -16,6 +16,7 @@ past every timeout is also taken over, as before.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
@@ -68,6 +69,25 @@ def _load(session: Session, services: Services, request_id: str):
     return request, permission, ctx
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A grant claim its maker knows in full: the unit of work that inserted the request as
+    `granting` (create_request) has every field of the context, so the grant runs without
+    reading the row it just wrote back (`finish_grant(claimed=...)`)."""
+
+    provisioner: str
+    ctx: GrantContext
+
+
+def _landing(session: Session, request_id: str) -> tuple[dict, int, str]:
+    # Read in the transaction that records an outcome: the provisioning record as it stands
+    # now (another step may have added to it while the outside call ran), and what decides
+    # the new columns. Columns, not the entity: nothing else of the row is needed.
+    return session.execute(select(AccessRequest.provisioning, AccessRequest.duration_minutes,
+                                  AccessRequest.mode)
+                           .where(AccessRequest.id == request_id)).one()
+
+
 def load_context(session: Session, services: Services, request_id: str):
     """Return (request, permission, GrantContext) read fresh: for the read-back's retries."""
     return _load(session, services, request_id)
@@ -84,29 +104,36 @@ def _call(services: Services, provisioner_name: str, ctx: GrantContext, *, actio
         return {"ok": False, "result": None, "error": str(exc)[:500], "at": isoformat(utcnow())}
 
 
-def _record(session: Session, request: AccessRequest, permission: Permission,
+def _record(session: Session, request_id: str, provisioning: dict, provisioner_name: str,
             outcomes: dict[str, dict], *, origin: audit.Origin, now: datetime) -> dict:
-    record = dict(request.provisioning)  # a copy: JSONText values are not change-tracked
+    record = dict(provisioning or {})  # a copy: JSONText values are not change-tracked
     for action, outcome in outcomes.items():
         record[action] = outcome
         audit.record(session, action=AuditAction.PROVISIONING_SUCCEEDED if outcome["ok"]
-                     else AuditAction.PROVISIONING_FAILED, actor="system", target=request.id,
+                     else AuditAction.PROVISIONING_FAILED, actor="system", target=request_id,
                      origin=origin, now=now,
-                     details={"action": action, "provisioner": permission.provisioner,
+                     details={"action": action, "provisioner": provisioner_name,
                               "error": outcome["error"]})
     return record
 
 
 def finish_grant(session: Session, services: Services, request_id: str, *,
-                 origin: audit.Origin, now: datetime) -> None:
+                 origin: audit.Origin, now: datetime, claimed: Claimed | None = None) -> None:
     """Run the grant of a claimed request, then land it on active or failed (once).
 
     The second public step after a claim's commit: the outside call runs with no transaction
-    open, and its outcome is recorded in a transaction of its own.
+    open, and its outcome is recorded in a transaction of its own. `claimed`: the caller made
+    the claim itself a moment ago and knows its context; otherwise the row is read. Either
+    way the landing is one conditional move from granting: a claim the reaper took over
+    meanwhile lands nothing (and its grant is undone once more, below).
     """
-    request, permission, ctx = _load(session, services, request_id)
-    # Read before ending the reads: touching an expired attribute would open a transaction again.
-    provisioner_name, owed = permission.provisioner, request.status == RequestStatus.GRANTING
+    if claimed is None:
+        request, permission, ctx = _load(session, services, request_id)
+        # Read before ending the reads: touching an expired attribute would open a transaction
+        # again.
+        provisioner_name, owed = permission.provisioner, request.status == RequestStatus.GRANTING
+    else:
+        provisioner_name, ctx, owed = claimed.provisioner, claimed.ctx, True
     end_reads(session)  # no transaction stays open during the outside call
     if not owed:
         return
@@ -118,7 +145,8 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
             # A webhook that timed out may still have granted, a grant the target does not
             # show may be half-made: ask it to undo.
             outcomes[CLEANUP] = _call(services, provisioner_name, ctx, action=CLEANUP)
-    if _land_grant(session, services, request_id, outcomes, check, origin=origin, now=now):
+    if _land_grant(session, request_id, provisioner_name, outcomes, check, origin=origin,
+                   now=now):
         session.commit()
         return
     session.rollback()  # the reaper declared it abandoned meanwhile: nothing of this lands
@@ -128,16 +156,17 @@ def finish_grant(session: Session, services: Services, request_id: str, *,
                       origin=origin, now=now)
 
 
-def _land_grant(session: Session, services: Services, request_id: str,
+def _land_grant(session: Session, request_id: str, provisioner_name: str,
                 outcomes: dict[str, dict], check: dict | None, *, origin: audit.Origin,
                 now: datetime) -> bool:
     """Record the grant's outcome and its read-back, and move granting -> active | failed;
     False if it lost."""
     contradicted = check is not None and check["outcome"] == readback.Outcome.CONTRADICTED
     ok = outcomes[GRANT]["ok"] and not contradicted
-    request, permission, _ = _load(session, services, request_id)
-    expires_at = now + timedelta(minutes=request.duration_minutes) if ok else None
-    record = _record(session, request, permission, outcomes, origin=origin, now=now)
+    provisioning, duration_minutes, mode = _landing(session, request_id)
+    expires_at = now + timedelta(minutes=duration_minutes) if ok else None
+    record = _record(session, request_id, provisioning, provisioner_name, outcomes,
+                     origin=origin, now=now)
     # A new grant (a retried request's too): what an earlier round verified does not hold.
     columns = {"grant_verified_at": None, "revoke_verified_at": None, "verify_due_at": None}
     if check is not None:
@@ -149,14 +178,15 @@ def _land_grant(session: Session, services: Services, request_id: str,
                       **columns):
         return False
     if check is not None:
-        readback.report(session, request_id, check, step=GRANT, provisioner=permission.provisioner,
+        readback.report(session, request_id, check, step=GRANT, provisioner=provisioner_name,
                         previous=None, origin=origin, now=now)
     audit.record(session, action=AuditAction.REQUEST_ACTIVATED if ok
                  else AuditAction.REQUEST_FAILED, actor="system", target=request_id,
                  origin=origin, now=now,
                  details={"expires_at": isoformat(expires_at)} if ok
                  else {"reason": readback.NOT_PRESENT} if contradicted else {})
-    outbox.request_decided(session, request_id)
+    # The move above set the status (active or failed): told without reading the row again.
+    outbox.grant_landed(session, request_id, active=ok, mode=mode)
     return True
 
 
@@ -166,10 +196,10 @@ def _late_cleanup(session: Session, services: Services, request_id: str,
     # Only the provisioning record changes (no status moves): no transition of the table.
     outcome = _call(services, provisioner_name, ctx, action=CLEANUP)
     with unit_of_work(session):
-        request, permission, _ = _load(session, services, request_id)
+        provisioning = _landing(session, request_id)[0]
         session.execute(update(AccessRequest).where(AccessRequest.id == request_id).values(
-            provisioning=_record(session, request, permission, {CLEANUP: outcome},
-                                 origin=origin, now=now)))
+            provisioning=_record(session, request_id, provisioning, provisioner_name,
+                                 {CLEANUP: outcome}, origin=origin, now=now)))
 
 
 def finish_revoke(session: Session, services: Services, request_id: str, *,
@@ -190,8 +220,9 @@ def finish_revoke(session: Session, services: Services, request_id: str, *,
     outcome = _call(services, provisioner_name, ctx, action=action)
     check = readback.read_back(services, provisioner_name, ctx, step=REVOKE) if outcome["ok"] else None
     with unit_of_work(session):
-        request, permission, _ = _load(session, services, request_id)
-        record = _record(session, request, permission, {action: outcome}, origin=origin, now=now)
+        provisioning = _landing(session, request_id)[0]
+        record = _record(session, request_id, provisioning, provisioner_name, {action: outcome},
+                         origin=origin, now=now)
         previous, columns = record.get(readback.record_key(REVOKE)), {"verify_due_at": None}
         if check is not None:
             record, more, check = readback.settle(record, check, step=REVOKE, now=now)
@@ -201,7 +232,7 @@ def finish_revoke(session: Session, services: Services, request_id: str, *,
                       event=Event.REVOKE_FINISHED if done else Event.REVOKE_FAILED,
                       provisioning=record, provisioning_started_at=now, **columns) and check:
             readback.report(session, request_id, check, step=REVOKE,
-                            provisioner=permission.provisioner, previous=previous,
+                            provisioner=provisioner_name, previous=previous,
                             origin=origin, now=now)
 
 

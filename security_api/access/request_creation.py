@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, case, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,16 +13,16 @@ from security_api.access import conflicts
 from security_api.access.break_glass import record_use
 from security_api.access.eligibility import grant_and_recheck
 from security_api.access.expiry import expire_one
-from security_api.access.grants import Subject, decision_for
+from security_api.access.grants import Subject
 from security_api.access.pending_deadline import pending_deadline
-from security_api.access.policy import Decision
-from security_api.access.provisioning import claim_lease, fail_abandoned, finish_revoke
+from security_api.access.policy import Decision, decide
+from security_api.access.provisioning import Claimed, claim_lease, fail_abandoned, finish_revoke
 from security_api.accounts.step_up import require_step_up
 from security_api.enums import AuditAction, PolicyMode, RequestStatus, UserKind
 from security_api.errors import Conflict, Forbidden, InvalidParams
 from security_api.integrations import outbox, slack_outbox
 from security_api.models import AccessRequest, Permission, RequestApproverGroup
-from security_api.provisioners import get_provisioner
+from security_api.provisioners import GrantContext, get_provisioner
 from security_api.services import Services
 from security_api.unit_of_work import unit_of_work
 
@@ -92,13 +92,12 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     with conflicts.refusals_audited(session, stage="create", actor=requester.username,
                                     target=terms.permission.key, origin=origin, now=now), \
             unit_of_work(session):
-        owed = _end_what_blocks(session, requester.id, terms.permission.key, origin=origin,
-                                now=now)
-        _refuse_open_request(session, requester.id, terms.permission.key)
+        owed = _clear_the_slot(session, requester.id, terms.permission.key, origin=origin,
+                               now=now)
         refuse_conflicts_of(session, requester.id, terms, now=now)
         request = insert_request(session, requester, terms, origin=origin, now=now)
         request_id, auto = request.id, request.status == RequestStatus.GRANTING
-        outbox.request_created(session, request_id)
+        outbox.request_created(session, request_id, inserted=request)
         slack_outbox.request_created(session, request_id, pending=request.status == RequestStatus.PENDING)
         if break_glass:
             record_use(session, services, request=request, rule=terms.decision.rule,
@@ -108,7 +107,16 @@ def create_request(session: Session, services: Services, *, requester: Subject,
     for ended_id in owed:
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if auto:
-        grant_and_recheck(session, services, request_id, origin=origin, now=now)
+        # This unit of work made the claim: the grant runs on what it knows (no read back).
+        claimed = Claimed(terms.permission.provisioner, GrantContext(
+            request_id=request_id, requester=requester.username, requester_ip=origin.ip,
+            permission=terms.permission.key, params=request.params,
+            config=terms.permission.provisioner_config, expires_at=None))
+        grant_and_recheck(session, services, request_id, origin=origin, now=now,
+                          claimed=claimed)
+        # Its second look read the row after the grant landed (or expired the copy if it
+        # ended it): the copy is current.
+        return session.get(AccessRequest, request_id)
     return session.get(AccessRequest, request_id, populate_existing=True)
 
 
@@ -116,8 +124,11 @@ def _requestable(session: Session, subject: Subject,
                  permission_key: str) -> tuple[Permission, Decision, set[str]]:
     if subject.kind != UserKind.PERSON:
         raise Forbidden("Service accounts cannot request permissions.", code="not_requestable")
-    permission, rivals = conflicts.permission_and_rivals(session, permission_key)
-    decision = decision_for(session, subject, permission) if permission else None
+    permission, rules, rivals = conflicts.permission_and_rivals(session, permission_key, subject)
+    # Decided by the policy engine on the candidate rules, as grants.decision_for decides.
+    decision = decide(role=subject.role, subrole=subject.subrole, permission=permission.key,
+                      permission_max_minutes=permission.max_duration_minutes,
+                      candidates=rules) if permission else None
     if decision is not None and decision.mode == PolicyMode.STANDING:
         raise Conflict("You hold this permission already (standing).", code="already_held")
     if decision is None or not decision.requestable:
@@ -142,28 +153,47 @@ def _checked_justification(text: str, required: bool) -> str:
     return text
 
 
-def _end_what_blocks(session: Session, requester_id: str, permission: str, *,
-                     origin: audit.Origin, now: datetime) -> list[str]:
+OPEN = (RequestStatus.PENDING, RequestStatus.GRANTING, RequestStatus.ACTIVE)
+
+
+def _clear_the_slot(session: Session, requester_id: str, permission: str, *,
+                    origin: audit.Origin, now: datetime) -> list[str]:
     """Expire the requester's due grant of this permission and fail a claim whose worker is
-    gone (not waiting for the reaper); return the ids whose revoke or cleanup is now owed."""
-    rows = session.execute(select(AccessRequest.id, AccessRequest.status).where(
+    gone (not waiting for the reaper), then refuse (409) if an open request still holds the
+    slot; return the ids whose revoke or cleanup is now owed.
+
+    One select finds both: the open requests, each marked whether it blocks only until ended
+    here. Only when ending one loses a race (it moved meanwhile) is the slot looked at again.
+    """
+    blocking = or_(
+        and_(AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at <= now),
+        and_(AccessRequest.status == RequestStatus.GRANTING,
+             AccessRequest.provisioning_started_at < now - claim_lease()))
+    rows = session.execute(select(AccessRequest.id, AccessRequest.status,
+                                  case((blocking, True), else_=False)).where(
         AccessRequest.requester_id == requester_id, AccessRequest.permission_key == permission,
-        or_(and_(AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at <= now),
-            and_(AccessRequest.status == RequestStatus.GRANTING,
-                 AccessRequest.provisioning_started_at < now - claim_lease())))).all()
-    ended = []
-    for request_id, status in rows:
+        AccessRequest.status.in_(OPEN))).all()
+    ended, still_open, lost = [], [], False
+    for request_id, status, ends_here in rows:
+        if not ends_here:
+            still_open.append(status)
+            continue
         end = expire_one if status == RequestStatus.ACTIVE else fail_abandoned
         if end(session, request_id, origin=origin, now=now):
             ended.append(request_id)
+        else:
+            lost = True
+    if lost:  # moved since the select (extended, ended, heartbeat): ask the table again
+        still_open = list(session.scalars(select(AccessRequest.status).where(
+            AccessRequest.requester_id == requester_id,
+            AccessRequest.permission_key == permission, AccessRequest.status.in_(OPEN))))
+    _refuse_open_request(still_open)
     return ended
 
 
-def _refuse_open_request(session: Session, requester_id: str, permission: str) -> None:
-    status = session.scalar(select(AccessRequest.status).where(
-        AccessRequest.requester_id == requester_id, AccessRequest.permission_key == permission,
-        AccessRequest.status.in_([RequestStatus.PENDING, RequestStatus.GRANTING,
-                                  RequestStatus.ACTIVE])))
+def _refuse_open_request(statuses: list[str]) -> None:
+    status = RequestStatus.ACTIVE if RequestStatus.ACTIVE in statuses else \
+        statuses[0] if statuses else None
     if status == RequestStatus.ACTIVE:
         raise Conflict("You already hold an active grant of this permission.",
                        code="already_active")

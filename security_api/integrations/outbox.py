@@ -58,9 +58,13 @@ def enqueue(session: Session, kind: str, payload: dict, *, now: datetime | None 
     return message_id
 
 
-def request_created(session: Session, request_id: str) -> None:
-    """A new request waiting for approval: tell its approvers (an auto grant needs no news)."""
-    request = _fresh(session, request_id)
+def request_created(session: Session, request_id: str, *,
+                    inserted: AccessRequest | None = None) -> None:
+    """A new request waiting for approval: tell its approvers (an auto grant needs no news).
+
+    `inserted`: the row the caller has just flushed (nothing moved it since): not read again.
+    """
+    request = inserted if inserted is not None else _fresh(session, request_id)
     if request.status == RequestStatus.PENDING:
         enqueue(session, PENDING, {"request": _rendered(session, request),
                                    "recipients": _approver_emails(session, request)})
@@ -72,6 +76,13 @@ def request_decided(session: Session, request_id: str) -> None:
     if request.status in DECIDED_STATUSES and (request.mode == PolicyMode.APPROVAL
                                                or request.status == RequestStatus.FAILED):
         _tell_requester(session, request)
+
+
+def grant_landed(session: Session, request_id: str, *, active: bool, mode: str) -> None:
+    """A grant's outcome landed by the caller's own move (granting -> active | failed): as
+    `request_decided`, without reading back the status the caller has just set."""
+    if not active or mode == PolicyMode.APPROVAL:
+        request_decided(session, request_id)
 
 
 def requests_ended(session: Session, request_ids: list[str]) -> None:

@@ -21,9 +21,17 @@ def modules() -> list[str]:
                   if info.name != "base" and not info.name.startswith("_"))
 
 
+_LOADED: list[bool] = []  # set once every module was imported (the package never changes at run time)
+
+
 def _registry() -> dict[str, type[Provisioner]]:
-    for module in modules():
-        importlib.import_module(f"{__name__}.{module}")
+    # Scanning the package directory on every call cost a directory listing per request; the
+    # modules register themselves on import, so one scan per process is enough. REGISTRY itself
+    # is returned (not a copy): a class registered later (tests) still shows.
+    if not _LOADED:
+        for module in modules():
+            importlib.import_module(f"{__name__}.{module}")
+        _LOADED.append(True)
     return REGISTRY
 
 

@@ -84,8 +84,11 @@ def check():
     return respond(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
 
 
-def _one(access_request, status=200, message=None):
-    rendered = render(db(), [access_request], now=utcnow())[0]
+def _one(access_request, status=200, message=None, *, just_created=False):
+    # The caller's own name is known: a request of theirs needs no look-up of it.
+    me = current_subject()
+    rendered = render(db(), [access_request], now=utcnow(), names={me.id: me.username},
+                      just_created=just_created)[0]
     return respond(message, status=status, request=rendered)
 
 
@@ -107,7 +110,7 @@ def create_request():
         db(), services(), requester=current_subject(), permission_key=body.permission,
         justification=body.justification, duration_minutes=body.duration_minutes,
         params=body.params, origin=origin(), now=utcnow(), totp=body.totp)
-    return _one(created, status=201)
+    return _one(created, status=201, just_created=True)
 
 
 Scope = choice("own (default) | approvable | all (admin or audit holders) | unreviewed "
