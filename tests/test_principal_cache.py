@@ -189,10 +189,13 @@ def test_a_bulk_change_without_registration_raises(app, make_user, db_session, s
 
 def test_bulk_updates_that_change_no_principal_pass_the_safety_net(app, make_user, db_session):
     user_id = make_user().id
-    # The TOTP replay mark and the requester's row lock (SET id = id) change no principal.
+    # The TOTP replay mark, the requester's row lock (SET id = id) and a family's start
+    # change no principal.
     db_session.execute(update(User).where(User.id == user_id).values(last_totp_step=5))
     db_session.execute(update(User).where(User.id == user_id).values(id=User.id)
                        .execution_options(synchronize_session=False))
+    db_session.execute(update(RefreshFamily).where(RefreshFamily.user_id == user_id)
+                       .values(created_at=utcnow()))
     db_session.info[AUTH_VERSIONS_INFO] = None  # registered without Redis: the net is satisfied
     changed(db_session, user_id)
     db_session.execute(update(User).where(User.id == user_id).values(role="developer"))

@@ -50,9 +50,10 @@ session's own end (logout), at the price of refreshing the user's other sessions
 
 The safety net: an UPDATE or DELETE of users or refresh_families sent through a service
 session that registered no user raises UnregisteredPrincipalChange (a programming error), so
-a future bulk statement cannot skip the protocol. An UPDATE of users that sets only columns
-the principal query does not read (last_totp_step), or sets a column to itself (the
-requester's row lock in access.conflicts), changes no principal and passes. Raw SQL (text())
+a future bulk statement cannot skip the protocol. An UPDATE that sets only columns the
+principal query does not read (a user's last_totp_step, a family's created_at), or sets a
+column to itself (the requester's row lock in access.conflicts), changes no principal and
+passes. Raw SQL (text())
 is not seen; don't revoke with it.
 
 Without Redis there is no cache: every request reads the database, the source of truth.
@@ -86,6 +87,8 @@ CACHE_SIZE = 10_000
 # The User columns PRINCIPAL_QUERY reads: a change of one must reach every reader at once.
 PRINCIPAL_COLUMNS = frozenset({"id", "username", "email", "role", "subrole", "kind", "active",
                                "totp_confirmed", "created_at", "tokens_valid_after"})
+# ... and the RefreshFamily columns it reads (joined on id and user_id).
+FAMILY_COLUMNS = frozenset({"id", "user_id", "revoked_at"})
 log = logging.getLogger(__name__)
 
 
@@ -287,23 +290,24 @@ def _refuse_unregistered_bulk_changes(state: ORMExecuteState) -> None:
     entity = mapper.class_ if mapper is not None else None
     if entity is not User and entity is not RefreshFamily:
         return
-    if entity is User and state.is_update and not _sets_principal_columns(state.statement):
+    columns = PRINCIPAL_COLUMNS if entity is User else FAMILY_COLUMNS
+    if state.is_update and not _sets_any_of(state.statement, columns):
         return
     if not state.session.info.get(_CHANGED):
         raise UnregisteredPrincipalChange(
             f"a bulk change of {entity.__tablename__} must call principal_cache.changed() first")
 
 
-def _sets_principal_columns(statement) -> bool:
+def _sets_any_of(statement, columns: frozenset) -> bool:
     values = statement._values
     if values is None:  # parameters given at execute time (bulk by primary key): assume so
         return True
     for column, value in values.items():
         name = getattr(column, "key", column)
-        if name not in PRINCIPAL_COLUMNS:
+        if name not in columns:
             continue
         if getattr(value, "key", None) == name and getattr(value, "table", None) is not None \
-                and value.table.name == User.__tablename__:
+                and value.table.name == statement.table.name:
             continue  # SET id = id: a row lock, not a change
         return True
     return False
