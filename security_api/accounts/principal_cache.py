@@ -53,8 +53,13 @@ session that registered no user raises UnregisteredPrincipalChange (a programmin
 a future bulk statement cannot skip the protocol. An UPDATE that sets only columns the
 principal query does not read (a user's last_totp_step, a family's created_at), or sets a
 column to itself (the requester's row lock in access.conflicts), changes no principal and
-passes. Raw SQL (text())
-is not seen; don't revoke with it.
+passes. Raw SQL (text()) is not seen; don't revoke with it.
+
+The one case left open is a double fault: Redis loses the pending marker while the change is
+in flight (restarted empty, or a failover to a replica that missed it), a reader claims and
+caches a version before the commit, and then the after-commit write fails too. That reader's
+entry stays usable until its version expires (1 day) or the user's next change. Either
+failure alone is covered above.
 
 Without Redis there is no cache: every request reads the database, the source of truth.
 """
