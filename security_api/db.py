@@ -1,6 +1,7 @@
 """Engine and session factory; the one place that knows database quirks."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -9,6 +10,7 @@ from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy import exc as exc_module
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from security_api.clock import as_utc
@@ -172,7 +174,10 @@ class ReadOnlyQuery:
     engine's) whose connections are in autocommit and read-only: the query is one round trip,
     with no BEGIN before it, no ROLLBACK when the connection goes back and no pre-ping (a
     connection found dropped is invalidated and the read tried once more on a new one).
-    Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
+    On a SQLite file each thread keeps one connection of its own in autocommit
+    (SqliteThreadConnections): no pool checkout and no reset per read, which were half the
+    read's cost; in WAL mode every statement sees the latest commit, so nothing is read
+    stale. Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
     (OperationalError, ...), as they would through a Connection, and a connection that broke is
     invalidated, never reused. The extra pool is closed when the engine is disposed.
     """
@@ -191,7 +196,10 @@ class ReadOnlyQuery:
         self._convert = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                          for column in statement.selected_columns]
         self._pool = None
-        if dialect.name == "postgresql":
+        self._threads = None
+        if dialect.name == "sqlite" and isinstance(engine.pool, QueuePool):
+            self._threads = SqliteThreadConnections(engine)
+        elif dialect.name == "postgresql":
             self._pool = pool_without_pre_ping(engine)  # first() retries a dropped connection
             event.listen(self._pool, "connect", _read_only_autocommit)
             event.listen(engine, "engine_disposed", lambda _engine: self._pool.dispose())
@@ -217,6 +225,8 @@ class ReadOnlyQuery:
                 for key, convert, value in zip(self._keys, self._convert, row, strict=True)}
 
     def _fetch(self, arguments):
+        if self._threads is not None:
+            return self._fetch_on_thread_connection(arguments)
         dialect = self._engine.dialect
         try:
             connection = self._checkout()
@@ -236,6 +246,22 @@ class ReadOnlyQuery:
             raise self._wrapped(exc, arguments, invalidated=dropped) from exc
         finally:
             connection.close()
+
+    def _fetch_on_thread_connection(self, arguments):
+        dialect = self._engine.dialect
+        connection = None
+        try:
+            connection = self._threads.get()
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._sql, arguments)
+                return cursor.fetchone()
+            finally:
+                cursor.close()  # resets the statement: its read snapshot ends here
+        except dialect.loaded_dbapi.Error as exc:
+            if connection is not None:
+                self._threads.discard()  # never reuse a connection that failed
+            raise self._wrapped(exc, arguments, invalidated=connection is not None) from exc
 
     def _checkout(self):
         if self._pool is None:
@@ -258,3 +284,57 @@ def _read_only_autocommit(dbapi_connection, _record) -> None:
         cursor.execute("SET default_transaction_read_only = on")
     finally:
         cursor.close()
+
+
+class SqliteThreadConnections:
+    """One autocommit connection per thread for ReadOnlyQuery on a SQLite file.
+
+    Each is taken from the engine's pool once and detached from it (so the pool's size is not
+    used up), keeping the pool's connect settings (WAL, busy_timeout). In autocommit a SELECT
+    is its own read transaction, ended when its cursor is closed. Connections of threads that
+    ended are closed when the next thread arrives; all are closed when the engine is disposed
+    (a generation count makes threads open new ones afterwards).
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[threading.Thread, object]] = {}
+        self._generation = 0
+        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
+
+    def get(self):
+        """Return this thread's connection, opening it on first use."""
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == self._generation:
+            return held[1]
+        fairy = self._engine.raw_connection()
+        fairy.detach()  # ours now: the pool forgets it (closing the fairy would close it)
+        connection = fairy.dbapi_connection
+        connection.isolation_level = None
+        with self._lock:
+            for ident, (thread, old) in list(self._open.items()):
+                if not thread.is_alive():
+                    del self._open[ident]
+                    old.close()
+            self._open[threading.get_ident()] = (threading.current_thread(), connection)
+            self._local.held = (self._generation, connection)
+        return connection
+
+    def discard(self) -> None:
+        """Close this thread's connection (after an error); the next read opens another."""
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        with self._lock:
+            self._open.pop(threading.get_ident(), None)
+        if held is not None:
+            held[1].close()
+
+    def close_all(self) -> None:
+        """Close every thread's connection (the engine was disposed)."""
+        with self._lock:
+            self._generation += 1
+            for _thread, connection in self._open.values():
+                connection.close()
+            self._open.clear()

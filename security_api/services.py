@@ -7,6 +7,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from security_api.accounts.passwords import dummy_hash
+from security_api.accounts.principal_cache import AUTH_VERSIONS_INFO, AuthVersions, PrincipalSource
 from security_api.accounts.principal_query import principal_reader
 from security_api.accounts.secretbox import SecretBox
 from security_api.accounts.stores import StateStore, make_store
@@ -30,6 +31,7 @@ class Services:
     audience: TokenAudience
     token_verifier: TokenVerifier
     principal_reader: ReadOnlyQuery
+    principals: PrincipalSource
     dummy_password_hash: str
     secret_box: SecretBox
     notifier: Notifier
@@ -41,9 +43,15 @@ def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.database_url,
                          query_timeout_seconds=settings.database_query_timeout_seconds)
     audit_keys = ChainKeys.from_secrets(settings.audit_chain_keys)
-    # Every session chains and verifies audit events with these keys (`audit.session_keys`).
+    # With Redis, revocations publish per-user auth versions there (principal_cache).
+    versions = (AuthVersions.from_url(settings.redis_url)
+                if settings.redis_url else None)
+    # Every session chains and verifies audit events with these keys (`audit.session_keys`),
+    # and registers principal changes with the auth versions.
     session_factory = make_session_factory(engine, info={KEYS_INFO: audit_keys,
-                                                         POSTING_INFO: settings.slack_posting})
+                                                         POSTING_INFO: settings.slack_posting,
+                                                         AUTH_VERSIONS_INFO: versions})
+    reader = principal_reader(engine)
     if settings.jwt_algorithm == "EdDSA":
         keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)
     else:
@@ -59,7 +67,8 @@ def build_services(settings: Settings) -> Services:
         keys=keys,
         audience=audience,
         token_verifier=TokenVerifier(keys, audience),
-        principal_reader=principal_reader(engine),
+        principal_reader=reader,
+        principals=PrincipalSource(reader, versions),
         dummy_password_hash=dummy_hash(rounds=settings.bcrypt_rounds),
         secret_box=SecretBox(list(settings.data_encryption_keys)),
         notifier=Notifier(settings),

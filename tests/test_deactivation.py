@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 
 from security_api import audit
 from security_api.access.catalog import ensure_rule
+from security_api.accounts import principal_cache
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import AuditEvent, PolicyRule, User
@@ -123,6 +124,7 @@ def test_approval_of_a_deactivated_requester_is_refused(app, client, world, rece
     pending = _request(client, world["alice_h"], "db")
     # As if the deactivation raced the approval (or was written before this rule existed).
     with app.extensions["security_api"].session_factory() as session:
+        principal_cache.changed(session, world["alice"].id)  # a bulk update must register
         session.execute(update(User).where(User.id == world["alice"].id).values(active=False))
         session.commit()
     response = client.post(f"/v1/requests/{pending['id']}/approve", headers=world["lead_h"],

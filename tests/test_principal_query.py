@@ -7,10 +7,11 @@ connections are replaced.
 """
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import column, func, insert, literal, select, table, text
+from sqlalchemy import column, func, insert, literal, select, table, text, update
 from sqlalchemy.exc import DBAPIError, InternalError
 
 from security_api.db import ReadOnlyQuery, make_engine
@@ -57,6 +58,28 @@ def test_driver_errors_come_out_as_sqlalchemy_errors(engine):
         missing.first({})
     assert "no_such_table" in str(caught.value.orig)
     assert ReadOnlyQuery(engine, select(literal(1).label("one"))).first({}) == {"one": 1}
+
+
+def test_each_read_sees_the_latest_commit_on_every_thread(engine, make_user):
+    # On SQLite each thread keeps its reading connection: a read must still never see an
+    # older snapshot than the last commit, whichever thread reads and whoever wrote.
+    alice = make_user("alice")
+    query = ReadOnlyQuery(engine, select(User.active).where(User.id == literal(alice.id)))
+    seen = []
+
+    def read_in_a_thread():
+        thread = threading.Thread(target=lambda: seen.append(query.first({})["active"]))
+        thread.start()
+        thread.join(10)
+
+    for active in (True, False, True, False):
+        with engine.begin() as connection:
+            connection.execute(update(User).where(User.id == alice.id).values(active=active))
+        assert query.first({})["active"] is active
+        read_in_a_thread()
+    assert seen == [True, False, True, False]
+    engine.dispose()  # every thread's connection is closed; the next read opens another
+    assert query.first({})["active"] is False
 
 
 @on_postgresql

@@ -141,3 +141,29 @@ def test_concurrent_approvals_on_both_instances_grant_once(app, pair, make_user,
     admin = make_user("root", role="security", subrole="admin")
     status, report, _ = call(a, "GET", "/v1/audit/verify", headers=token_of(b, admin))
     assert status == 200 and report["ok"] is True, report
+
+
+@pytest.mark.parametrize("change", ["logout", "password", "deactivation", "role"])
+def test_a_revocation_on_a_is_honoured_by_b_on_the_very_next_request(pair, make_user, change):
+    # B serves the token from its principal cache after the first use; the change made on A
+    # must reach B before A answers (the user's auth version in Redis), not at some expiry.
+    a, b = pair
+    alice = make_user("alice")
+    make_user("bob", role="developer", subrole="frontend")  # a subrole to move alice to
+    admin = token_of(a, make_user("root", role="security", subrole="admin"))
+    on_b = token_of(a, alice)
+    for _ in range(3):  # every worker of B may have cached it: any may answer next
+        assert call(b, "GET", "/v1/profile", headers=on_b)[0] == 200
+    if change == "logout":
+        status, body, _ = call(a, "POST", "/v1/logout", headers=on_b)
+    elif change == "password":
+        status, body, _ = call(a, "POST", "/v1/password", headers=on_b, body={
+            "current_password": alice.password, "new_password": "quartz-lantern-meadow-77"})
+    else:
+        fields = {"active": False} if change == "deactivation" else {"subrole": "frontend"}
+        status, body, _ = call(a, "PATCH", f"/v1/admin/users/{alice.id}", headers=admin,
+                               body=fields)
+    assert status == 200, body
+    for _ in range(3):
+        status, body, _ = call(b, "GET", "/v1/profile", headers=on_b)
+        assert status == 401 and body["error"] in {"token_revoked", "invalid_token"}, body

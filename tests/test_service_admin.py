@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from security_api import audit
 from security_api.access.catalog import ensure_rule
+from security_api.accounts import principal_cache
 from security_api.clock import utcnow
 from security_api.enums import PolicyMode
 from security_api.models import PolicyRule, User
@@ -135,6 +136,7 @@ def test_a_service_account_already_in_an_admin_role_never_administers(app, clien
     # As if written before these checks existed: the rules say admin, authorization says no.
     services = app.extensions["security_api"]
     with services.session_factory() as session:
+        principal_cache.changed(session, bot.id)  # a bulk update must register (safety net)
         session.execute(update(User).where(User.id == bot.id)
                         .values(role="security", subrole="admin"))
         session.commit()

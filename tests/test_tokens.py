@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 
+from security_api.accounts import principal_cache
 from security_api.accounts.tokens import REQUIRED_CLAIMS, issue_access_token, verify_access_token
 from security_api.errors import Unauthenticated
 from security_api.models import RecoveryCode, RefreshFamily, RefreshToken, User
@@ -378,6 +379,7 @@ def test_token_of_an_unknown_sub_is_refused(app, client, signed_in):
 def test_token_of_a_deleted_user_is_refused(app, client, signed_in):
     user, token, _claims = signed_in
     with app.extensions["security_api"].session_factory() as session:
+        principal_cache.changed(session, user.id)  # a bulk delete must register (safety net)
         families = select(RefreshFamily.id).where(RefreshFamily.user_id == user.id)
         session.execute(delete(RefreshToken).where(RefreshToken.family_id.in_(families)))
         for model in (RefreshFamily, RecoveryCode):

@@ -24,7 +24,7 @@ def signed_in_account(services: Services, *, user_id: str, family_id: str) -> Ac
     (sign-out, password change, role change, deactivation and resets revoke it) and the user
     active.
     """
-    row = services.principal_reader.first({"sub": user_id, "sid": family_id, "jti": ""})
+    row = services.principals.row(user_id, family_id)
     if row is None or row["family_id"] is None or row["family_revoked_at"] is not None \
             or not row["active"]:
         raise Unauthenticated("Your session has ended; sign in again.", code="session_ended")
@@ -67,7 +67,7 @@ def enroll_and_sign_in(session: Session, services: Services, *, user: User, code
 def sign_out(session: Session, *, account: Account, family_id: str, origin: audit.Origin,
              now: datetime) -> None:
     """End a portal sign-in: its family is revoked, so every tab and token of it dies at once."""
-    revoke_family(session, family_id=family_id, reason="logout", now=now)
+    revoke_family(session, user_id=account.id, family_id=family_id, reason="logout", now=now)
     audit.record(session, action=AuditAction.LOGOUT, actor=account.username, target=account.id,
                  origin=origin, now=now, details={"family": family_id, "via": "portal"})
     session.commit()

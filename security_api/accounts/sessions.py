@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from security_api import audit
+from security_api.accounts.principal_cache import changed
 from security_api.accounts.tokens import issue_access_token
 from security_api.clock import as_utc, epoch
 from security_api.enums import AuditAction
@@ -91,17 +92,25 @@ def start_session(session: Session, services: Services, *, user: User,
     return _issue(session, services, user=user, family=family, now=now)
 
 
-def revoke_family(session: Session, *, family_id: str, reason: str, now: datetime) -> bool:
-    """Revoke one sign-in session; True if it was still live."""
+def revoke_family(session: Session, *, user_id: str, family_id: str, reason: str,
+                  now: datetime) -> bool:
+    """Revoke one of the user's sign-in sessions; True if it was still live.
+
+    Registered with the principal cache first: with Redis configured, an unreachable Redis
+    stops the revocation (503) rather than leave another worker's cached principal alive.
+    """
+    changed(session, user_id)
     result = session.execute(
         update(RefreshFamily)
-        .where(RefreshFamily.id == family_id, RefreshFamily.revoked_at.is_(None))
+        .where(RefreshFamily.id == family_id, RefreshFamily.user_id == user_id,
+               RefreshFamily.revoked_at.is_(None))
         .values(revoked_at=now, revoked_reason=reason))
     return result.rowcount == 1
 
 
 def invalidate_all_tokens(session: Session, *, user: User, reason: str, now: datetime) -> None:
     """Kill every token the user holds: access tokens by time, refresh families by flag."""
+    changed(session, user.id)
     # +1: a token issued earlier in this very second must die too (iat has whole seconds).
     user.tokens_valid_after = epoch(now) + 1
     user.updated_at = now
@@ -178,7 +187,7 @@ def _use_once(session: Session, token: RefreshToken, family: RefreshFamily, user
         .values(used_at=now))
     if used.rowcount == 1:
         return
-    revoke_family(session, family_id=family.id, reason="refresh_reuse", now=now)
+    revoke_family(session, user_id=user.id, family_id=family.id, reason="refresh_reuse", now=now)
     audit.record(session, action=AuditAction.REFRESH_REUSE_DETECTED, actor=user.username,
                  target=user.id, origin=origin, now=now, details={"family": family.id})
     raise RefreshRefused(Unauthenticated("Refresh token reuse detected; the session is revoked.",
@@ -209,9 +218,13 @@ def rotate(session: Session, services: Services, *, refresh_token: str,
 
 
 def authenticate(services: Services, *, token: str, now: datetime) -> Principal:
-    """Return the principal of a valid, unrevoked access token of an active user (one query)."""
+    """Return the principal of a valid, unrevoked access token of an active user.
+
+    One query, or with Redis configured one GET and the row cached in this process while
+    the user's auth version is unchanged (principal_cache); the checks are the same.
+    """
     claims = services.token_verifier.verify(token, now=now.timestamp())
-    row = services.principal_reader.first({"sub": claims["sub"], "sid": claims["sid"]})
+    row = services.principals.row(claims["sub"], claims["sid"])
     if row is None or row["family_id"] is None:
         raise Unauthenticated("Invalid token.", code="invalid_token")
     # Every revocation is in the database, read by the query above: logout revokes the token's
@@ -235,7 +248,8 @@ def end_session(session: Session, services: Services, *, principal: Principal,
                 origin: audit.Origin, now: datetime) -> None:
     """Log out: revoke the token's refresh family, which refuses its access tokens at once."""
     claims = principal.claims
-    revoke_family(session, family_id=claims["sid"], reason="logout", now=now)
+    revoke_family(session, user_id=principal.account.id, family_id=claims["sid"],
+                  reason="logout", now=now)
     audit.record(session, action=AuditAction.LOGOUT, actor=principal.account.username,
                  target=principal.account.id, origin=origin, now=now, details={"family": claims["sid"]})
     session.commit()

@@ -15,6 +15,7 @@ from security_api import audit
 from security_api.access.grants import refuse_service_account_in_admin_role
 from security_api.accounts import totp
 from security_api.accounts.passwords import generate_password, hash_password, policy_problems
+from security_api.accounts.principal_cache import changed
 from security_api.accounts.secretbox import SecretBox
 from security_api.accounts.sessions import invalidate_all_tokens
 from security_api.enums import AuditAction, UserKind
@@ -122,6 +123,7 @@ def confirm_totp(session: Session, *, user: User, origin: audit.Origin,
 
     A step of the caller's transaction: the caller commits, or rolls back on the Conflict.
     """
+    changed(session, user.id)  # the principal's totp_confirmed: cached rows must not keep it
     confirmed = session.execute(
         update(User).where(User.id == user.id, User.totp_confirmed.is_(False))
         .values(totp_confirmed=True, updated_at=now))
