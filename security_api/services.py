@@ -11,7 +11,7 @@ from security_api.accounts.principal_query import principal_reader
 from security_api.accounts.secretbox import SecretBox
 from security_api.accounts.stores import StateStore, make_store
 from security_api.accounts.tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
-from security_api.audit import KEYS_INFO, ChainKeys
+from security_api.audit import KEYS_INFO, SEALER_INFO, ChainKeys, Sealer
 from security_api.db import ReadOnlyQuery, make_engine, make_session_factory
 from security_api.integrations.notify import Notifier
 from security_api.integrations.slack_outbox import POSTING_INFO
@@ -42,7 +42,10 @@ def build_services(settings: Settings) -> Services:
                          query_timeout_seconds=settings.database_query_timeout_seconds)
     audit_keys = ChainKeys.from_secrets(settings.audit_chain_keys)
     # Every session chains and verifies audit events with these keys (`audit.session_keys`).
+    # ... and one Sealer per process integrates the appended events (`audit/sequencer.py`).
+    sealer = Sealer(engine, audit_keys, interval_seconds=settings.audit_seal_interval_seconds)
     session_factory = make_session_factory(engine, info={KEYS_INFO: audit_keys,
+                                                         SEALER_INFO: sealer,
                                                          POSTING_INFO: settings.slack_posting})
     if settings.jwt_algorithm == "EdDSA":
         keys = eddsa_keys(settings.jwt_private_key, settings.jwt_key_id)
