@@ -44,6 +44,7 @@ __all__ = [
 ]
 _STAGED_EVENTS = "audit_staged_events"
 _APPENDED = "audit_appended_events"
+_TO_SEAL = "audit_events_to_seal"
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,22 @@ def _append_staged(session: Session) -> None:
 
 
 @orm_event.listens_for(ServiceSession, "after_commit")
-def _seal_appended(session: Session) -> None:
-    # The events are committed: wake this process's sequencer, or seal them now (no sequencer).
+def _note_committed(session: Session) -> None:
+    # The events are committed: seal them once the transaction has given its connection back.
     if session.info.pop(_APPENDED, False):
-        sealer_of(session).appended()
+        session.info[_TO_SEAL] = True
 
 
 @orm_event.listens_for(ServiceSession, "after_transaction_end")
 def _forget_uncommitted_events(session: Session, transaction) -> None:
-    # A committed transaction took its events in before_commit; what is left was rolled back.
-    if transaction.parent is None:
-        session.info.pop(_STAGED_EVENTS, None)
-        session.info.pop(_APPENDED, None)
+    """Wake this process's sequencer, or seal now when there is none; forget rolled-back events.
+
+    It runs after the connection went back to the pool, so an inline seal never needs a second
+    connection while the first is held (threads committing together would drain the pool).
+    """
+    if transaction.parent is not None:
+        return
+    session.info.pop(_STAGED_EVENTS, None)  # a committed transaction took its events already
+    session.info.pop(_APPENDED, None)
+    if session.info.pop(_TO_SEAL, False):
+        sealer_of(session).appended()
