@@ -33,6 +33,13 @@ def _int(value: str) -> int:
     return int(value.strip())
 
 
+def _float(value: str) -> float:
+    parsed = float(value.strip())
+    if parsed != parsed or parsed in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return parsed
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -89,6 +96,7 @@ ENV_VARIABLES = {
     "SMTP_STARTTLS": ("smtp_starttls", _bool),
     "PUBLIC_BASE_URL": ("public_base_url", str),
     "REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _int),
+    "AUDIT_SEAL_INTERVAL_SECONDS": ("audit_seal_interval_seconds", _float),
     "DRIFT_INTERVAL_SECONDS": ("drift_interval_seconds", _int),
     "EXPIRY_WARNING_MINUTES": ("expiry_warning_minutes", _int),
     "TRUSTED_PROXY_COUNT": ("trusted_proxy_count", _int),
@@ -206,6 +214,8 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{name.upper()} must be positive")
     if settings.reaper_interval_seconds < 0:
         raise ConfigError("REAPER_INTERVAL_SECONDS must be 0 (off) or positive")
+    if not 0 < settings.audit_seal_interval_seconds <= 3600:
+        raise ConfigError("AUDIT_SEAL_INTERVAL_SECONDS must be positive (at most 3600)")
     if settings.drift_interval_seconds < 0:
         raise ConfigError("DRIFT_INTERVAL_SECONDS must be 0 (off) or positive")
     if not 0 <= settings.expiry_warning_minutes <= 525600:

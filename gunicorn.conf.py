@@ -40,10 +40,13 @@ if control_socket_disable:
 
 
 def post_worker_init(worker):
-    """Start this worker's background reaper (never on import, never in tests or the CLI)."""
+    """Start this worker's audit sequencer and background reaper (never on import, never in
+    tests or the CLI, where each commit seals its own audit events)."""
     from security_api.access.reaper import start_background_reaper
+    from security_api.audit.sequencer import sealer_for
 
     services = worker.wsgi.extensions["security_api"]
+    sealer_for(services.session_factory).start()
     interval = services.settings.reaper_interval_seconds
     if interval > 0:
         start_background_reaper(services, interval_seconds=interval)

@@ -131,6 +131,33 @@ def count_break_glass_overdue() -> None:
     BREAK_GLASS_OVERDUE.inc()
 
 
+# auditseal: the sequencer that integrates appended audit events into the chain.
+AUDIT_EVENTS_SEALED = Counter(
+    "security_api_audit_events_sealed", "Audit events sealed into the hash chain.")
+AUDIT_SEAL_BATCH = Histogram(
+    "security_api_audit_seal_batch_size", "Events sealed per batch (one transaction).",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500))
+AUDIT_SEAL_DELAY = Histogram(
+    "security_api_audit_seal_delay_seconds",
+    "Time from an audit event's append (its transaction's commit hook) to its seal.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+AUDIT_ENTRY_MAC_MISMATCHES = Counter(
+    "security_api_audit_entry_mac_mismatches",
+    "Audit events whose entry MAC did not match when sealed (changed between append and seal).")
+
+
+def observe_audit_seal(sealed: int, delays: list[float], mismatches: int) -> None:
+    """Record one committed seal batch."""
+    if not sealed:
+        return
+    AUDIT_EVENTS_SEALED.inc(sealed)
+    AUDIT_SEAL_BATCH.observe(sealed)
+    for delay in delays:
+        AUDIT_SEAL_DELAY.observe(delay)
+    if mismatches:
+        AUDIT_ENTRY_MAC_MISMATCHES.inc(mismatches)
+
+
 def count_outbox_delivered() -> None:
     """Count one notification delivered."""
     OUTBOX_DELIVERED.inc()

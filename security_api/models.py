@@ -113,9 +113,16 @@ class RefreshToken(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
+    __table_args__ = (
+        # The sequencer's queue: appended events not sealed yet, in append order (small, hot).
+        Index("ix_audit_events_pending", "append_key",
+              sqlite_where=text("seq IS NULL"), postgresql_where=text("seq IS NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    # seq, prev_hash and hash are NULL while the event is appended but not sealed yet
+    # (audit/sequencer.py gives them, gap-free, under the head's lock).
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     actor: Mapped[str | None] = mapped_column(String(128), index=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
@@ -123,17 +130,25 @@ class AuditEvent(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(128))
     details: Mapped[str] = mapped_column(Text, default="{}")
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
     # Which AUDIT_CHAIN_KEY made `hash` (an HMAC); NULL for plain SHA-256 rows written before
     # the chain was keyed, valid only up to the head's signed seal.
     key_id: Mapped[str | None] = mapped_column(String(16))
+    # Append order (time_ns, random, position in its transaction); NULL on rows chained at
+    # commit before the sequencer existed.
+    append_key: Mapped[str | None] = mapped_column(String(48))
+    # HMAC over the event's own content (not its place in the chain), made when appended: a
+    # change between append and seal shows in verify (see chain.entry_mac).
+    entry_mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditChainHead(Base):
-    """A single row locked by every audit write, so the chain never forks.
+    """The chain's end, locked only by the sequencer while it seals a batch: no fork.
 
-    It is also the chain's signed checkpoint, kept outside the events table: `signature` is an
+    Writers never touch it: they append unsealed events (audit.record) and the sequencer
+    (audit/sequencer.py) gives them seq and hashes in batches under this row's lock. It is
+    also the chain's signed checkpoint, kept outside the events table: `signature` is an
     HMAC over (`seq`, `last_hash`) with the key `key_id`, so moving the head back (to hide rows
     removed from the end) needs the key. `sealed_*` close the legacy unkeyed segment.
     """

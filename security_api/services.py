@@ -12,7 +12,7 @@ from security_api.accounts.principal_query import principal_reader
 from security_api.accounts.secretbox import SecretBox
 from security_api.accounts.stores import StateStore, make_store
 from security_api.accounts.tokens import SigningKeys, TokenAudience, TokenVerifier, eddsa_keys, hs256_keys
-from security_api.audit import KEYS_INFO, ChainKeys
+from security_api.audit import KEYS_INFO, SEALER_INFO, ChainKeys, Sealer
 from security_api.db import ReadOnlyQuery, make_engine, make_session_factory
 from security_api.integrations.notify import Notifier
 from security_api.integrations.slack_outbox import POSTING_INFO
@@ -46,9 +46,12 @@ def build_services(settings: Settings) -> Services:
     # With Redis, revocations publish per-user auth versions there (principal_cache).
     versions = (AuthVersions.from_url(settings.redis_url)
                 if settings.redis_url else None)
+    # One Sealer per process integrates the appended audit events (`audit/sequencer.py`).
+    sealer = Sealer(engine, audit_keys, interval_seconds=settings.audit_seal_interval_seconds)
     # Every session chains and verifies audit events with these keys (`audit.session_keys`),
-    # and registers principal changes with the auth versions.
+    # wakes the sealer, and registers principal changes with the auth versions.
     session_factory = make_session_factory(engine, info={KEYS_INFO: audit_keys,
+                                                         SEALER_INFO: sealer,
                                                          POSTING_INFO: settings.slack_posting,
                                                          AUTH_VERSIONS_INFO: versions})
     reader = principal_reader(engine)

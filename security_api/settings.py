@@ -60,6 +60,8 @@ class Settings:
     smtp_starttls: bool = True
     public_base_url: str = "http://127.0.0.1:16381"
     reaper_interval_seconds: int = 60
+    # auditseal: each worker's sequencer also seals what other processes left this often.
+    audit_seal_interval_seconds: float = 1.0
     # A drift scan (access/drift.py) from the reaper at most this often, cluster-wide; 0: never.
     drift_interval_seconds: int = 3600
     # pendingexp: warn a grant's holder this long before it ends (0: no warnings).

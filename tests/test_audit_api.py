@@ -64,8 +64,11 @@ def record(app, count: int = 1, *, actor: str = "carol", action: str = "test.eve
                                        origin=audit.Origin(ip="10.0.0.1", request_id=f"r{i}"),
                                        now=(at or utcnow()) + i * step,
                                        details={"i": i, "note": "ü"}))
-        session.commit()  # events are numbered when their transaction commits
-    return [event.seq for event in events]
+        session.commit()  # appended at commit, sealed (numbered) by the inline seal after it
+        ids = [event.id for event in events]
+        seqs = dict(session.execute(select(AuditEvent.id, AuditEvent.seq)
+                                    .where(AuditEvent.id.in_(ids))).all())
+    return [seqs[event_id] for event_id in ids]
 
 
 def all_seqs(db_session) -> list[int]:
@@ -318,13 +321,14 @@ def _update_time(db_session, mid, last):
 
 
 def _relink(db_session, mid, last):
-    """Change a row and recompute its hash (even with the key): the next row's link breaks."""
+    """Change a row and recompute its hash (even with the key): the row's entry MAC, made when
+    it was appended, no longer matches (and the next row's link breaks)."""
     event = db_session.scalar(select(AuditEvent).where(AuditEvent.seq == mid))
     event.actor = "mallory"
     db_session.execute(update(AuditEvent).where(AuditEvent.seq == mid).values(
         actor="mallory", hash=audit.event_hash(event, audit.session_keys(db_session).signing)))
     db_session.expunge(event)
-    return mid + 1, "link to previous event broken"
+    return mid, "entry MAC"
 
 
 def _delete_middle(db_session, mid, last):

@@ -22,6 +22,11 @@ AUDIT_KEY = "pW4nR8tZ2vB6xD0fH3jL7mQ1sU5yA9cE"
     ({"LOCKOUT_THRESHOLD": "0"}, "LOCKOUT_THRESHOLD"),
     ({"AUTH_RATE_LIMIT": "many"}, "AUTH_RATE_LIMIT"),
     ({"DATABASE_QUERY_TIMEOUT_SECONDS": "0"}, "DATABASE_QUERY_TIMEOUT_SECONDS"),
+    ({"AUDIT_SEAL_INTERVAL_SECONDS": "0"}, "AUDIT_SEAL_INTERVAL_SECONDS"),
+    ({"AUDIT_SEAL_INTERVAL_SECONDS": "-1"}, "AUDIT_SEAL_INTERVAL_SECONDS"),
+    ({"AUDIT_SEAL_INTERVAL_SECONDS": "nan"}, "AUDIT_SEAL_INTERVAL_SECONDS"),
+    ({"AUDIT_SEAL_INTERVAL_SECONDS": "inf"}, "AUDIT_SEAL_INTERVAL_SECONDS"),
+    ({"AUDIT_SEAL_INTERVAL_SECONDS": "soon"}, "AUDIT_SEAL_INTERVAL_SECONDS"),
 ])
 def test_unsafe_settings_are_refused(environ, message):
     with pytest.raises(ConfigError, match=message):
@@ -107,3 +112,9 @@ def test_testing_derives_the_audit_chain_key_from_the_jwt_secret():
                             "JWT_SECRET": STRONG})
     assert first.audit_chain_keys == second.audit_chain_keys
     assert first.audit_chain_keys[0] != STRONG
+
+
+def test_the_audit_seal_interval_takes_fractions_of_a_second():
+    assert load_settings({"DATABASE_URL": "sqlite://"}).audit_seal_interval_seconds == 1.0
+    assert load_settings({"DATABASE_URL": "sqlite://",
+                          "AUDIT_SEAL_INTERVAL_SECONDS": "0.25"}).audit_seal_interval_seconds == 0.25

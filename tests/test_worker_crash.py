@@ -20,7 +20,7 @@ from security_api import audit
 from security_api.access.provisioning import claim_lease, recover
 from security_api.clock import as_utc, utcnow
 from security_api.enums import AuditAction, PolicyMode, RequestStatus
-from security_api.models import AccessRequest, AuditChainHead, AuditEvent
+from security_api.models import AccessRequest, AuditEvent
 from tests import test_concurrency as kit
 from tests.conftest import TEST_DATABASE_URL
 from tests.servers import basic_header, call, start_gunicorn
@@ -283,12 +283,13 @@ def test_worker_killed_mid_transaction_leaves_no_partial_rows(app, server, make_
     services = app.extensions["security_api"]
     asking, outcome = _ask_in_background(server, bearer, body)
     with services.session_factory() as holder:
-        # Hold the audit chain head: the worker inserts the request, then waits for it.
-        holder.execute(select(AuditChainHead).with_for_update())
+        # Hold the audit events table against writes (writers no longer take the chain head:
+        # they append): the worker inserts the request, then waits to append its event.
+        holder.execute(text("LOCK TABLE audit_events IN EXCLUSIVE MODE"))
         holder_pid = holder.scalar(text("SELECT pg_backend_pid()"))
         asking.start()
         (backend,) = _until(lambda: _scalars(services, _BLOCKED_WRITER, holder=holder_pid),
-                            "the worker to write and then wait for the audit lock")
+                            "the worker to write and then wait to append its audit event")
         (worker,) = server.worker_pids()
         os.kill(worker, signal.SIGKILL)
         asking.join(WAIT_SECONDS)

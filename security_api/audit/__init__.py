@@ -1,18 +1,19 @@
-"""Audit events, appended to the keyed hash chain in the caller's transaction.
+"""Audit events, appended in the caller's transaction and sealed into the keyed hash chain after.
 
 This package is what the rest of the service imports for `record()` and `Origin`. The chain
-itself (keys, hashes, checkpoints) is in chain.py and its verification in
-verify.py; their public names are re-exported here so `audit.verify_chain` and the like
-keep working.
+itself (keys, hashes, checkpoints) is in chain.py, the sequencer that seals appended events in
+sequencer.py and verification in verify.py; their public names are re-exported here so
+`audit.verify_chain` and the like keep working.
 """
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import event as orm_event
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from security_api.audit.chain import (
@@ -24,22 +25,26 @@ from security_api.audit.chain import (
     chain_key,
     checkpoint_message,
     ensure_chain_head,
+    entry_mac,
     event_hash,
     legacy_event_hash,
     seal_message,
     session_keys,
 )
+from security_api.audit.sequencer import SEALER_INFO, Sealer, seal_pending, sealer_of
 from security_api.audit.verify import REKEY_HINT, ChainReport, SealReport, seal_legacy_events, verify_chain
 from security_api.db import ServiceSession
-from security_api.models import AuditChainHead, AuditEvent, new_id
+from security_api.models import AuditEvent, new_id
 
 __all__ = [
     "GENESIS_HASH", "HEAD_ID", "KEYS_INFO", "REKEY_HINT", "ChainKey", "ChainKeys", "ChainReport",
-    "Origin", "SealReport", "chain_key", "checkpoint_message", "ensure_chain_head", "event_hash",
-    "legacy_event_hash", "record", "seal_legacy_events", "seal_message", "session_keys",
-    "verify_chain",
+    "Origin", "SEALER_INFO", "SealReport", "Sealer", "chain_key", "checkpoint_message",
+    "ensure_chain_head", "event_hash", "legacy_event_hash", "record", "seal_legacy_events",
+    "seal_message", "seal_pending", "sealer_of", "session_keys", "verify_chain",
 ]
 _STAGED_EVENTS = "audit_staged_events"
+_APPENDED = "audit_appended_events"
+_TO_SEAL = "audit_events_to_seal"
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,11 @@ def _printable(value: str | None, limit: int) -> str | None:
 
 def record(session: Session, *, action: str, actor: str | None, target: str | None,
            origin: Origin, now: datetime, details: dict | None = None) -> AuditEvent:
-    """Append an event to the chain inside the caller's transaction.
+    """Append an event inside the caller's transaction.
 
-    The event joins the chain when the transaction commits (see `_append_staged`): its `seq`,
-    `prev_hash` and `hash` are set then, and a rollback drops it with everything else.
+    The event is written when the transaction commits (see `_append_staged`) and sealed into the
+    chain (its `seq`, `prev_hash` and `hash`) by the sequencer right after; a rollback drops it
+    with everything else.
     """
     event = AuditEvent(
         id=new_id(), at=now, actor=_printable(actor, 128),
@@ -80,33 +86,42 @@ def record(session: Session, *, action: str, actor: str | None, target: str | No
 
 @orm_event.listens_for(ServiceSession, "before_commit")
 def _append_staged(session: Session) -> None:
-    """Chain the transaction's events, in the order recorded, just before it commits.
+    """Append the transaction's events, unsealed, in the order recorded, just before it commits.
 
-    Taking the head row's write lock serialises writers, so the chain never forks. It is taken
-    here, as late as possible, and the head is read and written once per transaction: the lock
-    is held only for these three statements and the commit, not for the whole transaction.
+    No lock and no shared row: each event gets its append key (time, randomness, position in
+    this transaction, so the sequencer keeps the recorded order) and its entry MAC under the
+    signing key. The sequencer (sequencer.py) chains them once committed.
     """
     staged = session.info.pop(_STAGED_EVENTS, None)
     if not staged:
         return
     key = session_keys(session).signing
-    last_seq, prev_hash = session.execute(
-        update(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
-        .values(seq=AuditChainHead.seq + len(staged))
-        .returning(AuditChainHead.seq, AuditChainHead.last_hash)
-    ).one()
-    for seq, staged_event in enumerate(staged, start=last_seq - len(staged) + 1):
-        staged_event.seq, staged_event.prev_hash, staged_event.key_id = seq, prev_hash, key.id
-        staged_event.hash = prev_hash = event_hash(staged_event, key)
+    stamp = f"{time.time_ns():020d}{secrets.token_hex(8)}"
+    for position, staged_event in enumerate(staged):
+        staged_event.append_key = f"{stamp}{position:04d}"
+        staged_event.key_id = key.id
+        staged_event.entry_mac = entry_mac(staged_event, key)
     session.add_all(staged)
-    # The head is the signed checkpoint: (last seq, last hash) under the key, in the same write.
-    session.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(
-        last_hash=prev_hash, key_id=key.id,
-        signature=key.sign(checkpoint_message(last_seq, prev_hash))))
+    session.info[_APPENDED] = True
+
+
+@orm_event.listens_for(ServiceSession, "after_commit")
+def _note_committed(session: Session) -> None:
+    # The events are committed: seal them once the transaction has given its connection back.
+    if session.info.pop(_APPENDED, False):
+        session.info[_TO_SEAL] = True
 
 
 @orm_event.listens_for(ServiceSession, "after_transaction_end")
 def _forget_uncommitted_events(session: Session, transaction) -> None:
-    # A committed transaction took its events in before_commit; what is left was rolled back.
-    if transaction.parent is None:
-        session.info.pop(_STAGED_EVENTS, None)
+    """Wake this process's sequencer, or seal now when there is none; forget rolled-back events.
+
+    It runs after the connection went back to the pool, so an inline seal never needs a second
+    connection while the first is held (threads committing together would drain the pool).
+    """
+    if transaction.parent is not None:
+        return
+    session.info.pop(_STAGED_EVENTS, None)  # a committed transaction took its events already
+    session.info.pop(_APPENDED, None)
+    if session.info.pop(_TO_SEAL, False):
+        sealer_of(session).appended()

@@ -94,6 +94,35 @@ def event_hash(event: AuditEvent, key: ChainKey) -> str:
     return key.sign(_chained_text(event))
 
 
+def entry_text(event: AuditEvent) -> str:
+    """Return the text an event's entry MAC covers: its own content, not its place in the chain.
+
+    The prefix keeps it apart from event hashes, checkpoints and seals: none can pass for another.
+    """
+    body = json.dumps({
+        "id": event.id, "at": _canonical_time(event.at), "actor": event.actor,
+        "action": event.action, "target": event.target, "ip": event.ip,
+        "request_id": event.request_id, "details": event.details,
+        "append_key": event.append_key,
+    }, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return f"audit-entry\n{body}"
+
+
+def entry_mac(event: AuditEvent, key: ChainKey) -> str:
+    """Return the keyed MAC that protects an appended event until the sequencer seals it."""
+    return key.sign(entry_text(event))
+
+
+def entry_mac_problem(event: AuditEvent, keys: ChainKeys) -> str | None:
+    """Return why an event's entry MAC does not check out, or None when it does."""
+    key = keys.get(event.key_id)
+    if event.entry_mac is None or key is None:
+        return "event appended without a valid entry MAC"
+    if not hmac.compare_digest(entry_mac(event, key), event.entry_mac):
+        return "event changed before it was sealed (its entry MAC does not match)"
+    return None
+
+
 def legacy_event_hash(event: AuditEvent) -> str:
     """Return the plain SHA-256 the chain used before it was keyed (rows up to the seal)."""
     return hashlib.sha256(_chained_text(event).encode("ascii")).hexdigest()

@@ -17,10 +17,12 @@ from security_api.audit.chain import (
     ChainKeys,
     checkpoint_message,
     computed_hash,
+    entry_mac_problem,
     seal_message,
     session_keys,
     signed_by,
 )
+from security_api.audit.sequencer import has_pending, seal_for_reader
 from security_api.models import AuditChainHead, AuditEvent
 
 REKEY_HINT = "run `flask --app flask_api audit rekey`"
@@ -61,6 +63,11 @@ def _event_problem(event: AuditEvent, keys: ChainKeys, head: AuditChainHead) -> 
         return "event hashed with a key that is not configured (AUDIT_CHAIN_KEY)"
     if not hmac.compare_digest(computed, event.hash):
         return "event content changed"
+    if event.entry_mac is not None or event.append_key is not None:
+        # Appended, then sealed by the sequencer: its content must be what was appended.
+        entry_problem = entry_mac_problem(event, keys)
+        if entry_problem is not None:
+            return entry_problem
     if event.seq == head.sealed_seq and event.hash != head.sealed_hash:
         # Legacy rows re-hashed consistently: only the seal, signed with the key, knows.
         return "legacy events changed before the seal"
@@ -72,9 +79,12 @@ def verify_chain(session: Session, *, keys: ChainKeys | None = None,
     """Walk every event in order and report the first one changed, removed or inserted.
 
     Every hash is recomputed with the keys (plain SHA-256 only for legacy rows up to the signed
-    seal), and the end of the chain must equal the head's checkpoint signed with a key.
+    seal), and the end of the chain must equal the head's checkpoint signed with a key. Every
+    committed event is sealed first; an event changed between append and seal is reported at
+    its seq (its entry MAC).
     """
     keys = keys or session_keys(session)
+    seal_for_reader(session)
     head = session.get(AuditChainHead, HEAD_ID)
     if head is None:
         return ChainReport(False, 0, 1, "the chain head is missing")
@@ -192,6 +202,10 @@ def seal_legacy_events(session: Session, *, keys: ChainKeys | None = None,
     everything after must be keyed. Sealing happens once; running it again changes nothing.
     """
     keys = keys or session_keys(session)
+    seal_for_reader(session)
+    if has_pending(session.connection()):
+        return _refused("audit events are waiting to be sealed and could not be (see the log)",
+                        None)
     head = session.get(AuditChainHead, HEAD_ID)
     if head is None:
         return _refused("the chain head is missing", 1)

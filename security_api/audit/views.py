@@ -9,6 +9,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from security_api import cursors
+from security_api.audit.sequencer import seal_for_reader
 from security_api.clock import isoformat
 from security_api.jsontext import loads_stored
 from security_api.models import AuditEvent
@@ -43,7 +44,7 @@ def render(event: AuditEvent) -> dict:
 
 
 def _filtered(filters: AuditFilters) -> Select:
-    stmt = select(AuditEvent)
+    stmt = select(AuditEvent).where(AuditEvent.seq.is_not(None))
     if filters.actor is not None:
         stmt = stmt.where(AuditEvent.actor == filters.actor)
     if filters.action is not None:
@@ -64,7 +65,12 @@ def encode_cursor(seq: int) -> str:
 def list_events(session: Session, *, actor: str | None = None, action: str | None = None,
                 since: datetime | None = None, until: datetime | None = None, limit: int,
                 cursor: str | None = None) -> tuple[list[AuditEvent], str | None]:
-    """Return one page of events, newest first (by seq), and the cursor of the next page."""
+    """Return one page of events, newest first (by seq), and the cursor of the next page.
+
+    Every committed event is sealed first, so the list shows it; unsealed rows (no seq) never
+    appear.
+    """
+    seal_for_reader(session)
     stmt = _filtered(AuditFilters(actor, action, since, until))
     if cursor:
         stmt = stmt.where(AuditEvent.seq < cursors.decode_seq(cursor))
@@ -74,7 +80,9 @@ def list_events(session: Session, *, actor: str | None = None, action: str | Non
 
 
 def iterate_events(session: Session, filters: AuditFilters, *, batch: int = 500) -> Iterator[AuditEvent]:
-    """Yield every matching event oldest first (by seq), reading `batch` rows at a time."""
+    """Yield every sealed matching event oldest first (by seq), `batch` rows at a time,
+    after sealing every committed event."""
+    seal_for_reader(session)
     last_seq = None
     while True:
         stmt = _filtered(filters)
