@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
-from security_api.access import grants
 from security_api.access.grants import Subject
+from security_api.access.holdings import holding
 from security_api.access.lifecycle import Actor
 from security_api.access.powers import held
 from security_api.accounts import sessions
@@ -217,13 +217,13 @@ def current_subject() -> Subject:
 
 def holds(permission: str) -> bool:
     """Tell whether the token's user holds a permission now (standing or active grant)."""
-    return grants.holding(db(), current_subject(), permission=permission, now=utcnow()).held
+    return holding(db(), current_subject(), permission=permission, now=utcnow()).held
 
 
 def current_actor() -> Actor:
     """Return the token's user with their administrator and auditor powers."""
     if "actor" not in g:
-        # Both powers in one statement (powers.held decides as grants.holding does).
+        # Both powers in one statement (powers.held decides as holdings.holding does).
         powers = held(db(), current_subject(), (ADMIN_PERMISSION, AUDIT_PERMISSION),
                       now=utcnow())
         g.actor = Actor(current_subject(), is_admin=ADMIN_PERMISSION in powers,
@@ -236,7 +236,10 @@ def require_permission(permission: str):
     def decorate(view):
         @wraps(view)
         def checked(*args, **kwargs):
-            if not holds(permission):
+            # Before the view: nothing in this request used the session yet, so the lean
+            # read-only path (one round trip, no transaction) sees what the session would.
+            if not services().holdings.of_subject(current_subject(), permission=permission,
+                                                  now=utcnow()).held:
                 raise Forbidden(f"This needs the permission {permission}.")
             return view(*args, **kwargs)
 

@@ -5,12 +5,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy import exc as exc_module
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from security_api.clock import as_utc
@@ -173,11 +174,12 @@ class ReadOnlyQuery:
     On PostgreSQL it runs on a pool of its own (same connect settings and timeouts as the
     engine's) whose connections are in autocommit and read-only: the query is one round trip,
     with no BEGIN before it, no ROLLBACK when the connection goes back and no pre-ping (a
-    connection found dropped is invalidated and the read tried once more on a new one).
-    On a SQLite file each thread keeps one connection of its own in autocommit
+    connection found dropped is invalidated and the read tried once more on a new one); every
+    ReadOnlyQuery of the engine shares it. On a SQLite file each thread keeps one connection of
+    its own in autocommit, shared by the engine's ReadOnlyQuery objects
     (SqliteThreadConnections): no pool checkout and no reset per read, which were half the
-    read's cost; in WAL mode every statement sees the latest commit, so nothing is read
-    stale. Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
+    read's cost; in WAL mode every statement sees the latest commit, so nothing is read stale.
+    Elsewhere it borrows the engine's pool. Driver errors come out as SQLAlchemy's own
     (OperationalError, ...), as they would through a Connection, and a connection that broke is
     invalidated, never reused. The extra pool is closed when the engine is disposed.
     """
@@ -195,14 +197,10 @@ class ReadOnlyQuery:
         self._keys = [column.key for column in statement.selected_columns]
         self._convert = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                          for column in statement.selected_columns]
-        self._pool = None
-        self._threads = None
-        if dialect.name == "sqlite" and isinstance(engine.pool, QueuePool):
-            self._threads = SqliteThreadConnections(engine)
-        elif dialect.name == "postgresql":
-            self._pool = pool_without_pre_ping(engine)  # first() retries a dropped connection
-            event.listen(self._pool, "connect", _read_only_autocommit)
-            event.listen(engine, "engine_disposed", lambda _engine: self._pool.dispose())
+        self._pool = _read_only_pool(engine) if dialect.name == "postgresql" else None
+        self._threads = (_sqlite_thread_connections(engine)
+                         if dialect.name == "sqlite" and isinstance(engine.pool, QueuePool)
+                         else None)
 
     def first(self, params: dict) -> dict | None:
         """Return the first row as a dict of column key to converted value, or None."""
@@ -273,6 +271,32 @@ class ReadOnlyQuery:
         return exc_module.DBAPIError.instance(self._sql, arguments, exc, dialect.loaded_dbapi.Error,
                                               hide_parameters=True, dialect=dialect,
                                               connection_invalidated=invalidated)
+
+
+# One read-only pool per engine, shared by every ReadOnlyQuery on it (the token check, the
+# holding reads): a worker keeps one idle connection for them, not one per query.
+_READ_ONLY_POOLS: WeakKeyDictionary[Engine, Pool] = WeakKeyDictionary()
+
+
+def _read_only_pool(engine: Engine) -> Pool:
+    pool = _READ_ONLY_POOLS.get(engine)
+    if pool is None:
+        pool = pool_without_pre_ping(engine)  # first() retries a dropped connection
+        event.listen(pool, "connect", _read_only_autocommit)
+        event.listen(engine, "engine_disposed", lambda _engine: pool.dispose())
+        _READ_ONLY_POOLS[engine] = pool
+    return pool
+
+
+_SQLITE_THREADS: WeakKeyDictionary[Engine, SqliteThreadConnections] = WeakKeyDictionary()
+
+
+def _sqlite_thread_connections(engine: Engine) -> SqliteThreadConnections:
+    """Return the engine's per-thread SQLite connections, shared by all its ReadOnlyQuery."""
+    threads = _SQLITE_THREADS.get(engine)
+    if threads is None:
+        threads = _SQLITE_THREADS[engine] = SqliteThreadConnections(engine)
+    return threads
 
 
 def _read_only_autocommit(dbapi_connection, _record) -> None:

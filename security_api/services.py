@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
+from security_api.access.holdings import HoldingReader
 from security_api.accounts.passwords import dummy_hash
 from security_api.accounts.principal_cache import AUTH_VERSIONS_INFO, AuthVersions, PrincipalSource
 from security_api.accounts.principal_query import principal_reader
@@ -36,6 +37,8 @@ class Services:
     secret_box: SecretBox
     notifier: Notifier
     audit_keys: ChainKeys
+    # Who holds what, one read-only round trip (the permission guard, GET /v1/check).
+    holdings: HoldingReader
 
 
 def build_services(settings: Settings) -> Services:
@@ -76,4 +79,5 @@ def build_services(settings: Settings) -> Services:
         secret_box=SecretBox(list(settings.data_encryption_keys)),
         notifier=Notifier(settings),
         audit_keys=audit_keys,
+        holdings=HoldingReader(engine),
     )

@@ -1,4 +1,4 @@
-"""An actor's powers in one statement (access/powers.py) decide exactly as grants.holding does."""
+"""An actor's powers in one statement (access/powers.py) decide as holdings.holding does."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from security_api import audit
-from security_api.access import grants, powers
+from security_api.access import holdings, powers
 from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.access.grants import ADMIN_PERMISSION, Subject
 from security_api.clock import utcnow
@@ -69,7 +69,7 @@ def test_powers_are_what_holding_says_one_at_a_time(world, username, expected):
     found = powers.held(world, subject, KEYS, now=now)
     assert found == expected
     assert found == {key for key in KEYS
-                     if grants.holding(world, subject, permission=key, now=now).held}
+                     if holdings.holding(world, subject, permission=key, now=now).held}
 
 
 def test_a_more_specific_rule_decides_as_in_the_policy_engine(world, make_user):

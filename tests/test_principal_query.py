@@ -104,3 +104,17 @@ def test_a_connection_the_server_dropped_is_replaced(engine):
             "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND state <> 'idle'"),
             {"pid": second})
     assert in_transaction == 0  # autocommit: nothing left open between requests
+
+
+@on_postgresql
+def test_the_read_only_queries_of_an_engine_share_one_pool(engine, database_url):
+    """The token check and the holding reads: one idle connection per worker, not one each."""
+    first = ReadOnlyQuery(engine, select(func.pg_backend_pid().label("pid")))
+    second = ReadOnlyQuery(engine, select(func.pg_backend_pid().label("backend")))
+    assert first.first({})["pid"] == second.first({})["backend"]
+    other = make_engine(database_url)  # another engine, another pool
+    try:
+        assert ReadOnlyQuery(other, select(func.pg_backend_pid().label("pid"))).first({}) != \
+            first.first({})
+    finally:
+        other.dispose()

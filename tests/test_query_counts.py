@@ -10,6 +10,7 @@ from security_api import audit
 from security_api.access.catalog import ensure_permission, ensure_rule
 from security_api.audit.sequencer import sealer_for
 from security_api.clock import utcnow
+from security_api.db import ReadOnlyQuery
 from security_api.enums import PolicyMode
 from tests.conftest import bearer
 
@@ -162,3 +163,56 @@ def test_revoking_a_grant_sends_a_bounded_number_of_statements(app, client, make
     assert response.json["request"]["requester"] == "counted-revoker"
     assert [s for s in statements if "AUDIT_CHAIN_HEAD" in s.upper()] == []
     assert 0 < len(statements) <= REVOKE_STATEMENTS, "\n".join(statements)
+
+
+# ---- GET /v1/check ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def read_only_reads(monkeypatch):
+    """Record the SQL of every read made on the raw driver (db.ReadOnlyQuery), which the engine's
+    events never see: each is one round trip, outside any transaction."""
+    reads = []
+    first = ReadOnlyQuery.first
+
+    def recorded(self, params):
+        reads.append(self._sql)
+        return first(self, params)
+
+    monkeypatch.setattr(ReadOnlyQuery, "first", recorded)
+    yield reads
+
+
+# One GET /v1/check by a service account: the token check (db.ReadOnlyQuery), the caller's
+# security-api.check (one read-only select, it was 2: the permission, its rules) and the
+# answer (one read-only select, it was 4: the user, the permission, its rules, the grant). No
+# session is opened: no BEGIN, no ROLLBACK, no pool pre-ping.
+CHECK_READS = 3
+
+
+def test_a_check_is_answered_by_few_read_only_statements(app, client, make_user, login_as,
+                                                         db_session, monkeypatch):
+    services = app.extensions["security_api"]
+    person = make_user("checked-person")
+    bot = make_user("check-bot", role="tools", subrole="ci", kind="service",
+                    password="s3rvice-secret-long-enough-42")
+    ensure_permission(db_session, key="qc-check", name="qc-check", max_duration_minutes=60,
+                      settings=services.settings, actor="test", origin=audit.Origin(),
+                      now=utcnow())
+    ensure_rule(db_session, permission="qc-check", role="developer", subrole="backend",
+                mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+    ensure_rule(db_session, permission="security-api.check", role="tools", subrole="ci",
+                mode=PolicyMode.STANDING, actor="test", origin=audit.Origin(), now=utcnow())
+    db_session.commit()
+    granted = client.post("/v1/requests", headers=bearer(login_as(person)["token"]),
+                          json={"permission": "qc-check", "justification": "count"})
+    assert granted.status_code == 201, granted.json
+    headers = bearer(login_as(bot)["token"])
+    with counted(app) as statements, read_only_reads(monkeypatch) as reads:
+        response = client.get("/v1/check?user=Checked-Person&permission=qc-check",
+                              headers=headers)
+    assert response.status_code == 200, response.json
+    assert response.json["allowed"] is True
+    assert response.json["expires_at"] == granted.json["request"]["expires_at"]
+    assert statements == []  # nothing through the engine: no session was opened
+    assert 0 < len(reads) <= CHECK_READS, "\n".join(reads)
+    # The guard and the answer are one statement each, whatever the token check costs.
+    assert sum("policy_rules" in sql for sql in reads) == 2, "\n".join(reads)

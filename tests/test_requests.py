@@ -257,6 +257,74 @@ def test_check_answers(world):
         assert (response.json["allowed"], response.json["expires_at"]) == (allowed, expires_at), user
 
 
+def _allowed(world, user: str, permission: str) -> tuple[bool, str | None]:
+    response = world.get("bot", f"/v1/check?user={user}&permission={permission}")
+    assert response.status_code == 200, response.json
+    return response.json["allowed"], response.json["expires_at"]
+
+
+def test_check_follows_the_most_specific_rule(world):
+    """The answer is one SELECT: the rule it picks is the policy engine's, never a looser one."""
+    services = world.app.extensions["security_api"]
+    with services.session_factory() as session:
+        ensure_permission(session, key="wiki", name="Wiki", max_duration_minutes=60,
+                          settings=services.settings, **_kw())
+        for role, subrole, mode in [("*", "*", STANDING), ("developer", "*", AUTO),
+                                    ("developer", "backend", STANDING), ("sales", "*", STANDING),
+                                    ("sales", "rep", APPROVAL)]:
+            ensure_rule(session, permission="wiki", role=role, subrole=subrole, mode=mode,
+                        **({"approvers": ["security"]} if mode == APPROVAL else {}), **_kw())
+        session.commit()
+    assert _allowed(world, "alice", "wiki") == (True, None)    # developer/backend standing
+    assert _allowed(world, "fred", "wiki") == (False, None)    # developer/* auto beats */*
+    assert _allowed(world, "sam", "wiki") == (False, None)     # sales/rep approval beats sales/*
+    assert _allowed(world, "lead", "wiki") == (True, None)     # only */* names security/lead
+    grant = world.open("fred", "wiki")
+    assert _allowed(world, "fred", "wiki") == (True, grant["expires_at"])
+
+
+def test_check_honours_only_the_users_own_unexpired_active_grant(world, db_session):
+    grant = world.open("fred", "vpn")
+    assert _allowed(world, "alice", "vpn") == (False, None)   # fred's grant is not alice's
+    assert _allowed(world, "fred", "vpn") == (True, grant["expires_at"])
+    assert parse(grant["expires_at"]) > utcnow()
+    move_past_expiry(db_session, grant["id"])                  # a second ago, not reaped yet
+    assert _allowed(world, "fred", "vpn") == (False, None)
+    again = world.open("fred", "vpn")                           # the expired one is ended
+    assert _allowed(world, "fred", "vpn") == (True, again["expires_at"])
+    assert world.act("fred", again["id"], "revoke").status_code == 200
+    assert _allowed(world, "fred", "vpn") == (False, None)
+
+
+def test_check_never_says_a_service_account_administers(world, db_session):
+    """Even a rule written straight into the table (before such rules were refused)."""
+    db_session.add(PolicyRule(permission_key="security-api.admin", role="tools", subrole="ci",
+                              mode=STANDING.value, approvers=[], created_at=utcnow()))
+    db_session.commit()
+    assert _allowed(world, "bot", "security-api.admin") == (False, None)
+    assert _allowed(world, "bot", "security-api.check") == (True, None)
+    assert _allowed(world, "admin", "security-api.admin") == (True, None)
+
+
+def test_the_check_permission_held_by_a_grant_lets_a_person_check_until_it_ends(world,
+                                                                                db_session):
+    """The guard of /v1/check reads the caller's holding like the answer: grants count, to
+    the second."""
+    services = world.app.extensions["security_api"]
+    with services.session_factory() as session:
+        ensure_rule(session, permission="security-api.check", role="security", subrole="lead",
+                    mode=AUTO, **_kw())
+        session.commit()
+    assert world.get("lead", "/v1/check?user=alice&permission=badge").status_code == 403
+    grant = world.open("lead", "security-api.check", justification="a tool is down")
+    response = world.get("lead", "/v1/check?user=alice&permission=badge")
+    assert response.status_code == 200 and response.json["allowed"] is True
+    assert _allowed(world, "lead", "security-api.check") == (True, grant["expires_at"])
+    move_past_expiry(db_session, grant["id"])
+    response = world.get("lead", "/v1/check?user=alice&permission=badge")
+    assert response.status_code == 403 and response.json["error"] == "forbidden"
+
+
 # ---- POST /v1/requests -------------------------------------------------------------------------
 @pytest.mark.parametrize(("who", "body", "duration"), [
     ("alice", {}, 60),                       # default: effective max (rule 90 > permission 60)

@@ -54,43 +54,6 @@ def decision_for(session: Session, subject: Subject, permission: Permission) -> 
                   candidates=candidate_rules(session, subject, permission=permission.key))
 
 
-def active_grant(session: Session, *, user_id: str, permission: str,
-                 now: datetime) -> AccessRequest | None:
-    """Return the user's grant of a permission that is active and not yet past its end."""
-    # Time decides, not the reaper: an expired grant is never honoured.
-    return session.scalar(select(AccessRequest).where(
-        AccessRequest.requester_id == user_id, AccessRequest.permission_key == permission,
-        AccessRequest.status == RequestStatus.ACTIVE, AccessRequest.expires_at > now))
-
-
-@dataclass(frozen=True)
-class Holding:
-    """Whether a permission is held now, how, and until when."""
-
-    held: bool
-    source: str | None = None
-    expires_at: datetime | None = None
-
-
-def holding(session: Session, subject: Subject, *, permission: str, now: datetime) -> Holding:
-    """Tell whether the subject holds a permission now: a standing rule or an active grant."""
-    row = session.get(Permission, permission)
-    if row is None:
-        return Holding(False)
-    # Defence in depth: whatever the rules say (even rules written before this was refused),
-    # a service account never administers: its secret alone would be a 2FA-free admin.
-    if subject.kind == UserKind.SERVICE and permission == ADMIN_PERMISSION:
-        return Holding(False)
-    if decision_for(session, subject, row).mode == PolicyMode.STANDING:
-        return Holding(True, "standing")
-    if subject.kind == UserKind.SERVICE:
-        return Holding(False)
-    grant = active_grant(session, user_id=subject.id, permission=permission, now=now)
-    if grant is None:
-        return Holding(False)
-    return Holding(True, "grant", grant.expires_at)
-
-
 def held_permissions(session: Session, subject: Subject, *, now: datetime) -> list[dict]:
     """List what the subject holds now: standing permissions, then active grants."""
     rules = candidate_rules(session, subject)

@@ -1,11 +1,11 @@
 """Which of a few permissions a user holds now, in one statement: an actor's powers.
 
-Why apart from `grants.holding`: every decision on a request (approve, deny, cancel, revoke,
+Why apart from `holdings.holding`: every decision on a request (approve, deny, cancel, revoke,
 retry, extend, review) asks whether its caller holds security-api.admin and security-api.audit.
 Asked one permission at a time that was six statements per call (the permission, its rules,
 an active grant, twice). Here the permissions, the caller's candidate rules and whether an
 unexpired grant exists come back together; the decision itself is the same policy engine's,
-with the same rules as `grants.holding` (a service account never administers, and never holds
+with the same rules as `holdings.holding` (a service account never administers, and never holds
 anything by a grant).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def held(session: Session, subject: Subject, keys: Iterable[str], *, now: dateti
     keys = sorted(set(keys))
     if not keys:
         return set()
-    # Time decides, not the reaper: a grant past its end is not held (as grants.active_grant).
+    # Time decides, not the reaper: a grant past its end is not held (as holdings.holding).
     granted = exists().where(AccessRequest.requester_id == subject.id,
                              AccessRequest.permission_key == Permission.key,
                              AccessRequest.status == RequestStatus.ACTIVE,

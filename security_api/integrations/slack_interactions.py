@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from security_api import audit
 from security_api.access import lifecycle
-from security_api.access.grants import ADMIN_PERMISSION, Subject, holding
+from security_api.access.grants import ADMIN_PERMISSION, Subject
+from security_api.access.holdings import holding
 from security_api.enums import AuditAction
 from security_api.errors import ApiError, Unauthenticated
 from security_api.integrations import slack_payload, slack_signature

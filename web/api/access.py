@@ -15,12 +15,11 @@ from flask_api_functions import (
     services,
 )
 from security_api.access import break_glass, conflicts, grants, lifecycle
-from security_api.access.grants import Subject
 from security_api.access.request_views import SCOPES, list_requests, render
+from security_api.accounts.users import normalise_username
 from security_api.clock import isoformat, utcnow
 from security_api.enums import RequestStatus
 from security_api.errors import NotFound
-from security_api.models import User
 from web.api import schemas
 from web.api.inputs import read_json, read_query
 from web.api.openapi import documented
@@ -71,16 +70,12 @@ def my_permissions():
             query=UserPermissionQuery)
 @require_permission(CHECK_PERMISSION)
 def check():
-    """Answer an internal tool's question about another user."""
+    """Answer an internal tool's question about another user (one read-only round trip)."""
     query = read_query(UserPermissionQuery)
-    key = query.permission
-    user = db().query(User).filter_by(username=query.user.strip().lower()).one_or_none()
-    if user is None:
+    holding = services().holdings.of_username(normalise_username(query.user),
+                                              permission=query.permission, now=utcnow())
+    if holding is None:
         raise NotFound("No such user.")
-    if not user.active:
-        return respond(None, allowed=False, expires_at=None)
-    subject = Subject(user.id, user.username, user.role, user.subrole, user.kind)
-    holding = grants.holding(db(), subject, permission=key, now=utcnow())
     return respond(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
 
 
