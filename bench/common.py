@@ -168,12 +168,20 @@ def flask_cli(env: dict, *args: str, stdin: str | None = None) -> None:
         sys.exit(f"{' '.join(command[3:])} failed:\n{done.stdout}{done.stderr}")
 
 
-def start_gunicorn(env: dict, log_path: Path) -> subprocess.Popen:
-    """Start gunicorn with the project's config; its output goes to a log file."""
+def start_gunicorn(env: dict, log_path: Path, *, cpu: int | None = None) -> subprocess.Popen:
+    """Start gunicorn with the project's config; its output goes to a log file.
+
+    With `cpu`, the master and its workers run on that one core only (sched_setaffinity is
+    inherited by the workers): an instance then has a core of its own, as a host would.
+    """
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "flask_api:application"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=pin if cpu is not None else None)
 
 
 def wait_until_up(base_url: str, server: subprocess.Popen, log_path: Path) -> None:
@@ -219,12 +227,13 @@ class Service:
 
 @contextlib.contextmanager
 def running_service(*, workers: int, bcrypt_rounds: int, prepare=None,
-                    instances: int = 1) -> Iterator[Service]:
+                    instances: int = 1, pin_cpus: bool = False) -> Iterator[Service]:
     """Make a database, run `prepare(env)` on it, start gunicorn; always stop and clean up.
 
     With `instances` > 1, as many gunicorn masters of `workers` workers each share the
     database, the Redis prefix and the secrets, on ports of their own: what two instances of
-    a deployment behind a load balancer are.
+    a deployment behind a load balancer are. With `pin_cpus`, instance i runs on core
+    i mod cores only (the database and the load client still use every core).
     """
     ports: list[int] = []
     while len(ports) < instances:  # the kernel may hand the same free port out twice
@@ -244,7 +253,8 @@ def running_service(*, workers: int, bcrypt_rounds: int, prepare=None,
                 for number, port in enumerate(ports):
                     log_path = workdir / f"gunicorn-{number}.log"
                     server = start_gunicorn({**env, "GUNICORN_BIND": f"127.0.0.1:{port}"},
-                                            log_path)
+                                            log_path,
+                                            cpu=number % cpu_cores() if pin_cpus else None)
                     servers.callback(stop_gunicorn, server)
                     started.append((f"http://127.0.0.1:{port}", server, log_path))
                 for base_url, server, log_path in started:

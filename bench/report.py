@@ -122,7 +122,8 @@ def figures(results: dict) -> list[Figure]:
         scale = results["scale"]
         rows.append(Figure(
             f"two-instance write figure: writes/s with two gunicorns ÷ one on the same database, "
-            f"same load split ({pg}, {scale.get('workers', 2)} workers each)", "two/one\ninstances",
+            f"same load split ({pg}, {scale.get('workers', 2)} workers each"
+            f"{', each on a core of its own' if scale.get('pinned') else ''})", "two/one\ninstances",
             scale["ratio"], f"{scale['ratio']:.2f} ({scale['two_wps']:.0f} / "
             f"{scale['one_wps']:.0f} writes/s)", "> 1 in every round (grows)",
             scale["ratio"] > 1.0 and all(r > 1.0 for r in scale["ratios"]), scale["ratios"],

@@ -7,7 +7,13 @@ connections (creates and their revokes, bench/writes.py): all of them against in
 instance). B idles during "one". The figure is writes/s of two ÷ one, per round: above 1 the
 second instance adds throughput; at or below 1 the writes queue behind something both
 instances share (a lock, a row). Meant for PostgreSQL + Redis: SQLite allows one writer at a
-time, so there the figure shows that queue. See README.md.
+time, so there the figure shows that queue.
+
+By default each instance is pinned to a core of its own (`--no-pin` turns it off): on a
+2-core machine one unpinned instance already uses both cores for its CPU-bound work, so a
+second one could add nothing whatever the locks; pinned, "one" is one instance on one core and
+"two" adds a second instance on the other core, as a second host adds its CPUs. The database
+and the load client run on every core in both. See README.md.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/0 \
         .venv/bin/python bench/scale_out.py [--workers 2] [--duration 8] [--json out.json]
@@ -37,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"gunicorn workers per instance (default {DEFAULT_WORKERS})")
     parser.add_argument("--rounds", type=int, default=2,
                         help="one/two pairs, alternated (default 2)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="do not pin each instance to a core of its own (default: pinned "
+                             "when the machine has 2 cores or more)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="seconds of unmeasured ping load per instance first (default 1)")
     request_load.add_seed_options(parser)
@@ -48,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
            args.permissions) < 1 or args.connections < 2:
         parser.error("every count and duration must be >= 1, --connections >= 2")
     return args
+
+
+def pinned(args: argparse.Namespace) -> bool:
+    """Pin each instance to a core when asked and the machine has a core for each."""
+    return args.pin and common.cpu_cores() >= 2
 
 
 def summarise(ones: list[writes.WriteResult], twos: list[writes.WriteResult]) -> dict:
@@ -73,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     settings = [
         f"settings: 2 gunicorn instances of {args.workers} workers each (gthread, "
         f"{os.environ.get('GUNICORN_THREADS', '4')} threads each) on one database, "
-        f"{common.cpu_cores()} cores, database: {common.database_kind(dict(os.environ))}",
+        f"{common.cpu_cores()} cores, "
+        f"{'each instance pinned to a core of its own' if pinned(args) else 'not pinned'}, "
+        f"database: {common.database_kind(dict(os.environ))}",
         f"load: {client}, {args.connections} connections and {args.threads} threads in total "
         f"(two: half per instance, one load client each), {args.duration} s per run, "
         f"{args.rounds} one/two rounds alternated, {args.people} people x {args.permissions} "
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     ones: list[writes.WriteResult] = []
     twos: list[writes.WriteResult] = []
     with common.running_service(workers=args.workers, bcrypt_rounds=4, prepare=seed,
-                                instances=2) as service:
+                                instances=2, pin_cpus=pinned(args)) as service:
         runner = common.Runner(client, service.base_url, service.workdir, args.threads,
                                args.connections)
         if args.warmup:
@@ -102,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    base_urls=list(service.base_urls)))
             print(writes.describe("two", twos[-1]), flush=True)
     figures = summarise(ones, twos)
-    figures.update(settings=settings, workers=args.workers, connections=args.connections)
+    figures.update(settings=settings, workers=args.workers, connections=args.connections,
+                   pinned=pinned(args))
     print("\n==== summary " + "=" * 60)
     print(f"writes/s with two instances ÷ one: {figures['two_wps']:.1f} / {figures['one_wps']:.1f}"
           f" = {figures['ratio']:.2f}; {request_load.rounds_text(figures['ratios'])} "
