@@ -42,11 +42,7 @@ def admin(app, make_user, login_as, db_session):
     services = app.extensions["security_api"]
     people = [make_user(f"person-{n:02d}") for n in range(PEOPLE)]
     for key in keys:
-        ensure_permission(db_session, key=key, name=key, max_duration_minutes=60,
-                          settings=services.settings, actor="test", origin=audit.Origin(),
-                          now=utcnow())
-        ensure_rule(db_session, permission=key, role="developer", subrole="backend",
-                    mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+        auto_permission(db_session, services, key)
     db_session.commit()
     client = app.test_client()
     for person in people:
@@ -106,15 +102,20 @@ def sealed_later(services):
         sealer.background = False
 
 
+def auto_permission(db_session, services, key: str) -> None:
+    """A permission (provisioner none) that developer/backend gets at once (auto)."""
+    ensure_permission(db_session, key=key, name=key, max_duration_minutes=60,
+                      settings=services.settings, actor="test", origin=audit.Origin(),
+                      now=utcnow())
+    ensure_rule(db_session, permission=key, role="developer", subrole="backend",
+                mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+
+
 def test_creating_a_request_sends_a_bounded_number_of_statements(app, client, make_user,
                                                                   login_as, db_session):
     services = app.extensions["security_api"]
     person = make_user("counted-person")
-    ensure_permission(db_session, key="qc-create", name="qc-create", max_duration_minutes=60,
-                      settings=services.settings, actor="test", origin=audit.Origin(),
-                      now=utcnow())
-    ensure_rule(db_session, permission="qc-create", role="developer", subrole="backend",
-                mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+    auto_permission(db_session, services, "qc-create")
     db_session.commit()
     headers = bearer(login_as(person)["token"])
     with sealed_later(services) as sealer, counted(app) as statements:
@@ -145,11 +146,7 @@ def test_revoking_a_grant_sends_a_bounded_number_of_statements(app, client, make
                                                                db_session):
     services = app.extensions["security_api"]
     person = make_user("counted-revoker")
-    ensure_permission(db_session, key="qc-revoke", name="qc-revoke", max_duration_minutes=60,
-                      settings=services.settings, actor="test", origin=audit.Origin(),
-                      now=utcnow())
-    ensure_rule(db_session, permission="qc-revoke", role="developer", subrole="backend",
-                mode=PolicyMode.AUTO, actor="test", origin=audit.Origin(), now=utcnow())
+    auto_permission(db_session, services, "qc-revoke")
     db_session.commit()
     headers = bearer(login_as(person)["token"])
     created = client.post("/v1/requests", headers=headers,
