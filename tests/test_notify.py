@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from config import load_settings
 from security_api.integrations.notify import Notifier
 from security_api.integrations.notify_texts import clean, slack_escape
+from tests.mail_server import MailServer
 from tests.receivers import serving
 
 JWT_SECRET = "Zq8v3LkP0wX1yT7rN4mB6cD9eF2gH5jK"
@@ -68,7 +68,7 @@ class Inbox:
 @pytest.fixture
 def inbox():
     handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
+    controller = MailServer(handler, hostname="127.0.0.1", port=free_port(),
                             authenticator=handler.authenticate, auth_require_tls=False)
     controller.start()
     handler.port = controller.port
@@ -267,7 +267,7 @@ def untrusted_tls_inbox(tmp_path):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=context,
+    controller = MailServer(handler, hostname="127.0.0.1", port=free_port(), tls_context=context,
                             authenticator=handler.authenticate)
     controller.start()
     handler.port = controller.port

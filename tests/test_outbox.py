@@ -11,7 +11,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from aiosmtpd.controller import Controller
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
@@ -23,6 +22,7 @@ from security_api.integrations.outbox_delivery import BACKOFF_CAP_SECONDS, backo
 from security_api.models import AccessRequest, OutboxMessage
 from tests import test_notify as kit
 from tests.conftest import bearer
+from tests.mail_server import MailServer
 from tests.test_announce import _world, undelivered, wait_for
 
 inbox, receiver = kit.inbox, kit.receiver
@@ -112,7 +112,7 @@ def test_receivers_down_then_up_each_notification_delivered_once(
     with receiver.lock:
         receiver.received.clear()
     handler = kit.Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    controller = MailServer(handler, hostname="127.0.0.1", port=smtp_port)
     controller.start()
     try:
         assert deliver_due(_services(app), now=utcnow() + LATER) == 2
@@ -299,7 +299,7 @@ def test_expiry_and_warning_survive_receivers_down_then_up(app, client, make_use
     with receiver.lock:
         receiver.received.clear()
     handler = kit.Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    controller = MailServer(handler, hostname="127.0.0.1", port=smtp_port)
     controller.start()
     try:
         assert deliver_due(_services(app), now=utcnow() + LATER) == 3
