@@ -81,7 +81,8 @@ def filled_database(rules: int):
     """A throw-away database (or private PostgreSQL schema) holding `rules` rules."""
     permissions, roles = LAYOUTS[rules]
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
-        base = common.service_environment(Path(tmp), bcrypt_rounds=4, workers=1, port=0)
+        base = common.service_environment(Path(tmp), bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
+                                          workers=1, port=0)
         with common.private_database(base) as env:
             common.flask_cli(env, "init-db")
             app = common.build_app(env)

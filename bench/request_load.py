@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(line, flush=True)
     seed = Seed(args.people, args.permissions)
     results: dict[str, list] = {"ping": [], "profile": [], "write": []}
-    with common.running_service(workers=args.workers, bcrypt_rounds=4, prepare=seed) as service:
+    with common.running_service(workers=args.workers, bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
+                                prepare=seed) as service:
         token = seed.tokens[0]
         common.expect(common.call(service.base_url, "/v1/profile",
                                   headers={"Authorization": f"Bearer {token}"}),

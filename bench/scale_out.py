@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     seed = request_load.Seed(args.people, args.permissions)
     ones: list[writes.WriteResult] = []
     twos: list[writes.WriteResult] = []
-    with common.running_service(workers=args.workers, bcrypt_rounds=4, prepare=seed,
-                                instances=2, pin_cpus=pinned(args)) as service:
+    with common.running_service(workers=args.workers, bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
+                                prepare=seed, instances=2, pin_cpus=pinned(args)) as service:
         runner = common.Runner(client, service.base_url, service.workdir, args.threads,
                                args.connections)
         if args.warmup:
