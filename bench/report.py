@@ -109,7 +109,7 @@ def figures(results: dict) -> list[Figure]:
             f"`GET /v1/check` (internal tools, service account) ÷ ping, {where}",
             "check/ping", check_part, "check", CHECK_TARGET))
     login = auth["login_bound_ratio"]
-    rows.append(Figure("logins/s ÷ bcrypt bound (cores ÷ one check), SQLite", "logins/\nbcrypt",
+    rows.append(Figure("logins/s ÷ bcrypt bound (checks/s, every core at once), SQLite", "logins/\nbcrypt",
                        login, f"{login:.2f} ({auth['login_rps']:.1f} / {auth['bcrypt_bound']:.1f})",
                        f"keep ≥ {LOGIN_TARGET}", login >= LOGIN_TARGET, target=LOGIN_TARGET))
     policy = results["policy"]
