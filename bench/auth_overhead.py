@@ -107,25 +107,28 @@ def ratios(runs: list[LoadResult], pings: list[LoadResult]) -> list[float]:
             if p.ok_per_second]
 
 
-def _timed_checks(password: str, password_hash: str, start_at: float) -> tuple[float, list]:
+def _timed_checks(password: str, password_hash: str,
+                  start_at: float) -> tuple[float, list, list]:
     """One process of the bound: wait for the common start, check BCRYPT_SAMPLES times.
 
-    Returns when it finished (CLOCK_MONOTONIC is the same in every process) and each check's
-    wall time.
+    Returns when it finished (CLOCK_MONOTONIC is the same in every process), each check's
+    wall time and each check's CPU time.
     """
     from security_api.accounts.passwords import verify_password
 
     time.sleep(max(0.0, start_at - time.monotonic()))
-    samples = []
+    walls, cpus = [], []
     for _ in range(BCRYPT_SAMPLES):
-        started = time.perf_counter()
+        cpu, wall = time.thread_time(), time.perf_counter()
         verify_password(password, password_hash)
-        samples.append(time.perf_counter() - started)
-    return time.monotonic(), samples
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.thread_time() - cpu)
+    return time.monotonic(), walls, cpus
 
 
-def bcrypt_bound(rounds: int, processes: int) -> tuple[float, float]:
-    """Checks per second of `processes` processes checking at once, and one check's median time.
+def bcrypt_bound(rounds: int, processes: int) -> tuple[float, float, float]:
+    """Checks per second of `processes` processes checking at once, and one check's median
+    wall and CPU time.
 
     The bound is measured, not cores ÷ one check: every core busy with bcrypt at once, as the
     login run keeps them, at the same cost and with the service's own code.
@@ -137,9 +140,10 @@ def bcrypt_bound(rounds: int, processes: int) -> tuple[float, float]:
     start_at = time.monotonic() + 1.0  # every process is up before the clock starts
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         done = pool.starmap(_timed_checks, [(password, password_hash, start_at)] * processes)
-    finished = max(end for end, _ in done)
-    checks = [sample for _, samples in done for sample in samples]
-    return len(checks) / (finished - start_at), statistics.median(checks)
+    finished = max(end for end, _, _ in done)
+    walls = [sample for _, samples, _ in done for sample in samples]
+    cpus = [sample for _, _, samples in done for sample in samples]
+    return len(walls) / (finished - start_at), statistics.median(walls), statistics.median(cpus)
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,9 @@ def print_summary(figures: dict, settings: list[str]) -> None:
           f"{figures['bcrypt_check_ms']:.1f} ms (median), cores / check would be "
           f"{figures['cores'] / figures['bcrypt_check_ms'] * 1000:.1f}")
     print(f"  service CPU per login {figures['login_cpu_ms']:.1f} ms (gunicorn's processes "
-          f"during the run)")
+          f"during the run), one check's CPU {figures['bcrypt_check_cpu_ms']:.1f} ms: bcrypt is "
+          f"{figures['bcrypt_check_cpu_ms'] / max(figures['login_cpu_ms'], 1e-9):.2f} of a "
+          f"login's CPU (what a busy machine does not skew)")
     if figures["login_not_ok"] or figures["login_errors"]:
         print(f"  WARNING: {figures['login_not_ok']} logins were not 2xx, "
               f"{figures['login_errors']} socket errors")
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         runner = Runner(client, service.base_url, service.workdir, args.threads, args.connections)
         runs = measure_alternated(runner, loads, seconds=args.duration, rounds=args.rounds,
                                   warmup=args.warmup)
-        bound, check = bcrypt_bound(args.bcrypt_rounds, cores)
+        bound, check, check_cpu = bcrypt_bound(args.bcrypt_rounds, cores)
         logins = measure_logins(service.base_url, authorization, seconds=args.login_duration,
                                 connections=args.connections, warmup=args.warmup)
     ping = mean_rate(runs["ping"])
@@ -314,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         "login_not_ok": logins.not_ok, "login_errors": logins.errors,
         "login_seconds": logins.seconds,
         "login_cpu_ms": logins.service_cpu_seconds / answered * 1000 if answered else 0.0,
+        "bcrypt_check_cpu_ms": check_cpu * 1000,
         "not_ok": sum(r.not_ok + r.errors for results in runs.values() for r in results),
         "settings": settings,
     }
