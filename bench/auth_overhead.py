@@ -2,7 +2,8 @@
 
 One run sets up a throw-away database (or a private schema of DATABASE_URL, and REDIS_URL),
 starts gunicorn on a free local port, loads it with wrk (or a multi-process Python client when
-wrk is missing) and prints ratios. It never runs as a test: timings depend on the machine.
+wrk is missing; logins with client threads that wait for every login they sent) and prints
+ratios. It never runs as a test: timings depend on the machine.
 See bench/README.md.
 
     .venv/bin/python bench/auth_overhead.py [--duration 10] [--connections 16] [--workers N]
