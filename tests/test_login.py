@@ -82,6 +82,27 @@ def test_unknown_user_costs_a_bcrypt_check_like_a_known_one(app, monkeypatch, ma
     assert len(checked) == 2 and all(h.startswith("$2b$") for h in checked)
 
 
+def test_a_sign_in_runs_bcrypt_once_and_never_rehashes(app, monkeypatch, make_user):
+    """bcrypt is what a login is meant to cost: one check, no second one, no new hash."""
+    from security_api.accounts import passwords
+
+    calls = []
+    for name in ("checkpw", "hashpw", "gensalt"):
+        real = getattr(passwords.bcrypt, name)
+        monkeypatch.setattr(passwords.bcrypt, name,
+                            lambda *args, _real=real, _name=name: calls.append(_name) or
+                            _real(*args))
+    person = make_user()
+    bot = make_user("deploy-bot", kind="service", password="s3rvice-secret-long-enough-42")
+    client = app.test_client()
+    calls.clear()
+    assert _login(client, person.username, person.password,
+                  {"totp": person.next_code()}).status_code == 200
+    assert _login(client, bot.username, bot.password).status_code == 200
+    _assert_generic_failure(_login(client, "nobody", "whatever-password", {"totp": "123456"}))
+    assert calls == ["checkpw"] * 3
+
+
 def test_unenrolled_user_with_right_password_gets_403(client, make_user):
     user = make_user(totp=False)
     response = _login(client, user.username, user.password, {"totp": "123456"})
