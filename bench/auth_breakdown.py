@@ -6,8 +6,9 @@ through the WSGI app (check: a service account holding security-api.check asks a
 active grant, as bench/check_load.py sets it up), then the parts of the token check - the cached
 token verification, a pool checkout, the principal query through SQLAlchemy Core, the same SQL
 through the raw DBAPI cursor of the engine's pool, and as the service runs it
-(db.ReadOnlyQuery) - then the parts of a check (its permission guard and its answer, the
-holdings reads), and what answering costs: respond() with and without the pydantic validation
+(db.ReadOnlyQuery) - then the parts of a check (the guard read alone, as `require_permission`
+and the check's error paths read it, and the guard with the answer, the one statement of a
+check's success path), and what answering costs: respond() with and without the pydantic validation
 of the response model, for the profile and the check bodies. Medians of repeated batches.
 See README.md.
 
@@ -133,8 +134,9 @@ def check_pieces(app, seed: CheckSeed) -> dict[str, object]:
                                                           now=utcnow()),
         "check_guard_read": lambda: services.holdings.of_subject(
             tool, permission=CHECK_PERMISSION, now=utcnow()),
-        "check_answer_read": lambda: services.holdings.of_username(
-            seed.person, permission=seed.permission, now=utcnow()),
+        "check_guard_and_answer_read": lambda: services.holdings.of_subject_and_username(
+            tool, guard=CHECK_PERMISSION, username=seed.person, permission=seed.permission,
+            now=utcnow()),
     }
 
 
