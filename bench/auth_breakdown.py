@@ -8,8 +8,9 @@ token verification, a pool checkout, the principal query through SQLAlchemy Core
 through the raw DBAPI cursor of the engine's pool, and as the service runs it
 (db.ReadOnlyQuery) - then the parts of a check (the guard read alone, as `require_permission`
 and the check's error paths read it, and the guard with the answer, the one statement of a
-check's success path), and what answering costs: respond() with and without the pydantic validation
-of the response model, for the profile and the check bodies. Medians of repeated batches.
+check's success path, and its query string's validation), and what answering costs: respond()
+with and without the pydantic validation of the response model, for the profile and the check
+bodies. Medians of repeated batches.
 See README.md.
 
     .venv/bin/python bench/auth_breakdown.py [--calls 500] [--json out.json]
@@ -152,11 +153,14 @@ def subject_of(principal):
 def answering_figures(app, seed: CheckSeed, calls: int) -> dict[str, float]:
     """What answering costs once the work is done: respond() (the response model's strict
     pydantic validation, then JSON) against envelope() (JSON only), with profile's and check's
-    bodies, each inside a request context of its own route (respond() finds the model there)."""
+    bodies, each inside a request context of its own route (respond() finds the model there);
+    and what reading the check's query string costs (its pydantic query model)."""
     from flask_api_functions import envelope, respond
     from security_api.accounts import sessions
     from security_api.clock import utcnow
     from web.api.auth import user_json
+    from web.api.inputs import read_query
+    from web.api.queries import UserPermissionQuery
 
     services = app.extensions["security_api"]
     principal = sessions.authenticate(services, token=seed.person_token, now=utcnow())
@@ -170,6 +174,8 @@ def answering_figures(app, seed: CheckSeed, calls: int) -> dict[str, float]:
         with app.test_request_context(path, base_url="http://127.0.0.1"):
             figures[f"respond_{name}"] = microseconds(lambda b=body: respond(None, **b), calls)
             figures[f"envelope_{name}"] = microseconds(lambda b=body: envelope(None, **b), calls)
+    with app.test_request_context(seed.path, base_url="http://127.0.0.1"):
+        figures["check_query_read"] = microseconds(lambda: read_query(UserPermissionQuery), calls)
     return figures
 
 
