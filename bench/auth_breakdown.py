@@ -10,7 +10,8 @@ through the raw DBAPI cursor of the engine's pool, and as the service runs it
 and the check's error paths read it, and the guard with the answer, the one statement of a
 check's success path, and its query string's validation), and what answering costs: respond()
 with and without the pydantic validation of the response model, for the profile and the check
-bodies. Medians of repeated batches.
+bodies, and (an idea, not used) the same validation with pydantic's own JSON encoder instead of
+model_dump() and json.dumps(). Medians of repeated batches.
 See README.md.
 
     .venv/bin/python bench/auth_breakdown.py [--calls 500] [--json out.json]
@@ -174,6 +175,8 @@ def answering_figures(app, seed: CheckSeed, calls: int) -> dict[str, float]:
         with app.test_request_context(path, base_url="http://127.0.0.1"):
             figures[f"respond_{name}"] = microseconds(lambda b=body: respond(None, **b), calls)
             figures[f"envelope_{name}"] = microseconds(lambda b=body: envelope(None, **b), calls)
+            figures[f"validate_to_json_{name}"] = microseconds(
+                validated_json(app, {"message": None, **body}), calls)
     with app.test_request_context(seed.path, base_url="http://127.0.0.1"):
         figures["check_query_read"] = microseconds(lambda: read_query(UserPermissionQuery), calls)
     return figures
@@ -212,6 +215,20 @@ def main(argv: list[str] | None = None) -> dict:
     figures.update({"settings": [note], "profile_extra_us": extra, "check_extra_us": check_extra})
     common.write_json(args.json, figures)
     return figures
+
+
+def validated_json(app, body: dict):
+    """An idea, not used: respond()'s same strict validation, then pydantic's own JSON encoder
+    (one call) instead of model_dump() and json.dumps(). The model is the view's, as in respond().
+    """
+    from flask import request
+
+    model = app.view_functions[request.endpoint].api_doc.responses[200]
+
+    def run():
+        validated = model.model_validate(body, strict=True)
+        return model.__pydantic_serializer__.to_json(validated, exclude_unset=True)
+    return run
 
 
 def grant_the_person(app, seed: CheckSeed) -> None:
