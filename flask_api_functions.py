@@ -267,17 +267,69 @@ def require_permission(permission: str):
     def decorate(view):
         @wraps(view)
         def checked(*args, **kwargs):
-            # Before the view: nothing in this request used the session yet, so the lean
-            # read-only path (one round trip, no transaction) sees what the session would.
-            if not services().holdings.of_subject(current_subject(), permission=permission,
-                                                  now=utcnow()).held:
-                raise Forbidden(f"This needs the permission {permission}.")
+            _require_held(permission)
             return view(*args, **kwargs)
 
-        guarded = require_token(checked)
-        guarded.required_permission = permission
-        return guarded
+        return _guarded(checked, permission)
     return decorate
+
+
+def require_permission_read_by_view(permission: str):
+    """Guard a read-only view that reads its own guard with its first statement.
+
+    Why: `GET /v1/check`'s guard and answer fit one read-only statement
+    (HoldingReader.of_subject_and_username); the guard read before the view made it two round
+    trips. The view reads both and hands the guard's answer to `settle_permission` before
+    anything else can answer. Whatever the view does, the order of checks holds: when it
+    raised (a bad query string, say) or returned without settling, the guard is read here as
+    `require_permission` reads it (a second statement, on such paths only) and a caller without
+    the permission gets 403, never the view's 412, 404 or answer.
+    """
+    def decorate(view):
+        @wraps(view)
+        def checked(*args, **kwargs):
+            g.permission_to_settle, g.permission_settled = permission, False
+            try:
+                response = view(*args, **kwargs)
+            except Exception:
+                _settle_if_unsettled()
+                raise
+            _settle_if_unsettled()
+            return response
+
+        return _guarded(checked, permission)
+    return decorate
+
+
+def settle_permission(held: bool) -> None:
+    """Settle the guard of a `require_permission_read_by_view` view: 403 unless it is held."""
+    g.permission_settled = True
+    if not held:
+        raise _forbidden(g.permission_to_settle)
+
+
+def _settle_if_unsettled() -> None:
+    if not g.permission_settled:
+        g.permission_settled = True
+        _require_held(g.permission_to_settle)
+
+
+def _require_held(permission: str) -> None:
+    # Before the view, or when the view used no session: the lean read-only path (one round
+    # trip, no transaction) sees what the session would.
+    if not services().holdings.of_subject(current_subject(), permission=permission,
+                                          now=utcnow()).held:
+        raise _forbidden(permission)
+
+
+def _forbidden(permission: str) -> Forbidden:
+    return Forbidden(f"This needs the permission {permission}.")
+
+
+def _guarded(checked, permission: str):
+    guarded = require_token(checked)
+    guarded.required_permission = permission
+    return guarded
 
 
 # ---- response headers ----------------------------------------------------------------------

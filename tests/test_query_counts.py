@@ -178,15 +178,16 @@ def read_only_reads(monkeypatch):
     yield reads
 
 
-# One GET /v1/check by a service account: the token check (db.ReadOnlyQuery), the caller's
-# security-api.check (one read-only select, it was 2: the permission, its rules) and the
-# answer (one read-only select, it was 4: the user, the permission, its rules, the grant). No
-# session is opened: no BEGIN, no ROLLBACK, no pool pre-ping.
-CHECK_READS = 3
+# One GET /v1/check by a service account: the token check (db.ReadOnlyQuery) and one read-only
+# select for both the caller's security-api.check and the answer (it was 2: the guard, then the
+# answer; before that 6: the permission and its rules, then the user, the permission, its rules,
+# the grant). No session is opened: no BEGIN, no ROLLBACK, no pool pre-ping.
+CHECK_READS = 2
 
 
-def test_a_check_is_answered_by_few_read_only_statements(app, client, make_user, login_as,
-                                                         db_session, monkeypatch):
+def _check_world(app, make_user, login_as, db_session, client):
+    """A person holding an auto grant of qc-check, and a service account that may check;
+    returns the grant and the account's headers."""
     services = app.extensions["security_api"]
     person = make_user("checked-person")
     bot = make_user("check-bot", role="tools", subrole="ci", kind="service",
@@ -202,14 +203,33 @@ def test_a_check_is_answered_by_few_read_only_statements(app, client, make_user,
     granted = client.post("/v1/requests", headers=bearer(login_as(person)["token"]),
                           json={"permission": "qc-check", "justification": "count"})
     assert granted.status_code == 201, granted.json
-    headers = bearer(login_as(bot)["token"])
+    return granted.json["request"], bearer(login_as(bot)["token"])
+
+
+def test_a_check_is_answered_by_few_read_only_statements(app, client, make_user, login_as,
+                                                         db_session, monkeypatch):
+    grant, headers = _check_world(app, make_user, login_as, db_session, client)
     with counted(app) as statements, read_only_reads(monkeypatch) as reads:
         response = client.get("/v1/check?user=Checked-Person&permission=qc-check",
                               headers=headers)
     assert response.status_code == 200, response.json
     assert response.json["allowed"] is True
-    assert response.json["expires_at"] == granted.json["request"]["expires_at"]
+    assert response.json["expires_at"] == grant["expires_at"]
     assert statements == []  # nothing through the engine: no session was opened
     assert 0 < len(reads) <= CHECK_READS, "\n".join(reads)
-    # The guard and the answer are one statement each, whatever the token check costs.
-    assert sum("policy_rules" in sql for sql in reads) == 2, "\n".join(reads)
+    # The guard and the answer are one statement, whatever the token check costs.
+    assert sum("policy_rules" in sql for sql in reads) == 1, "\n".join(reads)
+
+
+@pytest.mark.parametrize(("query", "status", "holding_reads"), [
+    ("?user=nobody&permission=qc-check", 404, 1),  # the one statement finds no such user
+    ("?user=checked-person", 412, 1),             # the guard alone, read after the 412
+])
+def test_a_check_refused_reads_the_guard_once(app, client, make_user, login_as, db_session,
+                                              monkeypatch, query, status, holding_reads):
+    _, headers = _check_world(app, make_user, login_as, db_session, client)
+    with counted(app) as statements, read_only_reads(monkeypatch) as reads:
+        response = client.get("/v1/check" + query, headers=headers)
+    assert response.status_code == status, response.json
+    assert statements == []
+    assert sum("policy_rules" in sql for sql in reads) == holding_reads, "\n".join(reads)

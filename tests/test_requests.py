@@ -223,6 +223,19 @@ def test_check_needs_the_check_permission(world, who):
     assert "allowed" not in response.json
 
 
+@pytest.mark.parametrize("query", ["", "?user=alice", "?user=&permission=vpn",
+                                   "?user=a%00b&permission=vpn", "?user=nobody&permission=vpn",
+                                   "?user=gone&permission=badge"])
+@pytest.mark.parametrize("who", ["alice", "admin"])
+def test_check_refuses_a_caller_without_the_check_permission_before_its_parameters(world, who,
+                                                                                   query):
+    """403 before 412 (bad or missing parameters) and before 404 (no such user): the guard is
+    read with the answer in one statement, or alone when the parameters fail first."""
+    response = world.get(who, "/v1/check" + query)
+    assert response.status_code == 403 and response.json["error"] == "forbidden"
+    assert response.json["message"] == "This needs the permission security-api.check."
+
+
 @pytest.mark.parametrize(("query", "missing"), [
     ("", ["user", "permission"]), ("?user=alice", ["permission"]),
     ("?permission=vpn", ["user"]), ("?user=&permission=vpn", ["user"])])

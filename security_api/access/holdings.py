@@ -9,16 +9,17 @@ role/subrole, role/* and */* wins; `standing` holds; otherwise an active grant w
 still ahead (time decides, not the reaper); a service account never holds a grant, nor
 security-api.admin whatever the rules say.
 
-`HoldingReader` runs the two shapes (a subject from a token, a user by username) on the raw
-driver (db.ReadOnlyQuery: compiled once, one round trip, no transaction), for reads made before
-a view touched its session; `holding` runs the same statement inside a session.
+`HoldingReader` runs the shapes (a subject from a token, a user by username, and both at once
+for `GET /v1/check`: its caller's guard and its answer) on the raw driver (db.ReadOnlyQuery:
+compiled once, one round trip, no transaction), for reads made before a view touched its
+session; `holding` runs the same statement inside a session.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import DateTime, String, and_, bindparam, exists, func, or_, select
+from sqlalchemy import DateTime, String, and_, bindparam, exists, func, or_, select, true
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -107,6 +108,27 @@ USERNAME_QUERY = (select(User.active, User.kind,
                   .where(User.username == bindparam("username")))
 
 
+def _guard_and_username_query():
+    """The subject's holding of a guard permission and a named user's holding, in one SELECT.
+
+    Why: `GET /v1/check` asked them one after the other, two round trips where the answer
+    needs both anyway. The guard's row always exists and the user's is left-joined to it, so
+    an unknown user comes back as a NULL `active` (users.active is NOT NULL) instead of no row.
+    The guard's columns are named `guard_*`, the user's as in USERNAME_QUERY (the user row's
+    active and kind, then the three facts).
+    """
+    guard = select(*holding_columns(user_id=bindparam("user_id"), role=bindparam("role"),
+                                    subrole=bindparam("subrole"),
+                                    permission=bindparam("guard_permission"),
+                                    now=_PARAMS["now"])).subquery("guard")
+    asked = USERNAME_QUERY.subquery("asked")
+    return (select(*[column.label(f"guard_{column.key}") for column in guard.c], *asked.c)
+            .select_from(guard.outerjoin(asked, true())))
+
+
+GUARD_AND_USERNAME_QUERY = _guard_and_username_query()
+
+
 class HoldingReader:
     """The holding queries for one engine, compiled once and run on the raw driver.
 
@@ -119,7 +141,7 @@ class HoldingReader:
         dialect = engine.dialect
         self._now = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         self._subject = ReadOnlyQuery(engine, SUBJECT_QUERY)
-        self._username = ReadOnlyQuery(engine, USERNAME_QUERY)
+        self._guard_and_username = ReadOnlyQuery(engine, GUARD_AND_USERNAME_QUERY)
 
     def of_subject(self, subject: Subject, *, permission: str, now: datetime) -> Holding:
         """Tell whether the subject (a token's user) holds a permission now."""
@@ -128,16 +150,30 @@ class HoldingReader:
                                    "now": self._now(now)})
         return holding_from(kind=subject.kind, permission=permission, **row)
 
-    def of_username(self, username: str, *, permission: str, now: datetime) -> Holding | None:
-        """Tell whether the user named so holds a permission now; None when there is no such user.
+    def of_subject_and_username(self, subject: Subject, *, guard: str, username: str,
+                                permission: str, now: datetime) -> tuple[Holding, Holding | None]:
+        """Tell, in one round trip, whether the subject holds `guard` and whether the user named
+        so holds `permission` (None when there is no such user), both as of `now`.
 
         `username` as stored (accounts.users.normalise_username). A deactivated user holds
-        nothing, whatever rules and grants remain.
+        nothing, whatever rules and grants remain. The caller decides what the guard's answer
+        forbids before it looks at the user's.
         """
-        row = self._username.first({"username": username,
-                                    "permission": permission, "now": self._now(now)})
-        if row is None:
-            return None
-        if not row.pop("active"):
-            return NOT_HELD
-        return holding_from(permission=permission, **row)
+        row = self._guard_and_username.first({
+            "user_id": subject.id, "role": subject.role, "subrole": subject.subrole,
+            "guard_permission": guard, "username": username, "permission": permission,
+            "now": self._now(now)})
+        guard_holding = holding_from(kind=subject.kind, permission=guard,
+                                     known=row.pop("guard_known"),
+                                     rule_mode=row.pop("guard_rule_mode"),
+                                     grant_ends=row.pop("guard_grant_ends"))
+        if row["active"] is None:  # no user of that name: the left join found no row
+            return guard_holding, None
+        return guard_holding, _user_holding(row, permission=permission)
+
+
+def _user_holding(row: dict, *, permission: str) -> Holding:
+    """Decide a user's holding from a row of USERNAME_QUERY's columns (active, kind, facts)."""
+    if not row.pop("active"):
+        return NOT_HELD
+    return holding_from(permission=permission, **row)

@@ -9,10 +9,11 @@ from flask_api_functions import (
     current_subject,
     db,
     origin,
-    require_permission,
+    require_permission_read_by_view,
     require_token,
     respond,
     services,
+    settle_permission,
 )
 from security_api.access import break_glass, conflicts, grants, lifecycle
 from security_api.access.request_views import SCOPES, list_requests, render
@@ -68,12 +69,19 @@ def my_permissions():
 @documented(summary="Does a user hold a permission now? (holders of security-api.check)",
             tag="permissions", responses={200: schemas.CheckResult, 403: E, 404: E, 412: E},
             query=UserPermissionQuery)
-@require_permission(CHECK_PERMISSION)
+@require_permission_read_by_view(CHECK_PERMISSION)
 def check():
-    """Answer an internal tool's question about another user (one read-only round trip)."""
+    """Answer an internal tool's question about another user.
+
+    The caller's own security-api.check and the answer are one read-only round trip; the guard
+    is settled first, so a caller without it gets 403 whatever the user is (and, from the
+    decorator, whatever the query string is).
+    """
     query = read_query(UserPermissionQuery)
-    holding = services().holdings.of_username(normalise_username(query.user),
-                                              permission=query.permission, now=utcnow())
+    guard, holding = services().holdings.of_subject_and_username(
+        current_subject(), guard=CHECK_PERMISSION, username=normalise_username(query.user),
+        permission=query.permission, now=utcnow())
+    settle_permission(guard.held)
     if holding is None:
         raise NotFound("No such user.")
     return respond(None, allowed=holding.held, expires_at=isoformat(holding.expires_at))
