@@ -109,8 +109,8 @@ def respond(message: str | None = None, *, status: int = 200, headers: dict | No
     test every response is checked, and a payload the model refuses or would change (a field
     missing from the model, a value it would convert) fails loudly. In production drift is
     logged and the payload still sent, rather than fail after the work is done: the check is
-    an alarm there, so it runs on a sample (`_drift_check_due`), as pydantic's strict
-    validation and dump cost about as much as the rest of an authenticated read
+    an alarm there, so it runs on a sample (`_drift_check_due`): pydantic's strict validation,
+    dump and comparison cost ~20 us for a profile body, a tenth of the in-process request
     (bench/auth_breakdown.py).
     """
     body = {"message": message, **payload}
