@@ -59,6 +59,8 @@ def _printable(value: str | None, limit: int) -> str | None:
     """Escape control characters (NUL breaks PostgreSQL, newlines forge log lines) and cap length."""
     if value is None:
         return None
+    if value.isprintable():  # the usual case: nothing to escape, no walk over each character
+        return value[:limit]
     cleaned = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
                       for ch in value)
     return cleaned[:limit]
