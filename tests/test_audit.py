@@ -313,3 +313,16 @@ def test_rekey_never_signs_a_truncated_head_whose_signature_was_erased(app, runn
     assert result.exit_code == 1 and "not signed" in result.output
     report = audit.verify_chain(db_session)
     assert not report.ok and report.first_broken_seq == last and "removed" in report.problem
+
+
+def test_recorded_fields_escape_control_characters_and_are_capped(app):
+    """A printable actor is kept as given (capped); control characters are escaped, never stored."""
+    with app.extensions["security_api"].session_factory() as session:
+        plain = audit.record(session, action="test.event", actor="ü" * 200, target="t",
+                             origin=audit.Origin(ip="127.0.0.1"), now=utcnow())
+        forged = audit.record(session, action="test.event", actor="eve\nINFO root\x00",
+                              target="t", origin=audit.Origin(ip="127.0.0.1\r"), now=utcnow())
+        session.rollback()
+    assert plain.actor == "ü" * 128
+    assert forged.actor == "eve\\nINFO root\\x00"
+    assert forged.ip == "127.0.0.1\\r"

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from security_api import audit, metrics
@@ -81,6 +81,24 @@ def held_or_waiting(session: Session, subject: Subject, keys: Iterable[str], *, 
     return found | set(session.scalars(query))
 
 
+def _permission_rules_and_rivals_query():
+    mine, other = aliased(ConflictSetMember), aliased(ConflictSetMember)
+    return (select(Permission, PolicyRule, other.permission_key)
+            .where(Permission.key == bindparam("key"))
+            .outerjoin(PolicyRule, and_(PolicyRule.permission_key == Permission.key,
+                                        PolicyRule.role.in_(bindparam("roles", expanding=True)),
+                                        PolicyRule.subrole.in_(bindparam("subroles",
+                                                                         expanding=True))))
+            .outerjoin(mine, mine.permission_key == Permission.key)
+            .outerjoin(other, and_(other.set_name == mine.set_name,
+                                   other.permission_key != Permission.key)))
+
+
+# Built once: building it (two aliases, three joins) and its cache key cost ~2 ms of CPU per
+# request, more than sending it (bench/write_cpu.py).
+PERMISSION_RULES_AND_RIVALS = _permission_rules_and_rivals_query()
+
+
 def permission_and_rivals(session: Session, key: str, subject: Subject,
                           ) -> tuple[Permission | None, list[Rule], set[str]]:
     """Load a permission, the subject's candidate rules of it and the other permissions of its
@@ -90,15 +108,9 @@ def permission_and_rivals(session: Session, key: str, subject: Subject,
     it loads the permission anyway; the rules (the index look-up of `candidate_rules`) and the
     rivals ride along as outer joins (a few rows: rules x rivals, each kept once).
     """
-    mine, other = aliased(ConflictSetMember), aliased(ConflictSetMember)
-    rows = session.execute(
-        select(Permission, PolicyRule, other.permission_key).where(Permission.key == key)
-        .outerjoin(PolicyRule, and_(PolicyRule.permission_key == Permission.key,
-                                    PolicyRule.role.in_([subject.role, WILDCARD]),
-                                    PolicyRule.subrole.in_([subject.subrole, WILDCARD])))
-        .outerjoin(mine, mine.permission_key == Permission.key)
-        .outerjoin(other, and_(other.set_name == mine.set_name,
-                               other.permission_key != Permission.key))).all()
+    rows = session.execute(PERMISSION_RULES_AND_RIVALS, {
+        "key": key, "roles": [subject.role, WILDCARD],
+        "subroles": [subject.subrole, WILDCARD]}).all()
     if not rows:
         return None, [], set()
     rules = {row.id: as_rule(row) for _, row, _ in rows if row is not None}

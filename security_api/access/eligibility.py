@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from security_api import audit
@@ -128,17 +128,22 @@ def grant_and_recheck(session: Session, services: Services, request_id: str, *,
                      now=now)
 
 
+# Built once at import, not per grant (see bench/write_cpu.py).
+_REQUEST_AND_SHARED_REQUESTER = (
+    select(AccessRequest, User).join(User, User.id == AccessRequest.requester_id)
+    .where(AccessRequest.id == bindparam("request_id"))
+    .with_for_update(read=True, of=User)
+    .execution_options(populate_existing=True))
+
+
 def _reason_to_end(session: Session, request_id: str, *, origin: audit.Origin,
                    now: datetime) -> str | None:
     """In the caller's transaction: revoke a just-landed grant whose requester is no longer
     eligible and return why; None (nothing written) if it stays."""
     # One statement: the request read fresh, and its requester under a share lock (FOR SHARE
     # OF users: only the user's row is locked; SQLite has no row locks and needs none).
-    request, user = session.execute(
-        select(AccessRequest, User).join(User, User.id == AccessRequest.requester_id)
-        .where(AccessRequest.id == request_id)
-        .with_for_update(read=True, of=User)
-        .execution_options(populate_existing=True)).one()
+    request, user = session.execute(_REQUEST_AND_SHARED_REQUESTER,
+                                    {"request_id": request_id}).one()
     if request.status != RequestStatus.ACTIVE:
         return None
     reason = ineligibility(session, user=user, permission_key=request.permission_key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from security_api.access.policy import WILDCARD, Decision, Rule, decide, specificity
@@ -37,14 +37,23 @@ def as_rule(row: PolicyRule) -> Rule:
                 review_within_minutes=row.review_within_minutes)
 
 
+# Built once at import, with and without the permission: statement building and its cache key
+# cost more CPU than the look-up itself on a write (see bench/write_cpu.py).
+_SUBJECT_RULES = select(PolicyRule).where(
+    PolicyRule.role.in_(bindparam("roles", expanding=True)),
+    PolicyRule.subrole.in_(bindparam("subroles", expanding=True)))
+_SUBJECT_RULES_OF_PERMISSION = _SUBJECT_RULES.where(
+    PolicyRule.permission_key == bindparam("permission"))
+
+
 def candidate_rules(session: Session, subject: Subject, *,
                     permission: str | None = None) -> list[Rule]:
     """Load only the rules that can match this subject (an index look-up, never a scan)."""
-    stmt = select(PolicyRule).where(PolicyRule.role.in_([subject.role, WILDCARD]),
-                                    PolicyRule.subrole.in_([subject.subrole, WILDCARD]))
+    params = {"roles": [subject.role, WILDCARD], "subroles": [subject.subrole, WILDCARD]}
+    stmt = _SUBJECT_RULES
     if permission is not None:
-        stmt = stmt.where(PolicyRule.permission_key == permission)
-    return [as_rule(row) for row in session.scalars(stmt)]
+        stmt, params["permission"] = _SUBJECT_RULES_OF_PERMISSION, permission
+    return [as_rule(row) for row in session.scalars(stmt, params)]
 
 
 def decision_for(session: Session, subject: Subject, permission: Permission) -> Decision:

@@ -27,7 +27,7 @@ from security_api.access.eligibility import (
 from security_api.access.expiry import expire_due
 from security_api.access.grant_chain import end_with_grant, hold_running, running
 from security_api.access.pending_deadline import decidable_in_time
-from security_api.access.provisioning import finish_revoke
+from security_api.access.provisioning import finish_revoke, owed_revoke
 from security_api.access.request_actors import Actor, approver_groups, is_eligible_approver, visible_request
 from security_api.access.request_creation import create_request
 from security_api.access.transitions import Event, transition
@@ -71,6 +71,12 @@ def _conflicts_audited(session: Session, stage: str, actor: Actor, request_id: s
 
 
 def _reloaded(session: Session, request_id: str) -> AccessRequest:
+    """The request as it stands after the outside steps, read once.
+
+    Called with the id the caller asked for (visible_request found that very row), not the
+    copy's `.id`: an outside step's rollback expires the copy, and reading its id would load
+    the whole row once more before this read.
+    """
     return session.get(AccessRequest, request_id, populate_existing=True)
 
 
@@ -122,7 +128,7 @@ def approve(session: Session, services: Services, *, request_id: str, actor: Act
         finish_revoke(session, services, ended_id, origin=origin, now=now)
     if granting:
         grant_and_recheck(session, services, request.id, origin=origin, now=now)
-    return _reloaded(session, request.id)
+    return _reloaded(session, request_id)
 
 
 def _settle_extension(session: Session, request: AccessRequest, granting: bool, *,
@@ -186,8 +192,10 @@ def revoke(session: Session, services: Services, *, request_id: str, actor: Acto
                      target=grant_id, origin=origin, now=now)
         end_with_grant(session, grant_id, expired=False, actor=actor.subject.username,
                        origin=origin, now=now)
-    finish_revoke(session, services, grant_id, origin=origin, now=now)
-    return _reloaded(session, request.id)
+        # The move above won (a lost one raises 409): the revoke is owed from this commit on.
+        claimed = owed_revoke(session, services, grant_id)
+    finish_revoke(session, services, grant_id, origin=origin, now=now, claimed=claimed)
+    return _reloaded(session, request_id)
 
 
 def retry(session: Session, services: Services, *, request_id: str, actor: Actor,
@@ -208,4 +216,4 @@ def retry(session: Session, services: Services, *, request_id: str, actor: Actor
         audit.record(session, action=AuditAction.REQUEST_RETRIED, actor=actor.subject.username,
                      target=request.id, origin=origin, now=now)
     grant_and_recheck(session, services, request.id, origin=origin, now=now)
-    return _reloaded(session, request.id)
+    return _reloaded(session, request_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, exists, literal, or_, select, tuple_
+from sqlalchemy import and_, bindparam, exists, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from security_api import cursors
@@ -42,6 +42,16 @@ def effective_expired_reason(request: AccessRequest, now: datetime) -> str | Non
     return None
 
 
+# What every rendering of requests asks, built once at import rather than per answer (see
+# bench/write_cpu.py): their approvals with the approvers' names, and the requests extending them.
+_APPROVALS_OF = (select(Approval, User.username).join(User, User.id == Approval.approver_id)
+                 .where(Approval.request_id.in_(bindparam("ids", expanding=True)))
+                 .order_by(Approval.at))
+_EXTENSIONS_OF = (select(AccessRequest.extends_id, AccessRequest.id)
+                  .where(AccessRequest.extends_id.in_(bindparam("ids", expanding=True)))
+                  .order_by(AccessRequest.created_at, AccessRequest.id))
+
+
 def render(session: Session, requests: list[AccessRequest], *, now: datetime,
            names: dict[str, str] | None = None, just_created: bool = False) -> list[dict]:
     """Render requests as the contract describes them, in a fixed number of queries.
@@ -56,17 +66,11 @@ def render(session: Session, requests: list[AccessRequest], *, now: datetime,
     approvals: dict[str, list] = {request_id: [] for request_id in ids}
     extended_by: dict[str, list[str]] = {request_id: [] for request_id in ids}
     if not just_created:
-        rows = session.execute(select(Approval, User.username)
-                               .join(User, User.id == Approval.approver_id)
-                               .where(Approval.request_id.in_(ids)).order_by(Approval.at))
-        for approval, username in rows:
+        for approval, username in session.execute(_APPROVALS_OF, {"ids": ids}):
             approvals[approval.request_id].append({
                 "approver": username, "decision": approval.decision,
                 "comment": approval.comment, "at": isoformat(approval.at)})
-        for extended_id, extension_id in session.execute(
-                select(AccessRequest.extends_id, AccessRequest.id)
-                .where(AccessRequest.extends_id.in_(ids))
-                .order_by(AccessRequest.created_at, AccessRequest.id)):
+        for extended_id, extension_id in session.execute(_EXTENSIONS_OF, {"ids": ids}):
             extended_by[extended_id].append(extension_id)
     names = dict(names or {})
     unknown = {r.requester_id for r in requests} - names.keys()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import event as orm_event
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from security_api.audit.chain import (
@@ -45,6 +46,7 @@ __all__ = [
 _STAGED_EVENTS = "audit_staged_events"
 _APPENDED = "audit_appended_events"
 _TO_SEAL = "audit_events_to_seal"
+_EVENT_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def _printable(value: str | None, limit: int) -> str | None:
     """Escape control characters (NUL breaks PostgreSQL, newlines forge log lines) and cap length."""
     if value is None:
         return None
+    if value.isprintable():  # the usual case: nothing to escape, no walk over each character
+        return value[:limit]
     cleaned = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
                       for ch in value)
     return cleaned[:limit]
@@ -101,7 +105,12 @@ def _append_staged(session: Session) -> None:
         staged_event.append_key = f"{stamp}{position:04d}"
         staged_event.key_id = key.id
         staged_event.entry_mac = entry_mac(staged_event, key)
-    session.add_all(staged)
+    # One INSERT of the rows through the transaction's connection, not the ORM's unit of work:
+    # nothing reads the events back in this session, and flushing them as entities (and
+    # keeping them in its identity map) cost a good part of a write's CPU.
+    session.connection().execute(insert(AuditEvent.__table__), [
+        {name: getattr(staged_event, name) for name in _EVENT_COLUMNS}
+        for staged_event in staged])
     session.info[_APPENDED] = True
 
 
