@@ -22,9 +22,7 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import common
 from check_load import CHECK_PERMISSION, CheckSeed
@@ -188,21 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
     note = common.load_average_note()
     print(f"database: {common.database_kind(dict(os.environ))}; {note}", flush=True)
     seed = CheckSeed()
-    with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as tmp:
-        base = common.service_environment(Path(tmp), bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
-                                          workers=1, port=0)
-        with common.private_database(base) as env:
-            common.flask_cli(env, "init-db")
-            seed(env)
-            app = common.build_app(env)
-            try:
-                grant_the_person(app, seed)
-                actions = {**pieces(app, seed.person_token), **check_pieces(app, seed)}
-                figures = {name: microseconds(action, args.calls)
-                           for name, action in actions.items()}
-                figures.update(answering_figures(app, seed, args.calls))
-            finally:
-                common.dispose(app)
+    with common.in_process_service("bench-breakdown-", prepare=seed) as app:
+        grant_the_person(app, seed)
+        actions = {**pieces(app, seed.person_token), **check_pieces(app, seed)}
+        figures = {name: microseconds(action, args.calls) for name, action in actions.items()}
+        figures.update(answering_figures(app, seed, args.calls))
     for name, value in figures.items():
         print(f"  {name:<28} {value:8.1f} us")
     extra = figures["profile_request"] - figures["ping_request"]

@@ -532,6 +532,27 @@ def seed_auto_permissions(app, *, count: int, role: str, subrole: str,
     return keys
 
 
+@contextlib.contextmanager
+def in_process_service(prefix: str, *, bcrypt_rounds: int = PRODUCTION_BCRYPT_ROUNDS,
+                       prepare=None) -> Iterator:
+    """The service's app built in this process on a fresh database (or private PostgreSQL schema).
+
+    For the in-process parts (no gunicorn, no network): the schema made by `flask init-db`,
+    `prepare(env)` run first when given (CLI seeding), the app disposed of afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        base = service_environment(Path(tmp), bcrypt_rounds=bcrypt_rounds, workers=1, port=0)
+        with private_database(base) as env:
+            flask_cli(env, "init-db")
+            if prepare is not None:
+                prepare(env)
+            app = build_app(env)
+            try:
+                yield app
+            finally:
+                dispose(app)
+
+
 def dispose(app) -> None:
     """Close the in-process app's database connections."""
     app.extensions["security_api"].engine.dispose()

@@ -19,9 +19,7 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import common
 
@@ -239,18 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
     note = common.load_average_note()
     print(f"database: {common.database_kind(dict(os.environ))}; bcrypt rounds "
           f"{args.bcrypt_rounds}; {note}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-login-") as tmp:
-        base = common.service_environment(Path(tmp), bcrypt_rounds=args.bcrypt_rounds,
-                                          workers=1, port=0)
-        with common.private_database(base) as env:
-            common.flask_cli(env, "init-db")
-            app = common.build_app(env)
-            try:
-                accounts = Accounts(app, args.bcrypt_rounds)
-                figures = whole_logins(app, accounts, args.bcrypt_rounds, args.calls)
-                figures.update(login_parts(app, accounts, args.calls))
-            finally:
-                common.dispose(app)
+    with common.in_process_service("bench-login-", bcrypt_rounds=args.bcrypt_rounds) as app:
+        accounts = Accounts(app, args.bcrypt_rounds)
+        figures = whole_logins(app, accounts, args.bcrypt_rounds, args.calls)
+        figures.update(login_parts(app, accounts, args.calls))
     print_table(figures, args.bcrypt_rounds)
     common.write_json(args.json, {"pieces": figures, "bcrypt_rounds": args.bcrypt_rounds,
                                   "settings": [note]})

@@ -14,9 +14,7 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import common
 from sqlalchemy import text
@@ -80,17 +78,9 @@ def fill_rules(app, *, permissions: int, roles: int) -> None:
 def filled_database(rules: int):
     """A throw-away database (or private PostgreSQL schema) holding `rules` rules."""
     permissions, roles = LAYOUTS[rules]
-    with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
-        base = common.service_environment(Path(tmp), bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
-                                          workers=1, port=0)
-        with common.private_database(base) as env:
-            common.flask_cli(env, "init-db")
-            app = common.build_app(env)
-            try:
-                fill_rules(app, permissions=permissions, roles=roles)
-                yield app
-            finally:
-                common.dispose(app)
+    with common.in_process_service("bench-policy-") as app:
+        fill_rules(app, permissions=permissions, roles=roles)
+        yield app
 
 
 def timed_batch(session, subject, permission, count: int) -> float:

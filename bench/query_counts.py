@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import common
 from sqlalchemy import event
@@ -80,16 +78,8 @@ def count_statements(app, headers: dict) -> dict[str, dict[int, int]]:
 def main(argv: list[str] | None = None) -> dict:
     """Seed, count, print the table."""
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-queries-") as tmp:
-        base = common.service_environment(Path(tmp), bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
-                                          workers=1, port=0)
-        with common.private_database(base) as env:
-            common.flask_cli(env, "init-db")
-            app = common.build_app(env)
-            try:
-                counts = count_statements(app, seed(app, args.people))
-            finally:
-                common.dispose(app)
+    with common.in_process_service("bench-queries-") as app:
+        counts = count_statements(app, seed(app, args.people))
     print(f"database: {common.database_kind(dict(os.environ))}")
     print(f"{'list':<32}" + "".join(f"limit={size:<6}" for size in PAGE_SIZES) + "verdict")
     constant = True

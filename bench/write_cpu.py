@@ -17,10 +17,8 @@ import os
 import pstats
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import common
 
@@ -114,29 +112,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     note = common.load_average_note()
     print(f"database: {common.database_kind(dict(os.environ))}; {note}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-write-cpu-") as tmp:
-        base = common.service_environment(Path(tmp), bcrypt_rounds=common.PRODUCTION_BCRYPT_ROUNDS,
-                                          workers=1, port=0)
-        with common.private_database(base) as env:
-            common.flask_cli(env, "init-db")
-            app = common.build_app(env)
-            stop_sequencer = None
-            try:
-                [token] = common.seed_people(app, count=1, role="developer", subrole="backend")
-                keys = common.seed_auto_permissions(app, count=PERMISSIONS, role="developer",
-                                                    subrole="backend")
-                from security_api.audit.sequencer import sealer_for
+    with common.in_process_service("bench-write-cpu-") as app:
+        stop_sequencer = None
+        try:
+            [token] = common.seed_people(app, count=1, role="developer", subrole="backend")
+            keys = common.seed_auto_permissions(app, count=PERMISSIONS, role="developer",
+                                                subrole="backend")
+            from security_api.audit.sequencer import sealer_for
 
-                stop_sequencer = sealer_for(app.extensions["security_api"].session_factory).start()
-                writes = Writes(app, token, keys)
-                figures = measure(writes, args)
-                if args.profile:
-                    profile(writes, args)
-            finally:
-                if stop_sequencer is not None:
-                    stop_sequencer.set()
-                    _wait_for_sequencer()
-                common.dispose(app)
+            stop_sequencer = sealer_for(app.extensions["security_api"].session_factory).start()
+            writes = Writes(app, token, keys)
+            figures = measure(writes, args)
+            if args.profile:
+                profile(writes, args)
+        finally:
+            if stop_sequencer is not None:
+                stop_sequencer.set()
+                _wait_for_sequencer()
     print(f"  create  {figures['create_cpu_ms']:6.2f} ms CPU (median of {args.batches} batches "
           f"of {args.writes}; batches {', '.join(f'{v:.2f}' for v in figures['create_cpu_ms_batches'])})")
     print(f"  revoke  {figures['revoke_cpu_ms']:6.2f} ms CPU (batches "

@@ -20,36 +20,31 @@ PAGE_SIZES = (1, 10, 100)
 
 
 @contextlib.contextmanager
+def engine_events(app, name: str, keep):
+    """Collect `keep(*event arguments)` for each engine event `name` while the block runs."""
+    engine = app.extensions["security_api"].engine
+    kept = []
+
+    def record(*args):
+        kept.append(keep(*args))
+
+    event.listen(engine, name, record)
+    try:
+        yield kept
+    finally:
+        event.remove(engine, name, record)
+
+
 def counted(app):
     """Count the statements sent to the database while the block runs."""
-    engine = app.extensions["security_api"].engine
-    statements = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    return engine_events(app, "before_cursor_execute",
+                         lambda conn, cursor, statement, *rest: statement)
 
 
-@contextlib.contextmanager
 def transactions_begun(app):
     """Count the transactions begun while the block runs (each one a pool checkout, a BEGIN and
     its end: round trips and CPU on top of its statements)."""
-    engine = app.extensions["security_api"].engine
-    begun = []
-
-    def count(conn):
-        begun.append(conn)
-
-    event.listen(engine, "begin", count)
-    try:
-        yield begun
-    finally:
-        event.remove(engine, "begin", count)
+    return engine_events(app, "begin", lambda conn: conn)
 
 
 @pytest.fixture
