@@ -290,12 +290,10 @@ def require_permission_read_by_view(permission: str):
         def checked(*args, **kwargs):
             g.permission_to_settle, g.permission_settled = permission, False
             try:
-                response = view(*args, **kwargs)
-            except Exception:
+                return view(*args, **kwargs)
+            finally:
+                # Raised or returned: a 403 from here takes the place of either.
                 _settle_if_unsettled()
-                raise
-            _settle_if_unsettled()
-            return response
 
         return _guarded(checked, permission)
     return decorate
